@@ -1,0 +1,106 @@
+"""Load a YAML file into a pydantic model, refusing bad files with file, line and field.
+
+>>> from pydantic import BaseModel
+>>> class Budget(BaseModel):
+...     per_day: int
+>>> try:
+...     load_yaml_text("per_day: lots\\n", Budget, "budget.yaml")
+... except ConfigFileError as e:
+...     print(e.problems[0])
+budget.yaml:1:10: per_day: Input should be a valid integer, unable to parse string as an integer
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    file: str
+    line: int
+    column: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.field}: " if self.field else ""
+        return f"{self.file}:{self.line}:{self.column}: {where}{self.message}"
+
+
+class ConfigFileError(ValueError):
+    """A configuration file was refused; ``problems`` says where and why."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+def _locate(node: yaml.Node | None, loc: tuple[int | str, ...]) -> yaml.Node | None:
+    """The deepest YAML node along a pydantic error location."""
+    found = node
+    for part in loc:
+        if isinstance(found, yaml.MappingNode):
+            nxt = next((v for k, v in found.value if k.value == part), None)
+            if nxt is None:
+                # A missing key: point at the mapping that should hold it.
+                return found
+            found = nxt
+        elif isinstance(found, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(found.value):
+                return found
+            found = found.value[part]
+        else:
+            return found
+    return found
+
+
+def problems_from(
+    error: ValidationError, root: yaml.Node | None, file: str, prefix: tuple[int | str, ...] = ()
+) -> list[Problem]:
+    out = []
+    for err in error.errors():
+        loc = prefix + tuple(err["loc"])
+        node = _locate(root, loc)
+        line = node.start_mark.line + 1 if node is not None else 1
+        col = node.start_mark.column + 1 if node is not None else 1
+        field = ".".join(str(p) for p in loc)
+        out.append(Problem(file, line, col, field, err["msg"]))
+    return out
+
+
+def parse_yaml(text: str, file: str) -> tuple[Any, yaml.Node | None]:
+    """The data and the node tree (for positions) of a YAML document."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise ConfigFileError([Problem(file, line, col, "", f"not valid YAML: {e.problem}")]) from e
+    return data, root
+
+
+def load_yaml_text(text: str, model: type[M], file: str) -> M:
+    data, root = parse_yaml(text, file)
+    if not isinstance(data, dict):
+        raise ConfigFileError([Problem(file, 1, 1, "", "expected a mapping at the top level")])
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigFileError(problems_from(e, root, file)) from e
+
+
+def load_yaml_file(path: Path, model: type[M]) -> M:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigFileError([Problem(str(path), 0, 0, "", f"cannot read: {e}")]) from e
+    return load_yaml_text(text, model, str(path))

@@ -1,0 +1,279 @@
+"""The wire contracts of design section 4, as pydantic v2 models.
+
+Every record Forewarn reads or writes on Kafka is one of these. Their JSON Schemas are
+generated into ``schemas/`` (``forewarn schemas``) and a test fails when they drift.
+
+>>> from datetime import UTC, datetime
+>>> e = JourneyEvent(event_id="e1", customer_id="c1", type="payment_failed",
+...                  occurred_at=datetime(2026, 1, 1, tzinfo=UTC))
+>>> e.channel is None
+True
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+CustomerId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
+MAX_PROPERTIES = 64
+
+#: The canonical event vocabulary (design section 4). Types outside it are accepted and
+#: counted as ``other`` unless strict mode is on.
+VOCABULARY: frozenset[str] = frozenset(
+    {
+        "page_view", "search", "search_no_results", "product_view", "add_to_cart",
+        "checkout_started", "checkout_error", "payment_failed", "payment_succeeded",
+        "purchase", "rage_click", "error_page", "slow_page", "app_crash", "login_failed",
+        "password_reset", "delivery_delayed", "order_cancelled", "refund_requested",
+        "help_center_view", "contact_form_opened", "support_contact", "survey_response",
+        "plan_downgraded", "subscription_cancel_started", "subscription_cancelled",
+        "session_start",
+    }
+)  # fmt: skip
+
+
+class EventChannel(StrEnum):
+    """Where the customer did something."""
+
+    web = "web"
+    app = "app"
+    email = "email"
+    sms = "sms"
+    phone = "phone"
+    chat = "chat"
+    store = "store"
+    other = "other"
+
+
+class ActionChannel(StrEnum):
+    """Where Forewarn reaches out. Each needs the matching consent in the profile."""
+
+    email = "email"
+    sms = "sms"
+    push = "push"
+    in_app = "in_app"
+    phone = "phone"  # an agent calls back: a task for the support team
+
+
+class _Contract(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class JourneyEvent(_Contract):
+    """One thing a customer did, as published by an upstream system (v1)."""
+
+    # Upstream systems add their own fields; a tolerant reader keeps working when they do.
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    event_id: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    customer_id: CustomerId
+    type: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    occurred_at: AwareDatetime
+    source: str | None = None
+    channel: EventChannel | None = None
+    session_id: Annotated[str, StringConstraints(max_length=256)] | None = None
+    value: float | None = None
+    properties: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("properties")
+    @classmethod
+    def _bounded(cls, v: dict[str, Any]) -> dict[str, Any]:
+        # Bytes are bounded by the decoder's record size limit; keys are bounded here.
+        if len(v) > MAX_PROPERTIES:
+            raise ValueError(f"at most {MAX_PROPERTIES} properties, got {len(v)}")
+        return v
+
+
+class Consent(_Contract):
+    """Per-channel permission to contact. Absent means no."""
+
+    email: bool = False
+    sms: bool = False
+    push: bool = False
+    in_app: bool = False
+    phone: bool = False
+
+    def allows(self, channel: ActionChannel) -> bool:
+        return bool(getattr(self, channel.value))
+
+
+class CustomerProfile(_Contract):
+    """What the CRM/CDP knows about a customer (v1). A tombstone deletes it."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    customer_id: CustomerId
+    consent: Consent = Field(default_factory=Consent)
+    do_not_contact: bool = False
+    timezone: str = "UTC"
+    preferred_channel: ActionChannel | None = None
+    locale: str | None = None
+    tier: str | None = None
+    signed_up_at: AwareDatetime | None = None
+
+
+class Reason(_Contract):
+    """Why an action was taken, in words a marketer reads."""
+
+    signal: str
+    contribution: float = Field(description="points of the friction score this signal adds")
+    detail: str
+
+
+class Scores(_Contract):
+    friction: float = Field(ge=0, le=100)
+    churn_risk: float | None = Field(default=None, ge=0, le=1)
+
+
+AttributeValue = str | int | float | bool
+
+
+class OutreachAction(_Contract):
+    """An instruction to a marketing or support tool to reach out (v1).
+
+    ``action_id`` is deterministic: the same rule on the same trigger event for the same
+    customer always yields the same id, so any consumer can deduplicate.
+    """
+
+    schema_version: Literal[1] = 1
+    action_id: str
+    customer_id: CustomerId
+    rule_id: str
+    playbook: str
+    channel: ActionChannel
+    priority: int = Field(ge=0, le=100)
+    template: str
+    reasons: list[Reason]
+    scores: Scores
+    trigger_event_id: str
+    triggered_at: AwareDatetime
+    decided_at: AwareDatetime
+    not_before: AwareDatetime | None = None
+    expires_at: AwareDatetime
+    transactional: bool = False
+    rulebook_version: str
+    model_version: str
+    attributes: dict[str, AttributeValue] = Field(default_factory=dict)
+
+
+class DecisionStatus(StrEnum):
+    emitted = "emitted"
+    suppressed = "suppressed"
+    shadow = "shadow"
+
+
+class SuppressionReason(StrEnum):
+    consent = "consent"
+    do_not_contact = "do_not_contact"
+    quiet_hours = "quiet_hours"
+    cooldown = "cooldown"
+    frequency_cap = "frequency_cap"
+    holdout = "holdout"
+    duplicate = "duplicate"
+    expired = "expired"
+    arbitration = "arbitration"
+
+
+class Decision(_Contract):
+    """Every rule that fired, whether its action went out or not (v1).
+
+    A suppressed decision always says which policy stopped it.
+    """
+
+    schema_version: Literal[1] = 1
+    decision_id: str
+    customer_id: CustomerId
+    rule_id: str
+    status: DecisionStatus
+    suppressed_by: SuppressionReason | None = None
+    detail: str | None = None
+    action: OutreachAction
+    at: AwareDatetime
+
+    @model_validator(mode="after")
+    def _reason_iff_suppressed(self) -> Decision:
+        if (self.status is DecisionStatus.suppressed) != (self.suppressed_by is not None):
+            raise ValueError("suppressed_by is required exactly when status is 'suppressed'")
+        return self
+
+
+class DeadLetterReason(StrEnum):
+    not_utf8 = "not_utf8"
+    malformed_json = "malformed_json"
+    schema_violation = "schema_violation"
+    invalid_customer_id = "invalid_customer_id"
+    too_large = "too_large"
+    future_timestamp = "future_timestamp"
+    unsupported_content_type = "unsupported_content_type"
+    unknown_event_type = "unknown_event_type"
+    processing_error = "processing_error"
+
+
+class Header(_Contract):
+    key: str
+    value_base64: str | None
+
+
+class DeadLetter(_Contract):
+    """A record Forewarn could not use, with the original bytes and why (v1)."""
+
+    schema_version: Literal[1] = 1
+    source_topic: str
+    partition: int
+    offset: int
+    key_base64: str | None
+    value_base64: str | None
+    headers: list[Header] = Field(default_factory=list)
+    error_type: DeadLetterReason
+    error_detail: str
+    failed_at: AwareDatetime
+
+
+#: File name in ``schemas/`` for each exported contract.
+SCHEMA_FILES: dict[str, type[BaseModel]] = {
+    "journey-event.v1.json": JourneyEvent,
+    "customer-profile.v1.json": CustomerProfile,
+    "outreach-action.v1.json": OutreachAction,
+    "decision.v1.json": Decision,
+    "dead-letter.v1.json": DeadLetter,
+}
+
+
+def json_schemas() -> dict[str, str]:
+    """The JSON Schema text of every contract, keyed by file name."""
+    out: dict[str, str] = {}
+    for name, model in SCHEMA_FILES.items():
+        schema = model.model_json_schema(mode="serialization")
+        schema["$id"] = f"https://forewarn.dev/schemas/{name}"
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        out[name] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
+    return out
+
+
+def write_json_schemas(directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in json_schemas().items():
+        path = directory / name
+        path.write_text(text)
+        written.append(path)
+    return written
+
+
+def utc_iso(at: datetime) -> str:
+    """ISO-8601 text of an aware datetime, for logs and pretty printing."""
+    return at.isoformat(timespec="seconds")

@@ -1,0 +1,77 @@
+"""The small ports where the Kafka shell meets the pure core, with in-memory implementations.
+
+The scoring engine sees only these: a clock, a state store and (in the worker) an output
+sink. Tests use the in-memory ones; the worker plugs in Kafka-backed ones.
+
+>>> from datetime import UTC, datetime
+>>> clock = ManualClock(datetime(2026, 1, 1, tzinfo=UTC))
+>>> clock.advance(90).isoformat()
+'2026-01-01T00:01:30+00:00'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from forewarn.models.state import CustomerState
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """The current time, timezone-aware."""
+        ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+class ManualClock:
+    """A clock that moves only when told to: scenario tests advance it explicitly."""
+
+    def __init__(self, start: datetime) -> None:
+        if start.tzinfo is None:
+            raise ValueError("ManualClock needs a timezone-aware start")
+        self._now = start
+
+    def now(self) -> datetime:
+        return self._now
+
+    def advance(self, seconds: float) -> datetime:
+        self._now += timedelta(seconds=seconds)
+        return self._now
+
+    def set(self, at: datetime) -> None:
+        self._now = at
+
+
+class StateStore(Protocol):
+    """Per-customer state of the partitions this worker owns."""
+
+    def get(self, customer_id: str) -> CustomerState | None: ...
+
+    def put(self, state: CustomerState) -> None: ...
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[CustomerState]: ...
+
+
+class MemoryStateStore:
+    def __init__(self) -> None:
+        self._states: dict[str, CustomerState] = {}
+
+    def get(self, customer_id: str) -> CustomerState | None:
+        return self._states.get(customer_id)
+
+    def put(self, state: CustomerState) -> None:
+        self._states[state.customer_id] = state
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def __iter__(self) -> Iterator[CustomerState]:
+        return iter(self._states.values())

@@ -1,0 +1,345 @@
+"""Synthetic customer journeys with ground truth, deterministic for a seed.
+
+Each customer has a persona (how often they visit, how likely they buy, whether they
+subscribe) and a latent *frustration* that the simulator keeps and Forewarn never sees:
+friction events raise it, it decays with a 12 h half-life, and it raises the hazard of a
+``support_contact`` (some time later: the window in which proactive outreach can help)
+and, for subscribers, of cancelling. Incidents (a payment-gateway outage, a carrier delay
+wave) hit a share of customers for a while.
+
+Every customer draws from its own random stream seeded by ``(seed, customer index)``, so the
+same seed gives the same events, ids and time offsets however the streams interleave.
+
+>>> from datetime import UTC, datetime, timedelta
+>>> sim = JourneySimulator(customers=5, seed=7, start=datetime(2026, 1, 1, tzinfo=UTC),
+...                        span=timedelta(days=1))
+>>> a = [e.event_id for e in sim.events()]
+>>> b = [e.event_id for e in JourneySimulator(customers=5, seed=7,
+...      start=datetime(2026, 1, 1, tzinfo=UTC), span=timedelta(days=1)).events()]
+>>> a == b and len(a) > 0
+True
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import cache
+from typing import Any
+
+from forewarn.models.contracts import (
+    ActionChannel,
+    Consent,
+    CustomerProfile,
+    EventChannel,
+    JourneyEvent,
+)
+
+HOUR = 3600.0
+FRUSTRATION_HALF_LIFE = 12 * HOUR
+
+#: how much each event type frustrates a customer (ground truth, hidden from Forewarn)
+FRUSTRATION = {
+    "payment_failed": 0.35, "checkout_error": 0.3, "search_no_results": 0.05,
+    "error_page": 0.15, "app_crash": 0.25, "slow_page": 0.05, "login_failed": 0.15,
+    "delivery_delayed": 0.5, "order_cancelled": 0.4, "rage_click": 0.05,
+}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Persona:
+    name: str
+    share: float
+    sessions_per_day: float
+    pages_per_session: float
+    buy_probability: float
+    subscriber: bool
+    app_share: float
+
+
+PERSONAS = (
+    Persona("browser", 0.40, 0.8, 4.0, 0.08, False, 0.3),
+    Persona("shopper", 0.35, 1.2, 6.0, 0.30, False, 0.5),
+    Persona("subscriber", 0.20, 1.5, 5.0, 0.15, True, 0.6),
+    Persona("power_user", 0.05, 4.0, 8.0, 0.35, True, 0.8),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Incident:
+    """A period in which something upstream is broken for some customers."""
+
+    kind: str  # payment_gateway_outage | carrier_delays | site_errors
+    start: datetime
+    end: datetime
+    #: probability that an affected step fails during the incident
+    severity: float
+
+    def active(self, at: float) -> bool:
+        return self.start.timestamp() <= at < self.end.timestamp()
+
+
+def default_incidents(start: datetime, span: timedelta) -> tuple[Incident, ...]:
+    """A payment outage 40-55% into the run and a carrier delay wave 60-80% into it."""
+    return (
+        Incident("payment_gateway_outage", start + span * 0.40, start + span * 0.55, 0.45),
+        Incident("carrier_delays", start + span * 0.60, start + span * 0.80, 0.35),
+    )
+
+
+_TIMEZONES = ("Europe/Berlin", "Europe/London", "America/New_York", "America/Los_Angeles",
+              "Asia/Tokyo", "UTC")  # fmt: skip
+_TIERS = ("free", "plus", "premium")
+_PAGES = ("/", "/search", "/c/shoes", "/c/jackets", "/p/1", "/p/2", "/p/3", "/help")
+
+
+class _Customer:
+    """One customer's journey as a time-ordered event generator."""
+
+    def __init__(self, sim: JourneySimulator, index: int) -> None:
+        self.sim = sim
+        self.index = index
+        self.id = f"cust-{index:06d}"
+        self.rng = random.Random(f"forewarn-sim:{sim.seed}:{index}")
+        r = self.rng.random()
+        acc = 0.0
+        self.persona = PERSONAS[-1]
+        for p in PERSONAS:
+            acc += p.share
+            if r < acc:
+                self.persona = p
+                break
+        self.frustration = 0.0
+        self.frustration_at = sim.start_ts
+        self.n = 0
+        self.sessions = 0
+        self.orders = 0
+        self.cancelled = False
+        self.contact_pending = False
+        self.pending: list[tuple[float, int, str, dict[str, Any]]] = []  # (at, seq, type, props)
+
+    # -- ground truth ---------------------------------------------------------------------
+    def _frustrate(self, kind: str, at: float) -> None:
+        self.frustration = self.frustration_now(at) + FRUSTRATION.get(kind, 0.0)
+        self.frustration_at = at
+        if kind in FRUSTRATION and not self.contact_pending:
+            # The hazard of contacting support grows with frustration; the contact comes
+            # later, which is the window in which proactive outreach can pre-empt it.
+            if self.rng.random() < min(0.6, 0.3 * self.frustration):
+                self.contact_pending = True
+                self._schedule(at + self.rng.expovariate(1 / (1.5 * HOUR)), "support_contact",
+                               {"kind": self.rng.choice(("chat", "call", "email", "ticket"))})
+
+    def frustration_now(self, at: float) -> float:
+        return self.frustration * 0.5 ** ((at - self.frustration_at) / FRUSTRATION_HALF_LIFE)
+
+    def _schedule(self, at: float, kind: str, props: dict[str, Any]) -> None:
+        self.n += 1
+        heapq.heappush(self.pending, (at, self.n, kind, props))
+
+    # -- generation -----------------------------------------------------------------------
+    def _event(self, at: float, kind: str, session: str | None, channel: EventChannel,
+               props: dict[str, Any], value: float | None = None) -> JourneyEvent:
+        self.n += 1
+        self._frustrate(kind, at)
+        return JourneyEvent(
+            event_id=f"sim{self.sim.seed}-{self.index}-{self.n}",
+            customer_id=self.id,
+            type=kind,
+            occurred_at=self.sim.at(at),
+            source="forewarn-simulator",
+            channel=channel,
+            session_id=session,
+            value=value,
+            properties=props,
+        )
+
+    def _drain_pending(self, until: float) -> Iterator[JourneyEvent]:
+        while self.pending and self.pending[0][0] <= until:
+            at, _, kind, props = heapq.heappop(self.pending)
+            if at >= self.sim.end_ts or self.cancelled:
+                continue
+            if kind == "support_contact":
+                self.contact_pending = False
+                self.frustration = self.frustration_now(at) * 0.3
+                self.frustration_at = at
+                yield self._event(at, kind, None, EventChannel.chat, props)
+            elif kind == "subscription_cancelled":
+                self.cancelled = True
+                yield self._event(at, kind, None, EventChannel.web, props)
+            else:
+                yield self._event(at, kind, None, EventChannel.email, props)
+
+    def events(self) -> Iterator[JourneyEvent]:
+        sim, rng, p = self.sim, self.rng, self.persona
+        t = sim.start_ts + rng.expovariate(p.sessions_per_day / (24 * HOUR))
+        while t < sim.end_ts and not self.cancelled:
+            yield from self._drain_pending(t)
+            if self.cancelled:
+                return
+            t = yield from self._session(t)
+            if rng.random() < 0.004:  # a question unrelated to friction
+                self._schedule(t + rng.expovariate(1 / HOUR), "support_contact", {"kind": "chat"})
+            t += rng.expovariate(p.sessions_per_day / (24 * HOUR))
+        yield from self._drain_pending(sim.end_ts)
+
+    def _session(self, t: float) -> Iterator[JourneyEvent]:  # noqa: C901 - a funnel reads best flat
+        sim, rng, p = self.sim, self.rng, self.persona
+        self.sessions += 1
+        sid = f"s-{self.index}-{self.sessions}"
+        ch = EventChannel.app if rng.random() < p.app_share else EventChannel.web
+
+        def step(kind: str, **props: Any) -> JourneyEvent:
+            nonlocal t
+            t += rng.expovariate(1 / 40.0)
+            value = props.pop("value", None)
+            return self._event(t, kind, sid, ch, props, value)
+
+        yield step("session_start")
+        if rng.random() < 0.03:
+            yield step("login_failed")
+            if rng.random() < 0.4:
+                yield step("password_reset")
+        site_broken = sim.incident_active("site_errors", t)
+        for _ in range(max(1, int(rng.expovariate(1 / p.pages_per_session)))):
+            r = rng.random()
+            if r < 0.25:
+                yield step("search", query=rng.choice(("shoes", "jacket", "gift")))
+                if rng.random() < 0.12:
+                    yield step("search_no_results")
+            elif r < 0.6:
+                yield step("product_view", page=rng.choice(_PAGES[4:7]))
+            else:
+                yield step("page_view", page=rng.choice(_PAGES[:4]))
+            if rng.random() < (0.2 if site_broken else 0.015):
+                yield step("error_page", page=rng.choice(_PAGES))
+            if rng.random() < 0.03:
+                yield step("slow_page", page=rng.choice(_PAGES))
+            if ch is EventChannel.app and rng.random() < 0.006:
+                yield step("app_crash")
+                return t
+        f = self.frustration_now(t)
+        if rng.random() < min(0.6, 0.1 + 0.3 * f):
+            yield step("help_center_view", page="/help")
+            if rng.random() < min(0.5, 0.4 * f):
+                yield step("contact_form_opened", page="/help/contact")
+        if p.subscriber and rng.random() < min(0.25, 0.03 * f * f):
+            yield step("subscription_cancel_started")
+            if rng.random() < 0.6:
+                self._schedule(t + rng.expovariate(1 / (6 * HOUR)), "subscription_cancelled", {})
+            return t
+        if rng.random() < 0.005 * f and p.subscriber:
+            yield step("plan_downgraded")
+        if rng.random() >= p.buy_probability:
+            return t
+        cart = round(rng.lognormvariate(4.0, 0.6), 2)
+        yield step("add_to_cart", cart_value=cart)
+        yield step("checkout_started", cart_value=cart, step="address")
+        if rng.random() < 0.04:
+            yield step("checkout_error", step="address", cart_value=cart)
+            if rng.random() < 0.35:
+                for _ in range(3):
+                    yield step("page_view", page="/checkout/address")
+            if rng.random() < 0.5:
+                return t
+        order = f"ord-{self.index}-{self.orders + 1}"
+        method = rng.choice(("card", "paypal", "klarna"))
+        fail_p = 0.45 if sim.incident_active("payment_gateway_outage", t) else 0.03
+        for _attempt in range(3):
+            if rng.random() >= fail_p:
+                break
+            yield step("payment_failed", order_id=order, payment_method=method, amount=cart)
+            if rng.random() < 0.3:
+                for _ in range(3):
+                    yield step("rage_click", page="/checkout/pay")
+            if rng.random() < 0.35:
+                return t  # gives up
+        else:
+            return t
+        self.orders += 1
+        yield step("payment_succeeded", order_id=order, payment_method=method, amount=cart)
+        yield step("purchase", order_id=order, value=cart)
+        self.frustration = max(0.0, self.frustration_now(t) - 0.2)
+        self.frustration_at = t
+        delay_p = 0.35 if sim.incident_active("carrier_delays", t) else 0.05
+        if rng.random() < delay_p:
+            when = t + rng.uniform(6 * HOUR, 30 * HOUR)
+            eta = sim.at(when + 2 * 24 * HOUR).date().isoformat()
+            self._schedule(when, "delivery_delayed",
+                           {"order_id": order, "carrier": rng.choice(("DHL", "UPS")), "new_eta": eta})
+        if rng.random() < 0.1:
+            f = self.frustration_now(t)
+            self._schedule(t + 2 * HOUR, "survey_response",
+                           {"kind": "nps", "score": max(0, min(10, round(9 - 5 * f + rng.gauss(0, 1.5))))})
+        return t
+
+    def profile(self) -> CustomerProfile:
+        rng = random.Random(f"forewarn-profile:{self.sim.seed}:{self.index}")
+        consent = Consent(
+            email=rng.random() < 0.85, sms=rng.random() < 0.4, push=rng.random() < 0.6,
+            in_app=rng.random() < 0.7, phone=rng.random() < 0.5,
+        )  # fmt: skip
+        return CustomerProfile(
+            customer_id=self.id,
+            consent=consent,
+            do_not_contact=rng.random() < 0.02,
+            timezone=rng.choice(_TIMEZONES),
+            preferred_channel=rng.choice(list(ActionChannel)),
+            locale=rng.choice(("en-GB", "de-DE", "en-US", "ja-JP")),
+            tier=rng.choice(_TIERS),
+            signed_up_at=self.sim.at(self.sim.start_ts - rng.uniform(1, 900) * 24 * HOUR),
+        )
+
+
+class JourneySimulator:
+    def __init__(
+        self,
+        customers: int,
+        seed: int,
+        start: datetime,
+        span: timedelta,
+        incidents: tuple[Incident, ...] | None = None,
+    ) -> None:
+        if start.tzinfo is None:
+            raise ValueError("start must be timezone-aware")
+        self.customers = customers
+        self.seed = seed
+        self.start = start
+        self.span = span
+        self.start_ts = start.timestamp()
+        self.end_ts = (start + span).timestamp()
+        self.incidents = default_incidents(start, span) if incidents is None else incidents
+        self._tz = start.tzinfo
+
+    def at(self, ts: float) -> datetime:
+        return datetime.fromtimestamp(ts, tz=self._tz)
+
+    def incident_active(self, kind: str, at: float) -> bool:
+        return any(i.kind == kind and i.active(at) for i in self.incidents)
+
+    def profiles(self) -> list[CustomerProfile]:
+        return [_Customer(self, i).profile() for i in range(self.customers)]
+
+    def events(self) -> Iterator[JourneyEvent]:
+        """All customers' events merged in event-time order."""
+        streams = [_Customer(self, i).events() for i in range(self.customers)]
+        return heapq.merge(*streams, key=lambda e: e.occurred_at)
+
+
+@cache
+def events_per_customer_hour() -> float:
+    """Average activity, measured once on a fixed calibration run (used to size live runs)."""
+    start = datetime.fromisoformat("2026-01-01T00:00:00+00:00")
+    sim = JourneySimulator(customers=400, seed=1_000_003, start=start, span=timedelta(days=2),
+                           incidents=())  # fmt: skip
+    n = sum(1 for _ in sim.events())
+    return n / (400 * 48)
+
+
+def span_for(events: int, customers: int) -> timedelta:
+    """How much simulated time holds about ``events`` events from ``customers`` customers."""
+    hours = events / max(1, customers) / events_per_customer_hour()
+    return timedelta(hours=max(hours, 1 / 60))

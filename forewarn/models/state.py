@@ -1,0 +1,179 @@
+"""Per-customer state, updated one event at a time in event time.
+
+The same ``apply_event`` serves the stream, replays and (later) training, so features can
+never drift between them. State is owned by the partition that owns the customer.
+
+>>> from datetime import UTC, datetime
+>>> from forewarn.models.contracts import JourneyEvent
+>>> from forewarn.models.friction import FrictionConfig
+>>> cfg = FrictionConfig.default()
+>>> s = CustomerState("c1")
+>>> at = datetime(2026, 1, 1, tzinfo=UTC)
+>>> e = JourneyEvent(event_id="e1", customer_id="c1", type="payment_failed", occurred_at=at)
+>>> apply_event(s, e, cfg).duplicate, s.window_count(("payment_failed",), 3600, at.timestamp())
+(False, 1)
+>>> apply_event(s, e, cfg).duplicate
+True
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from forewarn.models.contracts import CustomerProfile, JourneyEvent
+from forewarn.models.friction import FrictionConfig
+from forewarn.models.session import SessionState, track_session
+
+#: timestamps kept per event type for rolling-window counts: counts saturate here
+WINDOW_DEPTH = 10
+#: the longest window a rolling count can be asked for
+WINDOW_HORIZON_SECONDS = 7 * 24 * 3600.0
+#: event ids remembered per customer for duplicate detection
+DEDUP_DEPTH = 32
+#: recent events kept for explanations
+RECENT_DEPTH = 10
+#: emitted action ids remembered per customer (the duplicate-trigger policy)
+ACTION_MEMORY = 16
+
+POOR_SURVEY = "poor_survey"
+
+
+def survey_is_poor(properties: dict[str, Any]) -> bool:
+    """NPS 0-6 (detractor), CSAT 1-2 of 5, CES 5-7 of 7 (high effort) count as poor."""
+    kind, score = properties.get("kind"), properties.get("score")
+    if not isinstance(score, int | float):
+        return False
+    return (
+        (kind == "nps" and score <= 6)
+        or (kind == "csat" and score <= 2)
+        or (kind == "ces" and score >= 5)
+    )
+
+
+@dataclass(slots=True)
+class CustomerState:
+    customer_id: str
+    profile: CustomerProfile | None = None
+    first_seen: float = math.inf
+    last_seen: float = -math.inf
+    events_seen: int = 0
+    #: signal index -> [decayed value, event time of that value]
+    signals: dict[int, list[float]] = field(default_factory=dict)
+    #: event type -> recent occurrence times (ascending, at most WINDOW_DEPTH)
+    occurrences: dict[str, list[float]] = field(default_factory=dict)
+    recent: list[tuple[str, float]] = field(default_factory=list)
+    seen_event_ids: list[str] = field(default_factory=list)
+    session: SessionState = field(default_factory=SessionState)
+    last_support_contact: float | None = None
+    last_friction: float = 0.0
+    last_contact_by_rule: dict[str, float] = field(default_factory=dict)
+    last_contact_by_channel: dict[str, float] = field(default_factory=dict)
+    recent_action_ids: list[str] = field(default_factory=list)
+
+    def window_count(self, types: tuple[str, ...], within: float, at: float) -> int:
+        """Occurrences of ``types`` in the event-time window (at - within, at]."""
+        lo = at - within
+        n = 0
+        for t in types:
+            for ts in self.occurrences.get(t, ()):
+                if lo < ts <= at:
+                    n += 1
+        return n
+
+    def signal_row(self, config: FrictionConfig, at: float, out: NDArray[np.float64]) -> None:
+        """Write every signal's value decayed to ``at`` into ``out``."""
+        rates = config.decay_rate_list
+        for i, (value, when) in self.signals.items():
+            out[i] = value * math.exp(-rates[i] * max(0.0, at - when))
+
+    def remember_action(self, action_id: str, rule_id: str, channel: str, at: float) -> None:
+        self.recent_action_ids.append(action_id)
+        del self.recent_action_ids[:-ACTION_MEMORY]
+        self.last_contact_by_rule[rule_id] = max(self.last_contact_by_rule.get(rule_id, at), at)
+        prev = self.last_contact_by_channel.get(channel, at)
+        self.last_contact_by_channel[channel] = max(prev, at)
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What one event did to the state."""
+
+    duplicate: bool
+    #: the event's time in epoch seconds
+    at: float = 0.0
+    derived: tuple[str, ...] = ()
+
+
+_NOT_APPLIED = Applied(duplicate=True)
+
+
+def _page_of(properties: dict[str, Any]) -> str | None:
+    for k in ("page", "path", "url"):
+        v = properties.get(k)
+        if isinstance(v, str) and v:
+            return v
+    return None
+
+
+def apply_event(state: CustomerState, event: JourneyEvent, config: FrictionConfig) -> Applied:
+    """Fold one event into the customer's state (idempotent per ``event_id``)."""
+    if event.event_id in state.seen_event_ids:
+        return _NOT_APPLIED
+    state.seen_event_ids.append(event.event_id)
+    del state.seen_event_ids[:-DEDUP_DEPTH]
+
+    at = event.occurred_at.timestamp()
+    state.events_seen += 1
+    state.first_seen = min(state.first_seen, at)
+    state.last_seen = max(state.last_seen, at)
+    state.recent.append((event.type, at))
+    del state.recent[:-RECENT_DEPTH]
+
+    derived = track_session(
+        state.session, event.type, at, event.session_id, _page_of(event.properties)
+    )
+    kinds: tuple[str, ...] = (event.type, *derived)
+    if event.type == "survey_response" and survey_is_poor(event.properties):
+        kinds += (POOR_SURVEY,)
+    if event.type == "support_contact":
+        state.last_support_contact = at
+
+    for kind in kinds:
+        _record_occurrence(state, kind, at)
+        for i in config.resolves.get(kind, ()):
+            state.signals.pop(i, None)
+        for i, amount in config.feeds.get(kind, ()):
+            _feed(state, config, i, amount, at)
+    return Applied(duplicate=False, at=at, derived=derived)
+
+
+def _record_occurrence(state: CustomerState, kind: str, at: float) -> None:
+    times = state.occurrences.setdefault(kind, [])
+    if not times or at >= times[-1]:
+        times.append(at)
+    else:  # late event: keep the list in event-time order
+        times.insert(next(i for i, t in enumerate(times) if t > at), at)
+    horizon = times[-1] - WINDOW_HORIZON_SECONDS
+    drop = 0
+    while drop < len(times) and times[drop] <= horizon:
+        drop += 1
+    del times[: max(drop, len(times) - WINDOW_DEPTH)]
+
+
+def _feed(state: CustomerState, config: FrictionConfig, i: int, amount: float, at: float) -> None:
+    cur = state.signals.get(i)
+    if cur is None:
+        state.signals[i] = [amount, at]
+        return
+    value, when = cur
+    rate = config.decay_rate_list[i]
+    if at >= when:
+        cur[0] = value * math.exp(-rate * (at - when)) + amount
+        cur[1] = at
+    else:  # late event: decay its contribution forward to the accumulator's time
+        cur[0] = value + amount * math.exp(-rate * (when - at))

@@ -1,0 +1,243 @@
+"""From scored events to decisions: requirements, reasons, policies, arbitration.
+
+Policies run in this order, and the first that says no is recorded as the decision's
+``suppressed_by``:
+
+1. ``do_not_contact`` - the profile forbids any contact;
+2. ``consent`` - none of the rule's channels is consented to (no profile: no consent);
+3. ``duplicate`` - this exact action (same deterministic id) was already emitted;
+4. ``cooldown`` - the rule reached this customer too recently;
+5. ``arbitration`` - another rule won this customer in this batch (highest priority first,
+   then the earliest trigger, then rulebook order).
+
+Every rule whose requirements hold yields exactly one Decision: emitted, or suppressed with
+its reason. A rule whose requirements do not hold yields nothing: it did not fire.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from forewarn.models.contracts import (
+    ActionChannel,
+    AttributeValue,
+    Decision,
+    DecisionStatus,
+    JourneyEvent,
+    OutreachAction,
+    Reason,
+    Scores,
+    SuppressionReason,
+)
+from forewarn.models.friction import FrictionConfig
+from forewarn.models.state import CustomerState
+from forewarn.rules.rulebook import Rule, Rulebook
+
+_IDS = uuid.UUID("6f1c2a9e-3b1d-4f7a-9d0e-6a4b8f2c1e55")
+
+
+def action_id(rule_id: str, customer_id: str, trigger_event_id: str) -> str:
+    """Deterministic: the same rule on the same trigger for the same customer, the same id."""
+    return str(uuid.uuid5(_IDS, f"{rule_id}\x1f{customer_id}\x1f{trigger_event_id}"))
+
+
+def decision_id(action: str) -> str:
+    return str(uuid.uuid5(_IDS, f"decision\x1f{action}"))
+
+
+@dataclass(frozen=True, slots=True)
+class Moment:
+    """One scored event, as the rules see it."""
+
+    event: JourneyEvent
+    at: float
+    state: CustomerState
+    derived: tuple[str, ...]
+    in_checkout: bool
+    friction: float
+    prev_friction: float
+    contributions: Sequence[float]
+
+
+def requirements_met(rule: Rule, m: Moment) -> bool:
+    req = rule.require
+    if m.friction < req.friction_at_least:
+        return False
+    if req.in_checkout is not None and req.in_checkout != m.in_checkout:
+        return False
+    if req.tiers:
+        profile = m.state.profile
+        if profile is None or profile.tier not in req.tiers:
+            return False
+    if req.no_support_contact_within is not None and m.state.window_count(
+        ("support_contact",), req.no_support_contact_within, m.at
+    ):
+        return False
+    return all(m.state.window_count(c.types, c.within, m.at) >= c.at_least for c in req.counts)
+
+
+def _words(kind: str) -> str:
+    return kind.replace("_", " ")
+
+
+def _ago(seconds: float) -> str:
+    hours = seconds / 3600
+    return f"{hours:g} h" if hours < 48 else f"{hours / 24:g} days"
+
+
+def explain(rule: Rule, m: Moment, config: FrictionConfig) -> list[Reason]:
+    """Why: the trigger, then the signals that add most to the friction score."""
+    hits = [k for k in (m.event.type, *m.derived) if k in rule.triggers.events]
+    if hits:
+        what = f"triggered by {_words(hits[0])}"
+    else:  # a score crossing
+        what = f"friction rose from {m.prev_friction:.0f} to {m.friction:.0f}"
+    reasons = [Reason(signal="trigger", contribution=0.0, detail=what)]
+    ranked = sorted(range(len(m.contributions)), key=lambda i: -m.contributions[i])
+    window = config.reason_window_seconds
+    for i in ranked[: config.top_reasons]:
+        points = float(m.contributions[i])
+        if points < 0.5:
+            break
+        sig = config.signals[i]
+        n = m.state.window_count(sig.counted, window, m.at)
+        detail = f"{sig.label}: {n} in the last {_ago(window)}" if n else f"{sig.label} earlier on"
+        reasons.append(Reason(signal=sig.name, contribution=round(points, 1), detail=detail))
+    return reasons
+
+
+def choose_channel(rule: Rule, state: CustomerState) -> ActionChannel | None:
+    """The first of the rule's channels the customer consented to."""
+    profile = state.profile
+    if profile is None:
+        return None
+    return next((c for c in rule.action.channels if profile.consent.allows(c)), None)
+
+
+def _ts(at: float) -> datetime:
+    return datetime.fromtimestamp(at, tz=UTC)
+
+
+@dataclass(slots=True)
+class _Proposal:
+    rule: Rule
+    moment: Moment
+    action: OutreachAction
+
+
+@dataclass(slots=True)
+class DecisionMaker:
+    """Collects the decisions of one batch; ``finish`` settles arbitration."""
+
+    rulebook: Rulebook
+    friction: FrictionConfig
+    now: datetime
+    model_version: str
+    decisions: list[Decision] = field(default_factory=list)
+    _winners: dict[str, _Proposal] = field(default_factory=dict)
+
+    def consider(self, m: Moment) -> None:
+        for rule in self.rulebook.rules_for(m.event.type, m.derived, m.prev_friction, m.friction):
+            if requirements_met(rule, m):
+                self._decide(rule, m)
+
+    def _action(self, rule: Rule, m: Moment, channel: ActionChannel) -> OutreachAction:
+        e = m.event
+        attrs: dict[str, AttributeValue] = {
+            k: e.properties[k]
+            for k in rule.action.attributes
+            if isinstance(e.properties.get(k), str | int | float | bool)
+        }
+        return OutreachAction(
+            action_id=action_id(rule.id, e.customer_id, e.event_id),
+            customer_id=e.customer_id,
+            rule_id=rule.id,
+            playbook=rule.action.playbook,
+            channel=channel,
+            priority=rule.action.priority,
+            template=rule.action.template,
+            reasons=explain(rule, m, self.friction),
+            scores=Scores(friction=round(min(100.0, max(0.0, m.friction)), 1)),
+            trigger_event_id=e.event_id,
+            triggered_at=e.occurred_at,
+            decided_at=self.now,
+            expires_at=e.occurred_at + timedelta(seconds=rule.action.ttl),
+            transactional=rule.action.transactional,
+            rulebook_version=self.rulebook.version,
+            model_version=self.model_version,
+            attributes=attrs,
+        )
+
+    def _record(
+        self, action: OutreachAction, why: SuppressionReason | None = None, detail: str | None = None
+    ) -> None:
+        self.decisions.append(
+            Decision(
+                decision_id=decision_id(action.action_id),
+                customer_id=action.customer_id,
+                rule_id=action.rule_id,
+                status=DecisionStatus.emitted if why is None else DecisionStatus.suppressed,
+                suppressed_by=why,
+                detail=detail,
+                action=action,
+                at=self.now,
+            )
+        )
+
+    def _decide(self, rule: Rule, m: Moment) -> None:
+        state = m.state
+        profile = state.profile
+        channel = choose_channel(rule, state)
+        action = self._action(rule, m, channel or rule.action.channels[0])
+        if profile is not None and profile.do_not_contact:
+            self._record(action, SuppressionReason.do_not_contact, "profile says do not contact")
+            return
+        if channel is None:
+            wanted = ", ".join(c.value for c in rule.action.channels)
+            why = "no profile yet" if profile is None else f"no consent for any of {wanted}"
+            self._record(action, SuppressionReason.consent, why)
+            return
+        if action.action_id in state.recent_action_ids:
+            self._record(action, SuppressionReason.duplicate, "this action was already sent")
+            return
+        last = state.last_contact_by_rule.get(rule.id)
+        cooldown = rule.policies.cooldown
+        if last is not None and last <= m.at < last + cooldown:
+            self._record(
+                action, SuppressionReason.cooldown, f"rule reached this customer {_ago(m.at - last)} ago"
+            )
+            return
+        self._arbitrate(_Proposal(rule, m, action))
+
+    def _arbitrate(self, p: _Proposal) -> None:
+        cid = p.action.customer_id
+        best = self._winners.get(cid)
+        if best is None:
+            self._winners[cid] = p
+            return
+        if best.rule.id == p.rule.id and p.moment.at < best.moment.at + p.rule.policies.cooldown:
+            self._record(p.action, SuppressionReason.cooldown, "rule fired earlier in this batch")
+            return
+        order = self.rulebook.rules.index
+        if (p.rule.action.priority, -p.moment.at, -order(p.rule)) > (
+            best.rule.action.priority,
+            -best.moment.at,
+            -order(best.rule),
+        ):
+            p, best = best, p
+            self._winners[cid] = best
+        self._record(p.action, SuppressionReason.arbitration, f"{best.rule.id} took priority")
+
+    def finish(self) -> list[OutreachAction]:
+        """Emit the winners, remember them on the customer's state, return the actions."""
+        actions = []
+        for p in self._winners.values():
+            a = p.action
+            p.moment.state.remember_action(a.action_id, a.rule_id, a.channel.value, p.moment.at)
+            actions.append(a)
+            self._record(a)
+        self._winners.clear()
+        return actions

@@ -1,0 +1,192 @@
+"""The rulebook: what marketing and CX teams own, as a validated YAML file.
+
+A rule fires on a *trigger* (an event type, a derived session detection such as
+``rage_burst``, or the friction score crossing a threshold upward), checks its
+*requirements* against the customer's state at that moment, and proposes an *action*
+that the policies then let through or suppress.
+
+>>> book = load_rulebook_text('''
+... version: "1"
+... rules:
+...   - id: pay
+...     description: help after a failed payment
+...     triggers: {events: [payment_failed]}
+...     action: {playbook: payment_recovery, channels: [email], template: t, priority: 90}
+... ''', "inline.yaml")
+>>> [r.id for r in book.rules_for("payment_failed", (), 0.0, 10.0)]
+['pay']
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from forewarn.models.config_file import load_yaml_file, load_yaml_text
+from forewarn.models.contracts import VOCABULARY, ActionChannel
+from forewarn.models.session import DERIVED_TRIGGERS
+from forewarn.models.state import POOR_SURVEY
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``"90s"``, ``"15m"``, ``"2h"``, ``"7d"``, ``"1w"`` or a number of seconds.
+
+    >>> parse_duration("2h"), parse_duration(30)
+    (7200.0, 30.0)
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and (m := _DURATION.match(value)):
+        return float(m.group(1)) * _UNIT[m.group(2)]
+    raise ValueError(f"expected a duration such as '90s', '15m', '2h' or '7d', got {value!r}")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+
+#: what a rule may name as a trigger or count besides the canonical vocabulary
+KNOWN_KINDS = VOCABULARY | set(DERIVED_TRIGGERS) | {POOR_SURVEY}
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Triggers(_Part):
+    events: tuple[str, ...] = ()
+    #: score name -> threshold; fires when the score crosses it upward with this event
+    scores: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _something(self) -> Triggers:
+        if not self.events and not self.scores:
+            raise ValueError("a rule needs at least one trigger (events or scores)")
+        unknown = set(self.scores) - {"friction"}
+        if unknown:
+            raise ValueError(f"unknown score {sorted(unknown)}; available: ['friction']")
+        return self
+
+
+class WindowCount(_Part):
+    """At least ``at_least`` occurrences of any of ``types`` in the last ``within``."""
+
+    types: tuple[str, ...] = Field(min_length=1)
+    within: Duration
+    at_least: int = Field(ge=1)
+
+
+class Requirements(_Part):
+    friction_at_least: float = Field(default=0.0, ge=0, le=100)
+    counts: tuple[WindowCount, ...] = ()
+    #: true: only while the customer is in a checkout; false: only outside one
+    in_checkout: bool | None = None
+    #: the customer's tier must be one of these (empty: any tier)
+    tiers: tuple[str, ...] = ()
+    #: skip customers who already contacted support within this time
+    no_support_contact_within: Duration | None = None
+
+
+class ActionTemplate(_Part):
+    playbook: str = Field(min_length=1)
+    #: preference order; the first channel the customer consented to is used
+    channels: tuple[ActionChannel, ...] = Field(min_length=1)
+    template: str = Field(min_length=1)
+    priority: int = Field(ge=0, le=100)
+    ttl: Duration = 24 * 3600.0
+    transactional: bool = False
+    #: event properties copied onto the action when present (never free-form PII)
+    attributes: tuple[str, ...] = ()
+
+
+class Policies(_Part):
+    cooldown: Duration = 24 * 3600.0
+
+
+class Rule(_Part):
+    id: str = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)
+    description: str = ""
+    triggers: Triggers
+    require: Requirements = Field(default_factory=Requirements)
+    action: ActionTemplate
+    policies: Policies = Field(default_factory=Policies)
+
+
+class Rulebook(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: str = Field(min_length=1)
+    #: event types from upstream systems that rules may name besides the vocabulary
+    custom_event_types: tuple[str, ...] = ()
+    rules: tuple[Rule, ...]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Rulebook:
+        ids = [r.id for r in self.rules]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"rule ids must be unique; repeated: {dupes}")
+        known = KNOWN_KINDS | set(self.custom_event_types)
+        for r in self.rules:
+            named = set(r.triggers.events)
+            for c in r.require.counts:
+                named |= set(c.types)
+            unknown = sorted(named - known)
+            if unknown:
+                raise ValueError(
+                    f"rule {r.id!r} names unknown event types {unknown}; add them to "
+                    "custom_event_types if upstream really sends them"
+                )
+        return self
+
+    @cached_property
+    def by_event(self) -> dict[str, tuple[Rule, ...]]:
+        """Trigger index: an event evaluates only the rules that can fire on it."""
+        out: dict[str, list[Rule]] = {}
+        for r in self.rules:
+            for t in r.triggers.events:
+                out.setdefault(t, []).append(r)
+        return {t: tuple(rs) for t, rs in out.items()}
+
+    @cached_property
+    def friction_crossings(self) -> tuple[tuple[float, Rule], ...]:
+        return tuple(
+            (r.triggers.scores["friction"], r) for r in self.rules if "friction" in r.triggers.scores
+        )
+
+    def rules_for(
+        self, event_type: str, derived: tuple[str, ...], prev_friction: float, friction: float
+    ) -> list[Rule]:
+        """The rules this event can fire, each once, in rulebook order."""
+        found: list[Rule] = []
+        for kind in (event_type, *derived):
+            for r in self.by_event.get(kind, ()):
+                if r not in found:
+                    found.append(r)
+        for threshold, r in self.friction_crossings:
+            if prev_friction < threshold <= friction and r not in found:
+                found.append(r)
+        return found
+
+
+DEFAULT_RULEBOOK = "default.yaml"
+
+
+def default_rulebook_path() -> Path:
+    """The rulebook shipped with Forewarn (``forewarn/rules/default.yaml``)."""
+    return Path(str(resources.files("forewarn.rules").joinpath(DEFAULT_RULEBOOK)))
+
+
+def load_rulebook(path: Path | None = None) -> Rulebook:
+    """Load and validate a rulebook; raises ``ConfigFileError`` naming file, line and field."""
+    return load_yaml_file(path or default_rulebook_path(), Rulebook)
+
+
+def load_rulebook_text(text: str, file: str = "<rulebook>") -> Rulebook:
+    return load_yaml_text(text, Rulebook, file)

@@ -1,0 +1,185 @@
+"""The ``forewarn`` command line. Every subcommand reads its connection from the
+``FOREWARN_*`` environment (see ``forewarn.streams.settings``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from forewarn.models.config_file import ConfigFileError
+from forewarn.models.contracts import write_json_schemas
+
+log = logging.getLogger("forewarn")
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from forewarn.streams.broker import broker_command, free_port
+
+    port = free_port() if args.port == 0 else (args.port or 9092)
+    print(f"embedded broker on 127.0.0.1:{port} (memory storage; Ctrl-C stops it)", flush=True)
+    print(f"export FOREWARN_BOOTSTRAP_SERVERS=127.0.0.1:{port}", flush=True)
+    try:
+        return subprocess.call(broker_command(port))
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from forewarn.streams.settings import Settings
+    from forewarn.streams.topics import create_topics, format_report, verify_topics
+
+    settings = Settings()
+    reports = create_topics(settings) if args.action == "create" else verify_topics(settings)
+    print(format_report(reports))
+    return 0 if all(r.ok for r in reports) else 1
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from forewarn.streams.scoring.worker import ScoringWorker
+    from forewarn.streams.settings import Settings
+
+    settings = Settings()
+    log.info("settings: %s", json.dumps(settings.masked(), default=str))
+    worker = ScoringWorker(settings)
+    worker.install_signal_handlers()
+    if settings.http_port:
+        worker.metrics.serve(settings.http_host, settings.http_port)
+        log.info("metrics on http://%s:%d/metrics", settings.http_host, settings.http_port)
+    worker.run()
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    if args.out:
+        from forewarn.streams.simulate import write_history
+
+        start = args.start or (datetime.now(UTC) - timedelta(days=args.days)).replace(
+            minute=0, second=0, microsecond=0
+        )
+        n, profiles = write_history(
+            args.out, customers=args.customers, days=args.days, seed=args.seed, start=start
+        )
+        print(f"wrote {n:,} events to {args.out} and {args.customers:,} profiles to {profiles}")
+        return 0
+    from forewarn.streams.settings import Settings
+    from forewarn.streams.simulate import publish_live
+
+    settings = Settings()
+    stats = publish_live(
+        settings, customers=args.customers, rate=args.rate, duration=args.duration,
+        seed=args.seed, bad_rate=args.bad_rate,
+        on_progress=lambda s: print(f"published {s.events:,} events", flush=True),
+    )  # fmt: skip
+    print(f"published {stats.profiles:,} profiles and {stats.events:,} events to "
+          f"{settings.topics.journey_events}; {sum(stats.bad.values())} malformed records")  # fmt: skip
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from forewarn.streams.settings import Settings
+    from forewarn.streams.tail import tail
+
+    try:
+        for line in tail(Settings(), args.topic, from_beginning=args.from_beginning,
+                         limit=args.max, idle_timeout=args.timeout, as_json=args.json):  # fmt: skip
+            print(line, flush=True)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from forewarn.streams.demo import run_demo
+
+    return run_demo(duration=args.duration, rate=args.rate, customers=args.customers,
+                    seed=args.seed, bad_rate=args.bad_rate)  # fmt: skip
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    for path in write_json_schemas(args.out):
+        print(path)
+    return 0
+
+
+def _aware(text: str) -> datetime:
+    at = datetime.fromisoformat(text)
+    if at.tzinfo is None:
+        raise argparse.ArgumentTypeError("give a time zone, e.g. 2026-01-01T00:00:00+00:00")
+    return at
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="forewarn", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (development)")
+    b.add_argument("--port", type=int, default=None, help="port (default 9092; 0 picks a free one)")
+    b.set_defaults(func=cmd_broker)
+
+    t = sub.add_parser("topics", help="create or verify Forewarn's topics")
+    t.add_argument("action", choices=["create", "verify"])
+    t.set_defaults(func=cmd_topics)
+
+    s = sub.add_parser("score", help="run a scoring worker (SIGTERM finishes the batch and exits)")
+    s.set_defaults(func=cmd_score)
+
+    sim = sub.add_parser("simulate", help="publish synthetic journeys, or write history")
+    sim.add_argument("--customers", type=int, default=1000)
+    sim.add_argument("--rate", type=float, default=500, help="events per second (live)")
+    sim.add_argument("--duration", type=float, default=60, help="seconds (live)")
+    sim.add_argument("--seed", type=int, default=7)
+    sim.add_argument("--bad-rate", type=float, default=0.0,
+                     help="share of malformed records mixed in (live)")  # fmt: skip
+    sim.add_argument("--out", type=Path, help="write JSON Lines history here instead")
+    sim.add_argument("--days", type=float, default=7, help="days of history (with --out)")
+    sim.add_argument("--start", type=_aware, help="history start (default: --days ago)")
+    sim.set_defaults(func=cmd_simulate)
+
+    tl = sub.add_parser("tail", help="pretty-print actions, decisions or dead letters")
+    tl.add_argument("topic", choices=["actions", "decisions", "dlq"])
+    tl.add_argument("--from-beginning", action="store_true")
+    tl.add_argument("--max", type=int, default=None, help="stop after N records")
+    tl.add_argument("--timeout", type=float, default=None, help="stop after S idle seconds")
+    tl.add_argument("--json", action="store_true", help="print the raw JSON")
+    tl.set_defaults(func=cmd_tail)
+
+    d = sub.add_parser("demo", help="broker + worker + simulated traffic + summary")
+    d.add_argument("--duration", type=float, default=60)
+    d.add_argument("--rate", type=float, default=1000)
+    d.add_argument("--customers", type=int, default=2000)
+    d.add_argument("--seed", type=int, default=7)
+    d.add_argument("--bad-rate", type=float, default=0.002)
+    d.set_defaults(func=cmd_demo)
+
+    sc = sub.add_parser("schemas", help="write the contracts' JSON Schemas")
+    sc.add_argument("--out", type=Path, default=Path("schemas"))
+    sc.set_defaults(func=cmd_schemas)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )  # fmt: skip
+    try:
+        rc: int = args.func(args)
+    except ConfigFileError as e:
+        print(f"forewarn: refused configuration:\n{e}", file=sys.stderr)
+        return 2
+    except ValidationError as e:
+        print(f"forewarn: invalid settings:\n{e}", file=sys.stderr)
+        return 2
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""Decoding raw Kafka records into contracts, and encoding contracts back.
+
+Pure: a ``RawRecord`` is plain data, so every rule here is unit-tested without a broker.
+An event arrives as plain JSON, as a CloudEvent in binary mode (``ce_*`` headers, the value
+is the data) or in structured mode (``content-type: application/cloudevents+json``). Anything
+that cannot become a valid ``JourneyEvent`` becomes a ``DeadLetter`` with a typed reason and
+the original bytes.
+
+>>> from datetime import UTC, datetime
+>>> rec = RawRecord("journey-events", 0, 7, b"c1",
+...     b'{"event_id":"e1","customer_id":"c1","type":"pay_fail",'
+...     b'"occurred_at":"2026-01-01T00:00:00Z"}')
+>>> out = decode_event(rec, DecodeSettings(aliases={"pay_fail": "payment_failed"}),
+...                    datetime(2026, 1, 1, tzinfo=UTC))
+>>> out.event.type, out.key_status
+('payment_failed', 'ok')
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from forewarn.models.contracts import (
+    VOCABULARY,
+    CustomerProfile,
+    DeadLetter,
+    DeadLetterReason,
+    Header,
+    JourneyEvent,
+)
+
+Headers = tuple[tuple[str, bytes | None], ...]
+KeyStatus = Literal["ok", "missing", "mismatch"]
+
+CLOUDEVENTS_JSON = "application/cloudevents+json"
+_JSON_TYPES = ("application/json", "text/json")
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """A consumed Kafka record as plain data."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeSettings:
+    #: upstream event type -> canonical type (e.g. ``{"pay_fail": "payment_failed"}``)
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    max_bytes: int = 64 * 1024
+    future_tolerance: timedelta = timedelta(minutes=5)
+    #: refuse event types outside the vocabulary (and ``custom_types``) instead of counting
+    #: them as ``other``
+    strict_types: bool = False
+    custom_types: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedEvent:
+    event: JourneyEvent
+    key_status: KeyStatus
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileTombstone:
+    customer_id: str
+
+
+class Rejected(Exception):
+    def __init__(self, reason: DeadLetterReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode("ascii")
+
+
+def dead_letter(rec: RawRecord, reason: DeadLetterReason, detail: str, at: datetime) -> DeadLetter:
+    return DeadLetter(
+        source_topic=rec.topic,
+        partition=rec.partition,
+        offset=rec.offset,
+        key_base64=_b64(rec.key),
+        value_base64=_b64(rec.value),
+        headers=[Header(key=k, value_base64=_b64(v)) for k, v in rec.headers],
+        error_type=reason,
+        error_detail=detail[:2000],
+        failed_at=at,
+    )
+
+
+def _header(headers: Headers, name: str) -> str | None:
+    for k, v in headers:
+        if k.lower() == name and v is not None:
+            return v.decode("utf-8", errors="replace")
+    return None
+
+
+def _content_type(headers: Headers) -> str | None:
+    raw = _header(headers, "content-type")
+    return raw.split(";", 1)[0].strip().lower() if raw else None
+
+
+def _is_json_type(ct: str) -> bool:
+    return ct in _JSON_TYPES or (ct.startswith("application/") and ct.endswith("+json"))
+
+
+def _json_object(rec: RawRecord, max_bytes: int) -> dict[str, Any]:
+    value = rec.value
+    if value is None or not value:
+        raise Rejected(DeadLetterReason.schema_violation, "empty value: an event needs a body")
+    if len(value) > max_bytes:
+        raise Rejected(
+            DeadLetterReason.too_large, f"value is {len(value)} bytes, limit is {max_bytes}"
+        )
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise Rejected(DeadLetterReason.not_utf8, f"value is not UTF-8: {e}") from e
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise Rejected(DeadLetterReason.malformed_json, f"not JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise Rejected(
+            DeadLetterReason.schema_violation, f"expected a JSON object, got {type(data).__name__}"
+        )
+    return data
+
+
+def _from_cloudevent(attrs: Mapping[str, Any], data: Any, key: str | None) -> dict[str, Any]:
+    """Map CloudEvents attributes onto JourneyEvent fields (CloudEvents wins where both)."""
+    if not isinstance(data, dict):
+        raise Rejected(
+            DeadLetterReason.schema_violation, "CloudEvent data must be a JSON object"
+        )
+    out = dict(data)
+    for ce, ours in (("id", "event_id"), ("type", "type"), ("time", "occurred_at"),
+                     ("source", "source")):  # fmt: skip
+        if attrs.get(ce) is not None:
+            out[ours] = attrs[ce]
+    if "customer_id" not in out:
+        cid = attrs.get("subject") or attrs.get("partitionkey") or key
+        if cid is not None:
+            out["customer_id"] = cid
+    return out
+
+
+def _fields(rec: RawRecord, settings: DecodeSettings) -> dict[str, Any]:
+    ct = _content_type(rec.headers)
+    spec = _header(rec.headers, "ce_specversion")
+    if spec is not None:  # binary mode: attributes in headers, the value is the data
+        if ct is not None and not _is_json_type(ct):
+            raise Rejected(
+                DeadLetterReason.unsupported_content_type,
+                f"content-type {ct!r}: only JSON data is supported",
+            )
+        attrs = {
+            k[3:].lower(): (v.decode("utf-8", errors="replace") if v is not None else None)
+            for k, v in rec.headers
+            if k.lower().startswith("ce_")
+        }
+        key = rec.key.decode("utf-8", errors="replace") if rec.key else None
+        return _from_cloudevent(attrs, _json_object(rec, settings.max_bytes), key)
+    if ct is not None and ct != CLOUDEVENTS_JSON and not _is_json_type(ct):
+        raise Rejected(
+            DeadLetterReason.unsupported_content_type,
+            f"content-type {ct!r}: expected application/json or {CLOUDEVENTS_JSON}",
+        )
+    data = _json_object(rec, settings.max_bytes)
+    if ct == CLOUDEVENTS_JSON or "specversion" in data:  # structured mode
+        key = rec.key.decode("utf-8", errors="replace") if rec.key else None
+        return _from_cloudevent(data, data.get("data"), key)
+    return data
+
+
+def _describe(error: ValidationError) -> tuple[DeadLetterReason, str]:
+    errors = error.errors()
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in errors]
+    reason = (
+        DeadLetterReason.invalid_customer_id
+        if any(e["loc"][:1] == ("customer_id",) for e in errors)
+        else DeadLetterReason.schema_violation
+    )
+    return reason, "; ".join(parts)
+
+
+def decode_event(
+    rec: RawRecord, settings: DecodeSettings, now: datetime
+) -> DecodedEvent | DeadLetter:
+    """One raw record to a validated event, or a dead letter saying why not."""
+    try:
+        data = _fields(rec, settings)
+        t = data.get("type")
+        if isinstance(t, str):
+            data["type"] = settings.aliases.get(t, t)
+        try:
+            event = JourneyEvent.model_validate(data)
+        except ValidationError as e:
+            raise Rejected(*_describe(e)) from e
+        if event.occurred_at > now + settings.future_tolerance:
+            raise Rejected(
+                DeadLetterReason.future_timestamp,
+                f"occurred_at {event.occurred_at.isoformat()} is more than "
+                f"{settings.future_tolerance} ahead of {now.isoformat()}",
+            )
+        if (
+            settings.strict_types
+            and event.type not in VOCABULARY
+            and event.type not in settings.custom_types
+        ):
+            raise Rejected(
+                DeadLetterReason.unknown_event_type,
+                f"type {event.type!r} is not in the vocabulary; map it with an alias",
+            )
+    except Rejected as r:
+        return dead_letter(rec, r.reason, r.detail, now)
+    if rec.key is None:
+        status: KeyStatus = "missing"
+    elif rec.key != event.customer_id.encode("utf-8"):
+        status = "mismatch"
+    else:
+        status = "ok"
+    return DecodedEvent(event, status)
+
+
+def decode_profile(rec: RawRecord, now: datetime) -> CustomerProfile | ProfileTombstone | DeadLetter:
+    """A compacted-topic profile record; a null value deletes the profile of its key."""
+    if rec.value is None:
+        if not rec.key:
+            return dead_letter(rec, DeadLetterReason.schema_violation, "tombstone without key", now)
+        return ProfileTombstone(rec.key.decode("utf-8", errors="replace"))
+    try:
+        data = _json_object(rec, 64 * 1024)
+        try:
+            return CustomerProfile.model_validate(data)
+        except ValidationError as e:
+            raise Rejected(*_describe(e)) from e
+    except Rejected as r:
+        return dead_letter(rec, r.reason, r.detail, now)
+
+
+def encode(model: Any) -> bytes:
+    """The JSON bytes of a contract, as published."""
+    data: bytes = model.__pydantic_serializer__.to_json(model)
+    return data

@@ -1,0 +1,226 @@
+"""``forewarn demo``: broker, topics, a scoring worker and a minute of simulated traffic,
+then a summary of what Forewarn did. Everything it starts, it stops (also on Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from confluent_kafka import Consumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from forewarn.models.contracts import DeadLetter, Decision, OutreachAction
+from forewarn.models.coverage import proactive_coverage
+from forewarn.streams.broker import EmbeddedBroker, free_port
+from forewarn.streams.settings import Settings, TopicNames, kafka_config
+from forewarn.streams.simulate import PublishStats, publish_live
+from forewarn.streams.tail import format_action
+from forewarn.streams.topics import create_topics, format_report
+
+DEMO_PARTITIONS = 2
+
+
+@dataclass
+class Collected:
+    """What the demo read back from the output topics."""
+
+    actions: list[OutreachAction] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def collect(settings: Settings, into: Collected, stop: threading.Event) -> None:
+    t = settings.topics
+    consumer = Consumer(kafka_config(settings, "consumer", **{
+        "group.id": "forewarn-demo-reader", "enable.partition.eof": False}))  # fmt: skip
+    consumer.subscribe([t.actions, t.decisions, t.dlq])
+    try:
+        while not stop.is_set():
+            for m in consumer.consume(500, 0.2):
+                if m.error() is not None:
+                    continue
+                topic, value = m.topic(), m.value() or b""
+                with into.lock:
+                    if topic == t.actions:
+                        into.actions.append(OutreachAction.model_validate_json(value))
+                    elif topic == t.decisions:
+                        into.decisions.append(Decision.model_validate_json(value))
+                    else:
+                        into.dead_letters.append(DeadLetter.model_validate_json(value))
+    finally:
+        consumer.close()
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Sum of each metric family on a worker's /metrics, by family name."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name.endswith(("_created", "_bucket")):
+                continue
+            out[s.name] = out.get(s.name, 0.0) + s.value
+    return out
+
+
+def caught_up(settings: Settings, timeout: float) -> bool:
+    """True once the scoring group has committed every published event."""
+    topic = settings.topics.journey_events
+    c = Consumer(kafka_config(settings, "consumer", **{"group.id": settings.group_id}))
+    try:
+        deadline = time.monotonic() + timeout
+        parts = [TopicPartition(topic, p) for p in range(settings.topics.partitions)]
+        while time.monotonic() < deadline:
+            committed = c.committed(parts, timeout=5)
+            done = all(
+                tp.offset >= c.get_watermark_offsets(tp, timeout=5)[1] for tp in committed
+            )
+            if done:
+                return True
+            time.sleep(0.5)
+        return False
+    finally:
+        c.close()
+
+
+def _n(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def summary(out: TextIO, stats: PublishStats, got: Collected, wall: float) -> None:
+    p = lambda *a: print(*a, file=out)  # noqa: E731
+    with got.lock:
+        actions, decisions, dead = list(got.actions), list(got.decisions), list(got.dead_letters)
+    p("\n== What Forewarn did " + "=" * 58)
+    p(f"simulated {_n(stats.events)} journey events from {_n(stats.profiles)} customers "
+      f"in {wall:.0f} s, plus {_n(sum(stats.bad.values()))} malformed records")  # fmt: skip
+
+    p(f"\nOutreach actions: {_n(len(actions))}, by rule and channel")
+    channels = sorted({a.channel.value for a in actions})
+    by = Counter((a.rule_id, a.channel.value) for a in actions)
+    rules = sorted({a.rule_id for a in actions})
+    p(f"  {'rule':<18}" + "".join(f"{c:>8}" for c in channels) + f"{'total':>8}")
+    for r in rules:
+        row = [by[(r, c)] for c in channels]
+        p(f"  {r:<18}" + "".join(f"{n:>8}" for n in row) + f"{sum(row):>8}")
+
+    suppressed = Counter(d.suppressed_by.value for d in decisions if d.suppressed_by)
+    p(f"\nDecisions: {_n(len(decisions))}; suppressed by policy: "
+      + (", ".join(f"{k} {v}" for k, v in suppressed.most_common()) or "none"))  # fmt: skip
+
+    p("\nThree example actions, with their reasons")
+    shown: set[str] = set()
+    for a in sorted(actions, key=lambda a: -len(a.reasons)):
+        if a.rule_id in shown:
+            continue
+        shown.add(a.rule_id)
+        p("  " + format_action(a).replace("\n", "\n  "))
+        if len(shown) == 3:
+            break
+
+    by_reason = Counter(d.error_type.value for d in dead)
+    p("\nDead letters by reason: "
+      + (", ".join(f"{k} {v}" for k, v in sorted(by_reason.items())) or "none"))  # fmt: skip
+
+    cov = proactive_coverage(stats.support_contacts, [(a.customer_id, a.triggered_at) for a in actions])
+    lead = cov.lead_minutes_median
+    p(f"\nProactive coverage: {cov.covered} of {cov.contacts} simulated support contacts "
+      f"({cov.share:.0%}) were preceded by an outreach action within 24 h"
+      + (f"; median lead time {lead:.0f} minutes." if lead is not None else "."))  # fmt: skip
+
+
+def run_demo(
+    *, duration: float = 60, rate: float = 1000, customers: int = 2000, seed: int = 7,
+    bad_rate: float = 0.002, out: TextIO = sys.stdout,
+) -> int:  # fmt: skip
+    workdir = Path(tempfile.mkdtemp(prefix="forewarn-demo-"))
+    p = lambda *a: print(*a, file=out, flush=True)  # noqa: E731
+    broker = EmbeddedBroker(log=workdir / "broker.log")
+    worker: subprocess.Popen[bytes] | None = None
+    stop = threading.Event()
+    reader: threading.Thread | None = None
+    got = Collected()
+    stats = PublishStats()
+    t0 = time.monotonic()
+    try:
+        p(f"starting the embedded broker (Tansu, memory storage); logs in {workdir}")
+        broker.start()
+        port = free_port()
+        settings = Settings(
+            bootstrap_servers=broker.bootstrap, http_port=port, session_timeout_ms=6000,
+            topics=TopicNames(partitions=DEMO_PARTITIONS),
+        )  # fmt: skip
+        p(f"broker on {broker.bootstrap}\n")
+        p(format_report(create_topics(settings)) + "\n")
+        env = {**os.environ, "FOREWARN_BOOTSTRAP_SERVERS": broker.bootstrap,
+               "FOREWARN_HTTP_PORT": str(port), "FOREWARN_SESSION_TIMEOUT_MS": "6000",
+               "FOREWARN_TOPICS__PARTITIONS": str(DEMO_PARTITIONS)}  # fmt: skip
+        with open(workdir / "worker.log", "wb") as log:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "forewarn.streams.cli", "score"],
+                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        reader = threading.Thread(target=collect, args=(settings, got, stop), daemon=True)
+        reader.start()
+        p(f"scoring worker started (pid {worker.pid}); metrics on http://127.0.0.1:{port}/metrics")
+        p(f"simulating {customers:,} customers at {rate:,.0f} events/s for {duration:.0f} s\n")
+
+        last = [time.monotonic(), 0.0, 0]
+
+        def progress(s: PublishStats) -> None:
+            m = scrape(port)
+            scored = m.get("forewarn_events_total", 0.0)
+            now = time.monotonic()
+            with got.lock:
+                n_act, n_dead = len(got.actions), len(got.dead_letters)
+            dt = max(1e-6, now - last[0])
+            p(f"  {now - t0:5.0f}s  events in {_n(scored):>8} ({_n((scored - last[1]) / dt):>6}/s)"
+              f"  actions out {_n(n_act):>6} ({_n((n_act - last[2]) / dt):>4}/s)"
+              f"  dead letters {_n(n_dead):>4}  published {_n(s.events)}")  # fmt: skip
+            last[:] = [now, scored, n_act]
+
+        publish_started = time.monotonic()
+        stats = publish_live(settings, customers=customers, rate=rate, duration=duration,
+                             seed=seed, bad_rate=bad_rate, on_progress=progress)  # fmt: skip
+        wall = time.monotonic() - publish_started
+        p("\nsimulation done; waiting for the worker to catch up")
+        if not caught_up(settings, timeout=120):
+            p("the worker did not catch up within 120 s; the summary is partial")
+        progress(stats)
+        worker.send_signal(signal.SIGTERM)
+        rc = worker.wait(timeout=60)
+        p(f"scoring worker stopped on SIGTERM (exit code {rc})")
+        time.sleep(1.5)  # let the reader drain what the last batch produced
+        summary(out, stats, got, wall)
+        return 0 if rc == 0 else 1
+    except KeyboardInterrupt:
+        p("\ninterrupted: stopping everything the demo started")
+        return 0
+    finally:
+        stop.set()
+        if worker is not None and worker.poll() is None:
+            worker.terminate()
+            try:
+                worker.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        if reader is not None:
+            reader.join(timeout=5)
+        broker.stop()
+        p(f"stopped the worker and the broker ({time.monotonic() - t0:.0f} s in all)")

@@ -1,0 +1,151 @@
+"""All of Forewarn's settings, and the one place that turns them into librdkafka config.
+
+Environment variables use the prefix ``FOREWARN_`` and ``__`` for nesting, e.g.
+``FOREWARN_BOOTSTRAP_SERVERS``, ``FOREWARN_TOPICS__ACTIONS``, ``FOREWARN_KAFKA__SASL_PASSWORD``.
+
+>>> s = Settings(bootstrap_servers="k1:9092", kafka={"security_protocol": "SASL_SSL",
+...     "sasl_mechanism": "PLAIN", "sasl_username": "u", "sasl_password": "p"})
+>>> kafka_config(s, "producer")["sasl.password"]
+'p'
+>>> s.masked()["kafka"]["sasl_password"]
+'**********'
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from forewarn.streams.codecs import DecodeSettings
+
+Role = Literal["consumer", "producer", "admin"]
+
+
+class TopicNames(BaseModel):
+    """Topic names (design section 3) and how ``forewarn topics create`` makes them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    journey_events: str = "journey-events"
+    customer_profiles: str = "customer-profiles"
+    actions: str = "outreach-actions"
+    decisions: str = "forewarn-decisions"
+    dlq: str = "journey-events-dlq"
+    state: str = "forewarn-customer-state"
+    outcomes: str = "outreach-outcomes"
+    #: partitions of journey-events and customer-profiles (kept equal: co-partitioned);
+    #: the ceiling on how many scoring workers can share the work
+    partitions: int = Field(default=6, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+
+    def compacted(self) -> set[str]:
+        return {self.customer_profiles, self.state}
+
+    def all(self) -> list[str]:
+        return [self.journey_events, self.customer_profiles, self.actions, self.decisions,
+                self.dlq, self.state, self.outcomes]  # fmt: skip
+
+
+class KafkaSecurity(BaseModel):
+    """Connection security, passed through to librdkafka."""
+
+    model_config = ConfigDict(frozen=True)
+
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None
+    ssl_key_location: str | None = None
+    ssl_key_password: SecretStr | None = None
+    #: any other librdkafka property, e.g. {"client.rack": "eu-west-1a"}
+    extra: dict[str, str] = Field(default_factory=dict)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FOREWARN_", env_nested_delimiter="__", frozen=True, extra="ignore"
+    )
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    #: the scoring workers' consumer group
+    group_id: str = "forewarn-scoring"
+    topics: TopicNames = Field(default_factory=TopicNames)
+    kafka: KafkaSecurity = Field(default_factory=KafkaSecurity)
+
+    #: the rulebook; empty means the default shipped in forewarn/rules/default.yaml
+    rules_path: Path | None = None
+    model_path: Path | None = None
+    state_dir: Path | None = None
+
+    #: Prometheus metrics; 0 turns the HTTP endpoint off
+    http_port: int = Field(default=9464, ge=0, le=65535)
+    #: bind address; set 0.0.0.0 inside a container so Prometheus can scrape it
+    http_host: str = "127.0.0.1"
+
+    batch_size: int = Field(default=500, ge=1, le=100_000)
+    batch_timeout_seconds: float = Field(default=0.5, gt=0)
+    session_timeout_ms: int = Field(default=45_000, ge=1000)
+
+    #: upstream event type -> canonical type, e.g. {"pay_fail": "payment_failed"}
+    event_aliases: dict[str, str] = Field(default_factory=dict)
+    #: refuse (dead-letter) event types outside the vocabulary instead of counting them
+    strict_event_types: bool = False
+    max_event_bytes: int = Field(default=64 * 1024, ge=256)
+    #: events stamped further than this in the future are dead-lettered
+    future_tolerance_seconds: float = Field(default=300.0, ge=0)
+
+    log_level: str = "INFO"
+
+    def decode_settings(self) -> DecodeSettings:
+        return DecodeSettings(
+            aliases=dict(self.event_aliases),
+            max_bytes=self.max_event_bytes,
+            future_tolerance=timedelta(seconds=self.future_tolerance_seconds),
+            strict_types=self.strict_event_types,
+        )
+
+    def masked(self) -> dict[str, Any]:
+        """Settings as logged at start: secrets shown as asterisks."""
+        return self.model_dump(mode="json")
+
+
+def kafka_config(settings: Settings, role: Role, **overrides: Any) -> dict[str, Any]:
+    """librdkafka configuration for a client of ``role``; the only place it is built."""
+    sec = settings.kafka
+    conf: dict[str, Any] = {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "security.protocol": sec.security_protocol,
+        "client.id": f"forewarn-{role}",
+    }
+    optional = {
+        "sasl.mechanism": sec.sasl_mechanism,
+        "sasl.username": sec.sasl_username,
+        "sasl.password": sec.sasl_password.get_secret_value() if sec.sasl_password else None,
+        "ssl.ca.location": sec.ssl_ca_location,
+        "ssl.certificate.location": sec.ssl_certificate_location,
+        "ssl.key.location": sec.ssl_key_location,
+        "ssl.key.password": sec.ssl_key_password.get_secret_value()
+        if sec.ssl_key_password
+        else None,
+    }
+    conf.update({k: v for k, v in optional.items() if v is not None})
+    if role == "consumer":
+        conf.update({
+            "group.id": settings.group_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "session.timeout.ms": settings.session_timeout_ms,
+            "partition.assignment.strategy": "cooperative-sticky",
+        })  # fmt: skip
+    elif role == "producer":
+        conf.update({"enable.idempotence": True, "linger.ms": 5, "compression.type": "lz4"})
+    conf.update(sec.extra)
+    conf.update(overrides)
+    return conf

@@ -1,0 +1,190 @@
+"""Publish simulated journeys to Kafka, or write them to a history file.
+
+Live runs replay a compressed stretch of simulated time that *ends now*: the simulated
+period is sized so that ``customers`` produce about ``rate * duration`` events, and it
+starts that long before the run starts, so no event is stamped in the future. A share of
+events is published as CloudEvents (binary and structured mode) to exercise decoding, and
+``bad_rate`` mixes in malformed records of every kind the dead-letter topic knows.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from confluent_kafka import Producer
+
+from forewarn.models.contracts import DeadLetterReason, JourneyEvent
+from forewarn.models.simulator import JourneySimulator, span_for
+from forewarn.streams.codecs import CLOUDEVENTS_JSON, Headers, encode
+from forewarn.streams.settings import Settings, kafka_config
+
+Record = tuple[bytes | None, bytes | None, Headers]
+
+
+def as_cloudevent_binary(e: JourneyEvent) -> Record:
+    """CloudEvents Kafka binding, binary mode: attributes in ``ce_*`` headers."""
+    data = e.model_dump(mode="json", exclude={"event_id", "type", "occurred_at", "source"})
+    headers: Headers = (
+        ("ce_specversion", b"1.0"),
+        ("ce_id", e.event_id.encode()),
+        ("ce_type", e.type.encode()),
+        ("ce_source", (e.source or "unknown").encode()),
+        ("ce_time", e.occurred_at.isoformat().encode()),
+        ("content-type", b"application/json"),
+    )
+    return e.customer_id.encode(), json.dumps(data).encode(), headers
+
+
+def as_cloudevent_structured(e: JourneyEvent) -> Record:
+    """CloudEvents Kafka binding, structured mode: one JSON envelope."""
+    data = e.model_dump(mode="json", exclude={"event_id", "type", "occurred_at", "source"})
+    envelope = {
+        "specversion": "1.0",
+        "id": e.event_id,
+        "type": e.type,
+        "source": e.source or "unknown",
+        "time": e.occurred_at.isoformat(),
+        "datacontenttype": "application/json",
+        "data": data,
+    }
+    headers: Headers = (("content-type", CLOUDEVENTS_JSON.encode()),)
+    return e.customer_id.encode(), json.dumps(envelope).encode(), headers
+
+
+def bad_record(kind: DeadLetterReason, now: datetime, n: int = 0) -> Record:
+    """One malformed record that Forewarn must dead-letter with reason ``kind``."""
+    at = now.isoformat()
+    good = {"event_id": f"bad-{kind.value}-{n}", "customer_id": f"bad-cust-{n}",
+            "type": "page_view", "occurred_at": at}  # fmt: skip
+    key = good["customer_id"].encode()
+    if kind is DeadLetterReason.not_utf8:
+        return key, b'{"event_id": "\xff\xfe\xfd"}', ()
+    if kind is DeadLetterReason.malformed_json:
+        return key, b'{"event_id": "half a record", ', ()
+    if kind is DeadLetterReason.schema_violation:
+        return key, json.dumps({**good, "occurred_at": "yesterday-ish"}).encode(), ()
+    if kind is DeadLetterReason.invalid_customer_id:
+        return b"", json.dumps({**good, "customer_id": ""}).encode(), ()
+    if kind is DeadLetterReason.too_large:
+        return key, json.dumps({**good, "properties": {"blob": "x" * 70_000}}).encode(), ()
+    if kind is DeadLetterReason.future_timestamp:
+        future = (now + timedelta(days=2)).isoformat()
+        return key, json.dumps({**good, "occurred_at": future}).encode(), ()
+    if kind is DeadLetterReason.unsupported_content_type:
+        return key, b"\x00\x01avro-bytes", (("content-type", b"application/avro"),)
+    raise ValueError(f"no sample for {kind}")
+
+
+#: the dead-letter reasons the simulator can produce on purpose
+BAD_KINDS = (
+    DeadLetterReason.not_utf8, DeadLetterReason.malformed_json,
+    DeadLetterReason.schema_violation, DeadLetterReason.invalid_customer_id,
+    DeadLetterReason.too_large, DeadLetterReason.future_timestamp,
+    DeadLetterReason.unsupported_content_type,
+)  # fmt: skip
+
+
+@dataclass(slots=True)
+class PublishStats:
+    events: int = 0
+    profiles: int = 0
+    bad: Counter[str] = field(default_factory=Counter)
+    by_type: Counter[str] = field(default_factory=Counter)
+    #: (customer id, time) of every simulated support contact: the ground truth
+    support_contacts: list[tuple[str, datetime]] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+
+def publish_live(
+    settings: Settings,
+    *,
+    customers: int,
+    rate: float,
+    duration: float,
+    seed: int,
+    bad_rate: float = 0.0,
+    cloudevents_share: float = 0.2,
+    stop: threading.Event | None = None,
+    on_progress: Callable[[PublishStats], None] | None = None,
+) -> PublishStats:
+    """Publish profiles, then about ``rate`` events/s for ``duration`` seconds."""
+    stop = stop or threading.Event()
+    producer = Producer(kafka_config(settings, "producer"))
+    topics = settings.topics
+    span = span_for(int(rate * duration), customers)
+    now = datetime.now(UTC)
+    sim = JourneySimulator(customers, seed, start=now - span, span=span)
+    stats = PublishStats()
+    for p in sim.profiles():
+        producer.produce(topics.customer_profiles, key=p.customer_id.encode(), value=encode(p))
+        stats.profiles += 1
+        producer.poll(0)
+    producer.flush(30)
+
+    rng = random.Random(f"forewarn-publish:{seed}")
+    t0 = time.monotonic()
+    last_progress = t0
+    for e in sim.events():
+        elapsed = time.monotonic() - t0
+        if stop.is_set() or elapsed >= duration:
+            break
+        ahead = stats.events / rate - elapsed
+        if ahead > 0.01:
+            time.sleep(ahead)
+        r = rng.random()
+        if r < cloudevents_share / 2:
+            key, value, headers = as_cloudevent_binary(e)
+        elif r < cloudevents_share:
+            key, value, headers = as_cloudevent_structured(e)
+        else:
+            key, value, headers = e.customer_id.encode(), encode(e), ()
+        _produce(producer, topics.journey_events, key, value, headers)
+        stats.events += 1
+        stats.by_type[e.type] += 1
+        if e.type == "support_contact":
+            stats.support_contacts.append((e.customer_id, e.occurred_at))
+        if bad_rate and rng.random() < bad_rate:
+            kind = rng.choice(BAD_KINDS)
+            _produce(producer, topics.journey_events, *bad_record(kind, datetime.now(UTC), stats.events))
+            stats.bad[kind.value] += 1
+        if on_progress and time.monotonic() - last_progress >= 1.0:
+            last_progress = time.monotonic()
+            on_progress(stats)
+    producer.flush(30)
+    return stats
+
+
+def _produce(producer: Producer, topic: str, key: bytes | None, value: bytes | None,
+             headers: Headers) -> None:  # fmt: skip
+    while True:
+        try:
+            producer.produce(topic, key=key, value=value, headers=list(headers) or None)
+            break
+        except BufferError:  # local queue full: let it drain
+            producer.poll(0.1)
+    producer.poll(0)
+
+
+def write_history(
+    path: Path, *, customers: int, days: float, seed: int, start: datetime
+) -> tuple[int, Path]:
+    """Write ``days`` of simulated events as JSON Lines, and the profiles beside them."""
+    sim = JourneySimulator(customers, seed, start=start, span=timedelta(days=days))
+    n = 0
+    with path.open("wb") as f:
+        for e in sim.events():
+            f.write(encode(e) + b"\n")
+            n += 1
+    profiles = path.with_name(path.stem + ".profiles.jsonl")
+    with profiles.open("wb") as f:
+        for p in sim.profiles():
+            f.write(encode(p) + b"\n")
+    return n, profiles

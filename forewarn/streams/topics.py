@@ -1,0 +1,95 @@
+"""Create or verify Forewarn's topics (design section 3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from forewarn.streams.settings import Settings, kafka_config
+
+#: partition count of the output topics: they carry ~1% of the input volume
+OUTPUT_PARTITIONS_MIN = 1
+
+
+@dataclass(frozen=True, slots=True)
+class TopicReport:
+    topic: str
+    partitions: int
+    compacted: bool
+    #: created | exists | missing | wrong partitions (N, want M)
+    status: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("created", "exists")
+
+
+def _wanted(settings: Settings) -> dict[str, tuple[int, bool]]:
+    t = settings.topics
+    compacted = t.compacted()
+    return {name: (t.partitions, name in compacted) for name in t.all()}
+
+
+def _existing(admin: AdminClient, timeout: float) -> dict[str, int]:
+    md = admin.list_topics(timeout=timeout)
+    return {name: len(m.partitions) for name, m in md.topics.items() if not m.error}
+
+
+def _check(settings: Settings, existing: dict[str, int], created: set[str]) -> list[TopicReport]:
+    out = []
+    for name, (parts, compacted) in _wanted(settings).items():
+        have = existing.get(name)
+        if name in created:
+            status = "created"
+        elif have is None:
+            status = "missing"
+        elif have != parts and name in (settings.topics.journey_events,
+                                         settings.topics.customer_profiles):  # fmt: skip
+            # Only the co-partitioned pair must match exactly: a customer's events and
+            # profile have to land on the same worker.
+            status = f"wrong partitions ({have}, want {parts})"
+        else:
+            status = "exists"
+        out.append(TopicReport(name, have or parts, compacted, status))
+    return out
+
+
+def verify_topics(settings: Settings, timeout: float = 10.0) -> list[TopicReport]:
+    admin = AdminClient(kafka_config(settings, "admin"))
+    return _check(settings, _existing(admin, timeout), set())
+
+
+def create_topics(settings: Settings, timeout: float = 10.0) -> list[TopicReport]:
+    """Create what is missing; report every topic. Idempotent."""
+    admin = AdminClient(kafka_config(settings, "admin"))
+    existing = _existing(admin, timeout)
+    new = []
+    for name, (parts, compacted) in _wanted(settings).items():
+        if name in existing:
+            continue
+        config = {"cleanup.policy": "compact"} if compacted else {}
+        new.append(NewTopic(name, num_partitions=parts,
+                            replication_factor=settings.topics.replication_factor,
+                            config=config))  # fmt: skip
+    created: set[str] = set()
+    if new:
+        for name, fut in admin.create_topics(new, operation_timeout=timeout).items():
+            try:
+                fut.result()
+                created.add(name)
+            except KafkaException as e:
+                if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+        existing = _existing(admin, timeout)
+    return _check(settings, existing, created)
+
+
+def format_report(reports: list[TopicReport]) -> str:
+    width = max(len(r.topic) for r in reports)
+    lines = [f"{'topic':<{width}}  partitions  cleanup   status"]
+    for r in reports:
+        cleanup = "compact" if r.compacted else "delete"
+        lines.append(f"{r.topic:<{width}}  {r.partitions:>10}  {cleanup:<8}  {r.status}")
+    return "\n".join(lines)
