@@ -142,7 +142,10 @@ def kafka_config(settings: Settings, role: Role, **overrides: Any) -> dict[str, 
             "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",
             "session.timeout.ms": settings.session_timeout_ms,
-            "partition.assignment.strategy": "cooperative-sticky",
+            # range gives partition i of journey-events and customer-profiles to the same
+            # worker when both have the same partition count (co-partitioning); sticky
+            # assignors do not promise that.
+            "partition.assignment.strategy": "range",
         })  # fmt: skip
     elif role == "producer":
         conf.update({"enable.idempotence": True, "linger.ms": 5, "compression.type": "lz4"})

@@ -62,6 +62,67 @@ class KafkaOutputSink:
         p.poll(0)
 
 
+class ProfileGate:
+    """Hold a partition's events back until its profiles are read to where they stood.
+
+    Without it, a worker starting on a backlog would score events before the profiles that
+    carry consent arrive, and suppress every action for want of consent. On assignment the
+    gate notes each profile partition's end; until the consumer's position reaches it, events
+    of the same partition number are sought back and paused. (Pausing inside the rebalance
+    callback is not possible: the partitions are not assigned yet.)
+    """
+
+    def __init__(self, events_topic: str, profiles_topic: str) -> None:
+        self.events_topic = events_topic
+        self.profiles_topic = profiles_topic
+        self._new: set[int] = set()
+        self._targets: dict[int, int] = {}
+        self._paused: set[int] = set()
+
+    def on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._new.update(tp.partition for tp in partitions if tp.topic == self.profiles_topic)
+
+    def on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._new.discard(tp.partition)
+            self._targets.pop(tp.partition, None)
+            self._paused.discard(tp.partition)
+
+    @property
+    def holding(self) -> bool:
+        return bool(self._new or self._targets or self._paused)
+
+    def filter(self, consumer: Consumer, records: list[RawRecord]) -> list[RawRecord]:
+        """The records that may be processed now; held-back events are sought back."""
+        for p in sorted(self._new):
+            tp = TopicPartition(self.profiles_topic, p)
+            low, high = consumer.get_watermark_offsets(tp, timeout=10)
+            committed = consumer.committed([tp], timeout=10)[0].offset
+            if (committed if committed >= 0 else low) < high:
+                self._targets[p] = high
+        self._new.clear()
+        for p, target in list(self._targets.items()):
+            pos = consumer.position([TopicPartition(self.profiles_topic, p)])[0].offset
+            if pos >= target:
+                del self._targets[p]
+        held: dict[int, int] = {}
+        kept = []
+        for r in records:
+            if r.topic == self.events_topic and r.partition in self._targets:
+                held[r.partition] = min(r.offset, held.get(r.partition, r.offset))
+            else:
+                kept.append(r)
+        for p, first in held.items():
+            tp = TopicPartition(self.events_topic, p, first)
+            consumer.seek(tp)
+            consumer.pause([tp])
+            self._paused.add(p)
+        for p in [p for p in self._paused if p not in self._targets]:
+            consumer.resume([TopicPartition(self.events_topic, p)])
+            self._paused.discard(p)
+        return kept
+
+
 class ScoringWorker:
     def __init__(
         self,
@@ -122,15 +183,19 @@ class ScoringWorker:
         consumer = Consumer(kafka_config(s, "consumer"))
         producer = Producer(kafka_config(s, "producer"))
         sink = KafkaOutputSink(producer, s)
-        consumer.subscribe([s.topics.journey_events, s.topics.customer_profiles])
+        gate = ProfileGate(s.topics.journey_events, s.topics.customer_profiles)
+        consumer.subscribe(
+            [s.topics.journey_events, s.topics.customer_profiles],
+            on_assign=gate.on_assign,
+            on_revoke=gate.on_revoke,
+            on_lost=gate.on_revoke,
+        )
         log.info("scoring %s + %s as group %s on %s", s.topics.journey_events,
                  s.topics.customer_profiles, s.group_id, s.bootstrap_servers)  # fmt: skip
         self.metrics.up.set(1)
         try:
             while not self._stop.is_set():
                 msgs = consumer.consume(s.batch_size, s.batch_timeout_seconds)
-                if not msgs:
-                    continue
                 started = time.perf_counter()
                 records = []
                 for m in msgs:
@@ -140,6 +205,8 @@ class ScoringWorker:
                     elif err.code() != KafkaError._PARTITION_EOF:
                         self.metrics.consume_errors.labels(err.name()).inc()
                         log.warning("consume error: %s", err)
+                if gate.holding:
+                    records = gate.filter(consumer, records)
                 if not records:
                     continue
                 result = self._process(records)

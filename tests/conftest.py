@@ -1,0 +1,147 @@
+"""Shared fixtures: a real broker per session, unique topics per test, worker and reader helpers.
+
+Integration tests run against the embedded broker the session starts itself, or against any
+Kafka named by ``FOREWARN_TEST_BOOTSTRAP``. Nothing here mocks Kafka.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from forewarn.models.contracts import JourneyEvent
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    given = os.environ.get("FOREWARN_TEST_BOOTSTRAP")
+    if given:
+        yield given
+        return
+    from forewarn.streams.broker import EmbeddedBroker
+
+    log = tmp_path_factory.mktemp("broker") / "tansu.log"
+    with EmbeddedBroker(log=log) as broker:
+        yield broker.bootstrap
+
+
+@pytest.fixture
+def make_settings(bootstrap: str) -> Callable[..., Any]:
+    """Settings with topics and a group of their own, topics created. Factory fixture."""
+    from forewarn.streams.settings import Settings, TopicNames
+    from forewarn.streams.topics import create_topics
+
+    def make(partitions: int = 2, **overrides: Any) -> Settings:
+        tag = uuid.uuid4().hex[:8]
+        names = {f: f"{getattr(TopicNames(), f)}-{tag}" for f in TopicNames.model_fields
+                 if f not in ("partitions", "replication_factor")}  # fmt: skip
+        settings = Settings(
+            bootstrap_servers=bootstrap,
+            group_id=f"forewarn-test-{tag}",
+            topics=TopicNames(partitions=partitions, **names),
+            session_timeout_ms=6000,
+            http_port=0,
+            batch_timeout_seconds=0.2,
+            **overrides,
+        )
+        assert all(r.ok for r in create_topics(settings))
+        return settings
+
+    return make
+
+
+class RunningWorker:
+    def __init__(self, settings: Any) -> None:
+        from forewarn.streams.scoring.worker import ScoringWorker
+
+        self.worker = ScoringWorker(settings)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.worker.run()
+        except BaseException as e:  # surfaced by stop()
+            self.error = e
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive(), "worker did not stop within 30 s"
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.fixture
+def start_worker() -> Iterator[Callable[[Any], RunningWorker]]:
+    """Run a scoring worker in a thread; always stopped at the end of the test."""
+    running: list[RunningWorker] = []
+
+    def start(settings: Any) -> RunningWorker:
+        w = RunningWorker(settings)
+        w.thread.start()
+        running.append(w)
+        return w
+
+    yield start
+    for w in running:
+        if w.thread.is_alive():
+            w.stop()
+
+
+def read_topic(
+    bootstrap_settings: Any,
+    topic: str,
+    *,
+    until: Callable[[list[bytes]], bool],
+    timeout: float = 30.0,
+) -> list[bytes]:
+    """Values read (read_committed, from the beginning) until ``until(values)`` or timeout."""
+    from confluent_kafka import Consumer
+
+    from forewarn.streams.settings import kafka_config
+
+    c = Consumer(kafka_config(bootstrap_settings, "consumer", **{
+        "group.id": f"reader-{uuid.uuid4().hex[:8]}", "enable.partition.eof": False}))  # fmt: skip
+    c.subscribe([topic])
+    values: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and not until(values):
+            for m in c.consume(500, 0.2):
+                if m.error() is None:
+                    values.append(m.value() or b"")
+    finally:
+        c.close()
+    return values
+
+
+def at_least(n: int) -> Callable[[list[bytes]], bool]:
+    return lambda values: len(values) >= n
+
+
+def event(
+    customer: str, kind: str, at: datetime, n: int | None = None, **props: Any
+) -> JourneyEvent:
+    """A hand-made journey event for scenario tests."""
+    return JourneyEvent(
+        event_id=f"{customer}-{kind}-{n if n is not None else at.timestamp()}",
+        customer_id=customer,
+        type=kind,
+        occurred_at=at,
+        session_id=props.pop("session_id", "s1"),
+        properties=props,
+    )
+
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

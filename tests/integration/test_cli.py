@@ -1,0 +1,148 @@
+"""The ``forewarn`` command line as a user runs it, against the real broker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from forewarn.models.contracts import Consent, CustomerProfile
+from forewarn.streams.codecs import encode
+from forewarn.streams.settings import Settings, kafka_config
+from tests.conftest import event
+
+pytestmark = pytest.mark.integration
+
+
+def _env(s: Settings) -> dict[str, str]:
+    t = s.topics
+    return {
+        **os.environ,
+        "FOREWARN_BOOTSTRAP_SERVERS": s.bootstrap_servers,
+        "FOREWARN_GROUP_ID": s.group_id,
+        "FOREWARN_SESSION_TIMEOUT_MS": "6000",
+        "FOREWARN_HTTP_PORT": "0",
+        "FOREWARN_TOPICS__PARTITIONS": str(t.partitions),
+        "FOREWARN_TOPICS__JOURNEY_EVENTS": t.journey_events,
+        "FOREWARN_TOPICS__CUSTOMER_PROFILES": t.customer_profiles,
+        "FOREWARN_TOPICS__ACTIONS": t.actions,
+        "FOREWARN_TOPICS__DECISIONS": t.decisions,
+        "FOREWARN_TOPICS__DLQ": t.dlq,
+        "FOREWARN_TOPICS__STATE": t.state,
+        "FOREWARN_TOPICS__OUTCOMES": t.outcomes,
+        "FOREWARN_KAFKA__SASL_PASSWORD": "hunter2-never-logged",
+    }
+
+
+def _forewarn(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "forewarn.streams.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False)  # fmt: skip
+
+
+def _committed(s: Settings) -> int:
+    c = Consumer(kafka_config(s, "consumer"))
+    try:
+        parts = [TopicPartition(s.topics.journey_events, p) for p in range(s.topics.partitions)]
+        return sum(max(0, tp.offset) for tp in c.committed(parts, timeout=10))
+    finally:
+        c.close()
+
+
+def test_score_stops_cleanly_on_sigterm_after_committing(
+    make_settings: Callable[..., Settings],
+) -> None:
+    s = make_settings(partitions=1)
+    p = Producer(kafka_config(s, "producer"))
+    now = datetime.now(UTC) - timedelta(minutes=1)
+    for i in range(50):
+        e = event(f"c{i % 5}", "page_view", now + timedelta(seconds=i), n=i)
+        p.produce(s.topics.journey_events, key=e.customer_id.encode(), value=encode(e))
+    p.flush(10)
+    env = _env(s)
+    proc = subprocess.Popen([sys.executable, "-m", "forewarn.streams.cli", "score"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while _committed(s) < 50 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _committed(s) == 50, "the worker consumed and committed the backlog"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert "received SIGTERM" in out
+    assert "stopped after" in out
+    assert "hunter2" not in out, "secrets never reach the log"
+    assert "**********" in out, "masked settings are logged at start"
+
+
+def test_topics_create_is_idempotent_and_verify_reports(
+    make_settings: Callable[..., Settings],
+) -> None:
+    s = make_settings(partitions=3)
+    env = _env(s)
+    env["FOREWARN_TOPICS__ACTIONS"] = s.topics.actions + "-new"
+    created = _forewarn("topics", "create", env=env)
+    assert created.returncode == 0, created.stderr
+    lines = {ln.split()[0]: ln for ln in created.stdout.splitlines()[1:]}
+    assert lines[s.topics.actions + "-new"].endswith("created")
+    assert lines[s.topics.journey_events].endswith("exists")
+    assert " compact " in lines[s.topics.customer_profiles]
+    again = _forewarn("topics", "verify", env=env)
+    assert again.returncode == 0
+    assert "created" not in again.stdout
+
+    env["FOREWARN_TOPICS__PARTITIONS"] = "5"  # the existing pair has 3: not co-partitioned
+    wrong = _forewarn("topics", "verify", env=env)
+    assert wrong.returncode == 1
+    assert "wrong partitions (3, want 5)" in wrong.stdout
+
+
+def test_tail_pretty_prints_actions_and_decisions(
+    make_settings: Callable[..., Settings], start_worker: Callable[[Settings], object]
+) -> None:
+    s = make_settings(partitions=1)
+    p = Producer(kafka_config(s, "producer"))
+    profile = CustomerProfile(customer_id="tailed", consent=Consent(email=True))
+    p.produce(s.topics.customer_profiles, key=b"tailed", value=encode(profile))
+    e = event("tailed", "delivery_delayed", datetime.now(UTC), n=1, order_id="ord-9")
+    p.produce(s.topics.journey_events, key=b"tailed", value=encode(e))
+    p.flush(10)
+    start_worker(s)
+    env = _env(s)
+    out = _forewarn("tail", "actions", "--from-beginning", "--max", "1", "--timeout", "30",
+                    env=env).stdout  # fmt: skip
+    assert "tailed  delivery_apology -> email" in out
+    assert "why: triggered by delivery delayed" in out
+    dec = _forewarn("tail", "decisions", "--from-beginning", "--max", "1", "--timeout", "30",
+                    env=env).stdout  # fmt: skip
+    assert "delivery_apology  emitted via email" in dec
+
+
+def test_demo_runs_end_to_end_and_stops_what_it_started(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "forewarn.streams.cli", "demo", "--duration", "8",
+         "--rate", "500", "--customers", "500", "--bad-rate", "0.01"],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    for heading in ("Outreach actions:", "Three example actions", "Dead letters by reason:",
+                    "Proactive coverage:", "scoring worker stopped on SIGTERM (exit code 0)"):  # fmt: skip
+        assert heading in out
+    assert "why: triggered by" in out
+    broker_port = out.split("broker on 127.0.0.1:")[1].split()[0]
+    with pytest.raises(OSError):  # the broker it started is gone
+        import socket
+
+        socket.create_connection(("127.0.0.1", int(broker_port)), timeout=1).close()
