@@ -43,8 +43,11 @@ def make_settings(bootstrap: str) -> Callable[..., Any]:
 
     def make(partitions: int = 2, **overrides: Any) -> Settings:
         tag = uuid.uuid4().hex[:8]
-        names = {f: f"{getattr(TopicNames(), f)}-{tag}" for f in TopicNames.model_fields
-                 if f not in ("partitions", "replication_factor")}  # fmt: skip
+        names = {
+            f: f"{getattr(TopicNames(), f)}-{tag}"
+            for f in TopicNames.model_fields
+            if f not in ("partitions", "replication_factor")
+        }
         settings = Settings(
             bootstrap_servers=bootstrap,
             group_id=f"forewarn-test-{tag}",
@@ -111,8 +114,13 @@ def read_topic(
 
     from forewarn.streams.settings import kafka_config
 
-    c = Consumer(kafka_config(bootstrap_settings, "consumer", **{
-        "group.id": f"reader-{uuid.uuid4().hex[:8]}", "enable.partition.eof": False}))  # fmt: skip
+    c = Consumer(
+        kafka_config(
+            bootstrap_settings,
+            "consumer",
+            **{"group.id": f"reader-{uuid.uuid4().hex[:8]}", "enable.partition.eof": False},
+        )
+    )
     c.subscribe([topic])
     values: list[bytes] = []
     deadline = time.monotonic() + timeout

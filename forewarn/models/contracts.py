@@ -24,6 +24,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -35,15 +36,35 @@ MAX_PROPERTIES = 64
 #: counted as ``other`` unless strict mode is on.
 VOCABULARY: frozenset[str] = frozenset(
     {
-        "page_view", "search", "search_no_results", "product_view", "add_to_cart",
-        "checkout_started", "checkout_error", "payment_failed", "payment_succeeded",
-        "purchase", "rage_click", "error_page", "slow_page", "app_crash", "login_failed",
-        "password_reset", "delivery_delayed", "order_cancelled", "refund_requested",
-        "help_center_view", "contact_form_opened", "support_contact", "survey_response",
-        "plan_downgraded", "subscription_cancel_started", "subscription_cancelled",
+        "page_view",
+        "search",
+        "search_no_results",
+        "product_view",
+        "add_to_cart",
+        "checkout_started",
+        "checkout_error",
+        "payment_failed",
+        "payment_succeeded",
+        "purchase",
+        "rage_click",
+        "error_page",
+        "slow_page",
+        "app_crash",
+        "login_failed",
+        "password_reset",
+        "delivery_delayed",
+        "order_cancelled",
+        "refund_requested",
+        "help_center_view",
+        "contact_form_opened",
+        "support_contact",
+        "survey_response",
+        "plan_downgraded",
+        "subscription_cancel_started",
+        "subscription_cancelled",
         "session_start",
     }
-)  # fmt: skip
+)
 
 
 class EventChannel(StrEnum):
@@ -88,6 +109,13 @@ class JourneyEvent(_Contract):
     session_id: Annotated[str, StringConstraints(max_length=256)] | None = None
     value: float | None = None
     properties: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _alias(cls, v: Any, info: ValidationInfo) -> Any:
+        """Map an upstream event name to the vocabulary (aliases come as context)."""
+        aliases = info.context.get("aliases") if info.context else None
+        return aliases.get(v, v) if aliases and isinstance(v, str) else v
 
     @field_validator("properties")
     @classmethod

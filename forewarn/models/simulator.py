@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
@@ -90,8 +90,14 @@ def default_incidents(start: datetime, span: timedelta) -> tuple[Incident, ...]:
     )
 
 
-_TIMEZONES = ("Europe/Berlin", "Europe/London", "America/New_York", "America/Los_Angeles",
-              "Asia/Tokyo", "UTC")  # fmt: skip
+_TIMEZONES = (
+    "Europe/Berlin",
+    "Europe/London",
+    "America/New_York",
+    "America/Los_Angeles",
+    "Asia/Tokyo",
+    "UTC",
+)
 _TIERS = ("free", "plus", "premium")
 _PAGES = ("/", "/search", "/c/shoes", "/c/jackets", "/p/1", "/p/2", "/p/3", "/help")
 
@@ -125,24 +131,37 @@ class _Customer:
     def _frustrate(self, kind: str, at: float) -> None:
         self.frustration = self.frustration_now(at) + FRUSTRATION.get(kind, 0.0)
         self.frustration_at = at
-        if kind in FRUSTRATION and not self.contact_pending:
-            # The hazard of contacting support grows with frustration; the contact comes
-            # later, which is the window in which proactive outreach can pre-empt it.
-            if self.rng.random() < min(0.6, 0.3 * self.frustration):
-                self.contact_pending = True
-                self._schedule(at + self.rng.expovariate(1 / (1.5 * HOUR)), "support_contact",
-                               {"kind": self.rng.choice(("chat", "call", "email", "ticket"))})
+        # The hazard of contacting support grows with frustration; the contact comes later,
+        # which is the window in which proactive outreach can pre-empt it.
+        if (
+            kind in FRUSTRATION
+            and not self.contact_pending
+            and self.rng.random() < min(0.6, 0.3 * self.frustration)
+        ):
+            self.contact_pending = True
+            self._schedule(
+                at + self.rng.expovariate(1 / (1.5 * HOUR)),
+                "support_contact",
+                {"kind": self.rng.choice(("chat", "call", "email", "ticket"))},
+            )
 
     def frustration_now(self, at: float) -> float:
-        return self.frustration * 0.5 ** ((at - self.frustration_at) / FRUSTRATION_HALF_LIFE)
+        return float(self.frustration * 0.5 ** ((at - self.frustration_at) / FRUSTRATION_HALF_LIFE))
 
     def _schedule(self, at: float, kind: str, props: dict[str, Any]) -> None:
         self.n += 1
         heapq.heappush(self.pending, (at, self.n, kind, props))
 
     # -- generation -----------------------------------------------------------------------
-    def _event(self, at: float, kind: str, session: str | None, channel: EventChannel,
-               props: dict[str, Any], value: float | None = None) -> JourneyEvent:
+    def _event(
+        self,
+        at: float,
+        kind: str,
+        session: str | None,
+        channel: EventChannel,
+        props: dict[str, Any],
+        value: float | None = None,
+    ) -> JourneyEvent:
         self.n += 1
         self._frustrate(kind, at)
         return JourneyEvent(
@@ -180,69 +199,80 @@ class _Customer:
             yield from self._drain_pending(t)
             if self.cancelled:
                 return
-            t = yield from self._session(t)
+            session = self._session(t)
+            while True:
+                try:
+                    e = next(session)
+                except StopIteration as done:
+                    t = done.value
+                    break
+                if e.occurred_at.timestamp() >= sim.end_ts:
+                    return  # the simulated period is over, mid-session or not
+                yield e
             if rng.random() < 0.004:  # a question unrelated to friction
                 self._schedule(t + rng.expovariate(1 / HOUR), "support_contact", {"kind": "chat"})
             t += rng.expovariate(p.sessions_per_day / (24 * HOUR))
         yield from self._drain_pending(sim.end_ts)
 
-    def _session(self, t: float) -> Iterator[JourneyEvent]:  # noqa: C901 - a funnel reads best flat
+    def _session(self, t: float) -> Generator[JourneyEvent, None, float]:
         sim, rng, p = self.sim, self.rng, self.persona
         self.sessions += 1
         sid = f"s-{self.index}-{self.sessions}"
         ch = EventChannel.app if rng.random() < p.app_share else EventChannel.web
 
-        def step(kind: str, **props: Any) -> JourneyEvent:
+        def step(kind: str, **props: Any) -> Iterator[JourneyEvent]:
             nonlocal t
             t += rng.expovariate(1 / 40.0)
+            # something scheduled earlier (a support contact) may fall inside this session
+            yield from self._drain_pending(t)
             value = props.pop("value", None)
-            return self._event(t, kind, sid, ch, props, value)
+            yield self._event(t, kind, sid, ch, props, value)
 
-        yield step("session_start")
+        yield from step("session_start")
         if rng.random() < 0.03:
-            yield step("login_failed")
+            yield from step("login_failed")
             if rng.random() < 0.4:
-                yield step("password_reset")
+                yield from step("password_reset")
         site_broken = sim.incident_active("site_errors", t)
         for _ in range(max(1, int(rng.expovariate(1 / p.pages_per_session)))):
             r = rng.random()
             if r < 0.25:
-                yield step("search", query=rng.choice(("shoes", "jacket", "gift")))
+                yield from step("search", query=rng.choice(("shoes", "jacket", "gift")))
                 if rng.random() < 0.12:
-                    yield step("search_no_results")
+                    yield from step("search_no_results")
             elif r < 0.6:
-                yield step("product_view", page=rng.choice(_PAGES[4:7]))
+                yield from step("product_view", page=rng.choice(_PAGES[4:7]))
             else:
-                yield step("page_view", page=rng.choice(_PAGES[:4]))
+                yield from step("page_view", page=rng.choice(_PAGES[:4]))
             if rng.random() < (0.2 if site_broken else 0.015):
-                yield step("error_page", page=rng.choice(_PAGES))
+                yield from step("error_page", page=rng.choice(_PAGES))
             if rng.random() < 0.03:
-                yield step("slow_page", page=rng.choice(_PAGES))
+                yield from step("slow_page", page=rng.choice(_PAGES))
             if ch is EventChannel.app and rng.random() < 0.006:
-                yield step("app_crash")
+                yield from step("app_crash")
                 return t
         f = self.frustration_now(t)
         if rng.random() < min(0.6, 0.1 + 0.3 * f):
-            yield step("help_center_view", page="/help")
+            yield from step("help_center_view", page="/help")
             if rng.random() < min(0.5, 0.4 * f):
-                yield step("contact_form_opened", page="/help/contact")
+                yield from step("contact_form_opened", page="/help/contact")
         if p.subscriber and rng.random() < min(0.25, 0.03 * f * f):
-            yield step("subscription_cancel_started")
+            yield from step("subscription_cancel_started")
             if rng.random() < 0.6:
                 self._schedule(t + rng.expovariate(1 / (6 * HOUR)), "subscription_cancelled", {})
             return t
         if rng.random() < 0.005 * f and p.subscriber:
-            yield step("plan_downgraded")
+            yield from step("plan_downgraded")
         if rng.random() >= p.buy_probability:
             return t
         cart = round(rng.lognormvariate(4.0, 0.6), 2)
-        yield step("add_to_cart", cart_value=cart)
-        yield step("checkout_started", cart_value=cart, step="address")
+        yield from step("add_to_cart", cart_value=cart)
+        yield from step("checkout_started", cart_value=cart, step="address")
         if rng.random() < 0.04:
-            yield step("checkout_error", step="address", cart_value=cart)
+            yield from step("checkout_error", step="address", cart_value=cart)
             if rng.random() < 0.35:
                 for _ in range(3):
-                    yield step("page_view", page="/checkout/address")
+                    yield from step("page_view", page="/checkout/address")
             if rng.random() < 0.5:
                 return t
         order = f"ord-{self.index}-{self.orders + 1}"
@@ -251,37 +281,46 @@ class _Customer:
         for _attempt in range(3):
             if rng.random() >= fail_p:
                 break
-            yield step("payment_failed", order_id=order, payment_method=method, amount=cart)
+            yield from step("payment_failed", order_id=order, payment_method=method, amount=cart)
             if rng.random() < 0.3:
                 for _ in range(3):
-                    yield step("rage_click", page="/checkout/pay")
+                    yield from step("rage_click", page="/checkout/pay")
             if rng.random() < 0.35:
                 return t  # gives up
         else:
             return t
         self.orders += 1
-        yield step("payment_succeeded", order_id=order, payment_method=method, amount=cart)
-        yield step("purchase", order_id=order, value=cart)
+        yield from step("payment_succeeded", order_id=order, payment_method=method, amount=cart)
+        yield from step("purchase", order_id=order, value=cart)
         self.frustration = max(0.0, self.frustration_now(t) - 0.2)
         self.frustration_at = t
         delay_p = 0.35 if sim.incident_active("carrier_delays", t) else 0.05
         if rng.random() < delay_p:
             when = t + rng.uniform(6 * HOUR, 30 * HOUR)
             eta = sim.at(when + 2 * 24 * HOUR).date().isoformat()
-            self._schedule(when, "delivery_delayed",
-                           {"order_id": order, "carrier": rng.choice(("DHL", "UPS")), "new_eta": eta})
+            self._schedule(
+                when,
+                "delivery_delayed",
+                {"order_id": order, "carrier": rng.choice(("DHL", "UPS")), "new_eta": eta},
+            )
         if rng.random() < 0.1:
             f = self.frustration_now(t)
-            self._schedule(t + 2 * HOUR, "survey_response",
-                           {"kind": "nps", "score": max(0, min(10, round(9 - 5 * f + rng.gauss(0, 1.5))))})
+            self._schedule(
+                t + 2 * HOUR,
+                "survey_response",
+                {"kind": "nps", "score": max(0, min(10, round(9 - 5 * f + rng.gauss(0, 1.5))))},
+            )
         return t
 
     def profile(self) -> CustomerProfile:
         rng = random.Random(f"forewarn-profile:{self.sim.seed}:{self.index}")
         consent = Consent(
-            email=rng.random() < 0.85, sms=rng.random() < 0.4, push=rng.random() < 0.6,
-            in_app=rng.random() < 0.7, phone=rng.random() < 0.5,
-        )  # fmt: skip
+            email=rng.random() < 0.85,
+            sms=rng.random() < 0.4,
+            push=rng.random() < 0.6,
+            in_app=rng.random() < 0.7,
+            phone=rng.random() < 0.5,
+        )
         return CustomerProfile(
             customer_id=self.id,
             consent=consent,
@@ -333,8 +372,9 @@ class JourneySimulator:
 def events_per_customer_hour() -> float:
     """Average activity, measured once on a fixed calibration run (used to size live runs)."""
     start = datetime.fromisoformat("2026-01-01T00:00:00+00:00")
-    sim = JourneySimulator(customers=400, seed=1_000_003, start=start, span=timedelta(days=2),
-                           incidents=())  # fmt: skip
+    sim = JourneySimulator(
+        customers=400, seed=1_000_003, start=start, span=timedelta(days=2), incidents=()
+    )
     n = sum(1 for _ in sim.events())
     return n / (400 * 48)
 

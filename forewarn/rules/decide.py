@@ -21,6 +21,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
+from numpy.typing import NDArray
+
 from forewarn.models.contracts import (
     ActionChannel,
     AttributeValue,
@@ -59,7 +62,8 @@ class Moment:
     in_checkout: bool
     friction: float
     prev_friction: float
-    contributions: Sequence[float]
+    #: points each friction signal adds to the score (one row of the batch matrix)
+    contributions: Sequence[float] | NDArray[np.float64]
 
 
 def requirements_met(rule: Rule, m: Moment) -> bool:
@@ -96,7 +100,7 @@ def explain(rule: Rule, m: Moment, config: FrictionConfig) -> list[Reason]:
     else:  # a score crossing
         what = f"friction rose from {m.prev_friction:.0f} to {m.friction:.0f}"
     reasons = [Reason(signal="trigger", contribution=0.0, detail=what)]
-    ranked = sorted(range(len(m.contributions)), key=lambda i: -m.contributions[i])
+    ranked = sorted(range(len(m.contributions)), key=lambda i: -float(m.contributions[i]))
     window = config.reason_window_seconds
     for i in ranked[: config.top_reasons]:
         points = float(m.contributions[i])
@@ -139,8 +143,11 @@ class DecisionMaker:
     decisions: list[Decision] = field(default_factory=list)
     _winners: dict[str, _Proposal] = field(default_factory=dict)
 
-    def consider(self, m: Moment) -> None:
-        for rule in self.rulebook.rules_for(m.event.type, m.derived, m.prev_friction, m.friction):
+    def consider(self, m: Moment, rules: list[Rule] | None = None) -> None:
+        """Decide every rule ``m`` triggers (``rules``, when the caller already looked)."""
+        if rules is None:
+            rules = self.rulebook.rules_for(m.event.type, m.derived, m.prev_friction, m.friction)
+        for rule in rules:
             if requirements_met(rule, m):
                 self._decide(rule, m)
 
@@ -172,7 +179,10 @@ class DecisionMaker:
         )
 
     def _record(
-        self, action: OutreachAction, why: SuppressionReason | None = None, detail: str | None = None
+        self,
+        action: OutreachAction,
+        why: SuppressionReason | None = None,
+        detail: str | None = None,
     ) -> None:
         self.decisions.append(
             Decision(
@@ -207,7 +217,9 @@ class DecisionMaker:
         cooldown = rule.policies.cooldown
         if last is not None and last <= m.at < last + cooldown:
             self._record(
-                action, SuppressionReason.cooldown, f"rule reached this customer {_ago(m.at - last)} ago"
+                action,
+                SuppressionReason.cooldown,
+                f"rule reached this customer {_ago(m.at - last)} ago",
             )
             return
         self._arbitrate(_Proposal(rule, m, action))

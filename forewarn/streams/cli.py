@@ -73,12 +73,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     settings = Settings()
     stats = publish_live(
-        settings, customers=args.customers, rate=args.rate, duration=args.duration,
-        seed=args.seed, bad_rate=args.bad_rate,
+        settings,
+        customers=args.customers,
+        rate=args.rate,
+        duration=args.duration,
+        seed=args.seed,
+        bad_rate=args.bad_rate,
         on_progress=lambda s: print(f"published {s.events:,} events", flush=True),
-    )  # fmt: skip
-    print(f"published {stats.profiles:,} profiles and {stats.events:,} events to "
-          f"{settings.topics.journey_events}; {sum(stats.bad.values())} malformed records")  # fmt: skip
+    )
+    print(
+        f"published {stats.profiles:,} profiles and {stats.events:,} events to "
+        f"{settings.topics.journey_events}; {sum(stats.bad.values())} malformed records"
+    )
     return 0
 
 
@@ -87,8 +93,14 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from forewarn.streams.tail import tail
 
     try:
-        for line in tail(Settings(), args.topic, from_beginning=args.from_beginning,
-                         limit=args.max, idle_timeout=args.timeout, as_json=args.json):  # fmt: skip
+        for line in tail(
+            Settings(),
+            args.topic,
+            from_beginning=args.from_beginning,
+            limit=args.max,
+            idle_timeout=args.timeout,
+            as_json=args.json,
+        ):
             print(line, flush=True)
     except KeyboardInterrupt:
         pass
@@ -98,8 +110,13 @@ def cmd_tail(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from forewarn.streams.demo import run_demo
 
-    return run_demo(duration=args.duration, rate=args.rate, customers=args.customers,
-                    seed=args.seed, bad_rate=args.bad_rate)  # fmt: skip
+    return run_demo(
+        duration=args.duration,
+        rate=args.rate,
+        customers=args.customers,
+        seed=args.seed,
+        bad_rate=args.bad_rate,
+    )
 
 
 def cmd_schemas(args: argparse.Namespace) -> int:
@@ -135,8 +152,9 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("--rate", type=float, default=500, help="events per second (live)")
     sim.add_argument("--duration", type=float, default=60, help="seconds (live)")
     sim.add_argument("--seed", type=int, default=7)
-    sim.add_argument("--bad-rate", type=float, default=0.0,
-                     help="share of malformed records mixed in (live)")  # fmt: skip
+    sim.add_argument(
+        "--bad-rate", type=float, default=0.0, help="share of malformed records mixed in (live)"
+    )
     sim.add_argument("--out", type=Path, help="write JSON Lines history here instead")
     sim.add_argument("--days", type=float, default=7, help="days of history (with --out)")
     sim.add_argument("--start", type=_aware, help="history start (default: --days ago)")
@@ -167,9 +185,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr,
+        level=logging.INFO,
+        stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )  # fmt: skip
+    )
     try:
         rc: int = args.func(args)
     except ConfigFileError as e:

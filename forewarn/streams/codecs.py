@@ -41,6 +41,7 @@ KeyStatus = Literal["ok", "missing", "mismatch"]
 
 CLOUDEVENTS_JSON = "application/cloudevents+json"
 _JSON_TYPES = ("application/json", "text/json")
+_PLAIN_JSON_HEADERS = (b"application/json", b"application/json; charset=utf-8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,12 +146,14 @@ def _json_object(rec: RawRecord, max_bytes: int) -> dict[str, Any]:
 def _from_cloudevent(attrs: Mapping[str, Any], data: Any, key: str | None) -> dict[str, Any]:
     """Map CloudEvents attributes onto JourneyEvent fields (CloudEvents wins where both)."""
     if not isinstance(data, dict):
-        raise Rejected(
-            DeadLetterReason.schema_violation, "CloudEvent data must be a JSON object"
-        )
+        raise Rejected(DeadLetterReason.schema_violation, "CloudEvent data must be a JSON object")
     out = dict(data)
-    for ce, ours in (("id", "event_id"), ("type", "type"), ("time", "occurred_at"),
-                     ("source", "source")):  # fmt: skip
+    for ce, ours in (
+        ("id", "event_id"),
+        ("type", "type"),
+        ("time", "occurred_at"),
+        ("source", "source"),
+    ):
         if attrs.get(ce) is not None:
             out[ours] = attrs[ce]
     if "customer_id" not in out:
@@ -199,19 +202,40 @@ def _describe(error: ValidationError) -> tuple[DeadLetterReason, str]:
     return reason, "; ".join(parts)
 
 
+def _fast_path(
+    rec: RawRecord, settings: DecodeSettings, context: dict[str, Any]
+) -> JourneyEvent | None:
+    """Plain JSON without CloudEvents headers, validated straight from bytes.
+
+    The common case, about twice as fast as parsing then validating. Anything unusual or
+    invalid returns None and takes the general path, which says precisely what is wrong.
+    """
+    value = rec.value
+    if not value or len(value) > settings.max_bytes:
+        return None
+    for name, v in rec.headers:
+        k = name.lower()
+        if k.startswith("ce_") or (k == "content-type" and v not in _PLAIN_JSON_HEADERS):
+            return None
+    try:
+        return JourneyEvent.model_validate_json(value, context=context)
+    except ValidationError:
+        return None
+
+
 def decode_event(
     rec: RawRecord, settings: DecodeSettings, now: datetime
 ) -> DecodedEvent | DeadLetter:
     """One raw record to a validated event, or a dead letter saying why not."""
+    context = {"aliases": settings.aliases}
     try:
-        data = _fields(rec, settings)
-        t = data.get("type")
-        if isinstance(t, str):
-            data["type"] = settings.aliases.get(t, t)
-        try:
-            event = JourneyEvent.model_validate(data)
-        except ValidationError as e:
-            raise Rejected(*_describe(e)) from e
+        event = _fast_path(rec, settings, context)
+        if event is None:
+            data = _fields(rec, settings)
+            try:
+                event = JourneyEvent.model_validate(data, context=context)
+            except ValidationError as e:
+                raise Rejected(*_describe(e)) from e
         if event.occurred_at > now + settings.future_tolerance:
             raise Rejected(
                 DeadLetterReason.future_timestamp,
@@ -238,7 +262,9 @@ def decode_event(
     return DecodedEvent(event, status)
 
 
-def decode_profile(rec: RawRecord, now: datetime) -> CustomerProfile | ProfileTombstone | DeadLetter:
+def decode_profile(
+    rec: RawRecord, now: datetime
+) -> CustomerProfile | ProfileTombstone | DeadLetter:
     """A compacted-topic profile record; a null value deletes the profile of its key."""
     if rec.value is None:
         if not rec.key:

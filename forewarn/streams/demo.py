@@ -43,8 +43,13 @@ class Collected:
 
 def collect(settings: Settings, into: Collected, stop: threading.Event) -> None:
     t = settings.topics
-    consumer = Consumer(kafka_config(settings, "consumer", **{
-        "group.id": "forewarn-demo-reader", "enable.partition.eof": False}))  # fmt: skip
+    consumer = Consumer(
+        kafka_config(
+            settings,
+            "consumer",
+            **{"group.id": "forewarn-demo-reader", "enable.partition.eof": False},
+        )
+    )
     consumer.subscribe([t.actions, t.decisions, t.dlq])
     try:
         while not stop.is_set():
@@ -88,9 +93,7 @@ def caught_up(settings: Settings, timeout: float) -> bool:
         parts = [TopicPartition(topic, p) for p in range(settings.topics.partitions)]
         while time.monotonic() < deadline:
             committed = c.committed(parts, timeout=5)
-            done = all(
-                tp.offset >= c.get_watermark_offsets(tp, timeout=5)[1] for tp in committed
-            )
+            done = all(tp.offset >= c.get_watermark_offsets(tp, timeout=5)[1] for tp in committed)
             if done:
                 return True
             time.sleep(0.5)
@@ -104,12 +107,16 @@ def _n(x: float) -> str:
 
 
 def summary(out: TextIO, stats: PublishStats, got: Collected, wall: float) -> None:
-    p = lambda *a: print(*a, file=out)  # noqa: E731
+    def p(*a: object) -> None:
+        print(*a, file=out)
+
     with got.lock:
         actions, decisions, dead = list(got.actions), list(got.decisions), list(got.dead_letters)
     p("\n== What Forewarn did " + "=" * 58)
-    p(f"simulated {_n(stats.events)} journey events from {_n(stats.profiles)} customers "
-      f"in {wall:.0f} s, plus {_n(sum(stats.bad.values()))} malformed records")  # fmt: skip
+    p(
+        f"simulated {_n(stats.events)} journey events from {_n(stats.profiles)} customers "
+        f"in {wall:.0f} s, plus {_n(sum(stats.bad.values()))} malformed records"
+    )
 
     p(f"\nOutreach actions: {_n(len(actions))}, by rule and channel")
     channels = sorted({a.channel.value for a in actions})
@@ -121,8 +128,10 @@ def summary(out: TextIO, stats: PublishStats, got: Collected, wall: float) -> No
         p(f"  {r:<18}" + "".join(f"{n:>8}" for n in row) + f"{sum(row):>8}")
 
     suppressed = Counter(d.suppressed_by.value for d in decisions if d.suppressed_by)
-    p(f"\nDecisions: {_n(len(decisions))}; suppressed by policy: "
-      + (", ".join(f"{k} {v}" for k, v in suppressed.most_common()) or "none"))  # fmt: skip
+    p(
+        f"\nDecisions: {_n(len(decisions))}; suppressed by policy: "
+        + (", ".join(f"{k} {v}" for k, v in suppressed.most_common()) or "none")
+    )
 
     p("\nThree example actions, with their reasons")
     shown: set[str] = set()
@@ -135,22 +144,36 @@ def summary(out: TextIO, stats: PublishStats, got: Collected, wall: float) -> No
             break
 
     by_reason = Counter(d.error_type.value for d in dead)
-    p("\nDead letters by reason: "
-      + (", ".join(f"{k} {v}" for k, v in sorted(by_reason.items())) or "none"))  # fmt: skip
+    p(
+        "\nDead letters by reason: "
+        + (", ".join(f"{k} {v}" for k, v in sorted(by_reason.items())) or "none")
+    )
 
-    cov = proactive_coverage(stats.support_contacts, [(a.customer_id, a.triggered_at) for a in actions])
+    cov = proactive_coverage(
+        stats.support_contacts, [(a.customer_id, a.triggered_at) for a in actions]
+    )
     lead = cov.lead_minutes_median
-    p(f"\nProactive coverage: {cov.covered} of {cov.contacts} simulated support contacts "
-      f"({cov.share:.0%}) were preceded by an outreach action within 24 h"
-      + (f"; median lead time {lead:.0f} minutes." if lead is not None else "."))  # fmt: skip
+    p(
+        f"\nProactive coverage: {cov.covered} of {cov.contacts} simulated support contacts "
+        f"({cov.share:.0%}) were preceded by an outreach action within 24 h"
+        + (f"; median lead time {lead:.0f} minutes." if lead is not None else ".")
+    )
 
 
 def run_demo(
-    *, duration: float = 60, rate: float = 1000, customers: int = 2000, seed: int = 7,
-    bad_rate: float = 0.002, out: TextIO = sys.stdout,
-) -> int:  # fmt: skip
+    *,
+    duration: float = 60,
+    rate: float = 1000,
+    customers: int = 2000,
+    seed: int = 7,
+    bad_rate: float = 0.002,
+    out: TextIO = sys.stdout,
+) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="forewarn-demo-"))
-    p = lambda *a: print(*a, file=out, flush=True)  # noqa: E731
+
+    def p(*a: object) -> None:
+        print(*a, file=out, flush=True)
+
     broker = EmbeddedBroker(log=workdir / "broker.log")
     worker: subprocess.Popen[bytes] | None = None
     stop = threading.Event()
@@ -163,19 +186,28 @@ def run_demo(
         broker.start()
         port = free_port()
         settings = Settings(
-            bootstrap_servers=broker.bootstrap, http_port=port, session_timeout_ms=6000,
+            bootstrap_servers=broker.bootstrap,
+            http_port=port,
+            session_timeout_ms=6000,
             topics=TopicNames(partitions=DEMO_PARTITIONS),
-        )  # fmt: skip
+        )
         p(f"broker on {broker.bootstrap}\n")
         p(format_report(create_topics(settings)) + "\n")
-        env = {**os.environ, "FOREWARN_BOOTSTRAP_SERVERS": broker.bootstrap,
-               "FOREWARN_HTTP_PORT": str(port), "FOREWARN_SESSION_TIMEOUT_MS": "6000",
-               "FOREWARN_TOPICS__PARTITIONS": str(DEMO_PARTITIONS)}  # fmt: skip
+        env = {
+            **os.environ,
+            "FOREWARN_BOOTSTRAP_SERVERS": broker.bootstrap,
+            "FOREWARN_HTTP_PORT": str(port),
+            "FOREWARN_SESSION_TIMEOUT_MS": "6000",
+            "FOREWARN_TOPICS__PARTITIONS": str(DEMO_PARTITIONS),
+        }
         with open(workdir / "worker.log", "wb") as log:
             worker = subprocess.Popen(
                 [sys.executable, "-m", "forewarn.streams.cli", "score"],
-                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         reader = threading.Thread(target=collect, args=(settings, got, stop), daemon=True)
         reader.start()
         p(f"scoring worker started (pid {worker.pid}); metrics on http://127.0.0.1:{port}/metrics")
@@ -190,14 +222,24 @@ def run_demo(
             with got.lock:
                 n_act, n_dead = len(got.actions), len(got.dead_letters)
             dt = max(1e-6, now - last[0])
-            p(f"  {now - t0:5.0f}s  events in {_n(scored):>8} ({_n((scored - last[1]) / dt):>6}/s)"
-              f"  actions out {_n(n_act):>6} ({_n((n_act - last[2]) / dt):>4}/s)"
-              f"  dead letters {_n(n_dead):>4}  published {_n(s.events)}")  # fmt: skip
+            per_s = (scored - last[1]) / dt
+            p(
+                f"  {now - t0:5.0f}s  events in {_n(scored):>8} ({_n(per_s):>6}/s)"
+                f"  actions out {_n(n_act):>6} ({_n((n_act - last[2]) / dt):>4}/s)"
+                f"  dead letters {_n(n_dead):>4}  published {_n(s.events)}"
+            )
             last[:] = [now, scored, n_act]
 
         publish_started = time.monotonic()
-        stats = publish_live(settings, customers=customers, rate=rate, duration=duration,
-                             seed=seed, bad_rate=bad_rate, on_progress=progress)  # fmt: skip
+        stats = publish_live(
+            settings,
+            customers=customers,
+            rate=rate,
+            duration=duration,
+            seed=seed,
+            bad_rate=bad_rate,
+            on_progress=progress,
+        )
         wall = time.monotonic() - publish_started
         p("\nsimulation done; waiting for the worker to catch up")
         if not caught_up(settings, timeout=120):

@@ -20,36 +20,72 @@ class ScoringMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.events = Counter("forewarn_events_total",
+        self.events = Counter(
+            "forewarn_events_total",
             "Journey events accepted, by type (types outside the vocabulary count as 'other')",
-            ["type"], registry=r)
-        self.dead_letters = Counter("forewarn_dead_letters_total",
-            "Records sent to the dead-letter topic, by reason", ["reason"], registry=r)
-        self.duplicates = Counter("forewarn_duplicate_events_total",
+            ["type"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "forewarn_dead_letters_total",
+            "Records sent to the dead-letter topic, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.duplicates = Counter(
+            "forewarn_duplicate_events_total",
             "Events dropped because their event_id was already seen for the customer",
-            registry=r)
-        self.key_problems = Counter("forewarn_key_problems_total",
+            registry=r,
+        )
+        self.key_problems = Counter(
+            "forewarn_key_problems_total",
             "Events whose Kafka key was missing or differed from the payload's customer_id "
-            "(the payload wins)", ["problem"], registry=r)
-        self.profiles = Counter("forewarn_profile_updates_total",
-            "Customer profile records applied", ["kind"], registry=r)
-        self.actions = Counter("forewarn_actions_total",
-            "Outreach actions emitted, by rule and channel", ["rule", "channel"], registry=r)
-        self.suppressions = Counter("forewarn_suppressions_total",
-            "Decisions suppressed by a policy, by rule and reason", ["rule", "reason"],
-            registry=r)
-        self.batch_size = Histogram("forewarn_batch_size",
-            "Records per consumed batch", buckets=_BATCH_SIZES, registry=r)
-        self.batch_seconds = Histogram("forewarn_batch_processing_seconds",
-            "Time to decode, score, decide and publish one batch", buckets=_SECONDS,
-            registry=r)
-        self.event_age = Histogram("forewarn_event_age_at_decision_seconds",
-            "Age of the trigger event when its decision was made", buckets=_AGES,
-            registry=r)
-        self.customers = Gauge("forewarn_customers_tracked",
-            "Customers with state on this worker", registry=r)
-        self.consume_errors = Counter("forewarn_consume_errors_total",
-            "Errors reported by the Kafka consumer", ["code"], registry=r)
+            "(the payload wins)",
+            ["problem"],
+            registry=r,
+        )
+        self.profiles = Counter(
+            "forewarn_profile_updates_total",
+            "Customer profile records applied",
+            ["kind"],
+            registry=r,
+        )
+        self.actions = Counter(
+            "forewarn_actions_total",
+            "Outreach actions emitted, by rule and channel",
+            ["rule", "channel"],
+            registry=r,
+        )
+        self.suppressions = Counter(
+            "forewarn_suppressions_total",
+            "Decisions suppressed by a policy, by rule and reason",
+            ["rule", "reason"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "forewarn_batch_size", "Records per consumed batch", buckets=_BATCH_SIZES, registry=r
+        )
+        self.batch_seconds = Histogram(
+            "forewarn_batch_processing_seconds",
+            "Time to decode, score, decide and publish one batch",
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.event_age = Histogram(
+            "forewarn_event_age_at_decision_seconds",
+            "Age of the trigger event when its decision was made",
+            buckets=_AGES,
+            registry=r,
+        )
+        self.customers = Gauge(
+            "forewarn_customers_tracked", "Customers with state on this worker", registry=r
+        )
+        self.consume_errors = Counter(
+            "forewarn_consume_errors_total",
+            "Errors reported by the Kafka consumer",
+            ["code"],
+            registry=r,
+        )
         self.up = Gauge("forewarn_worker_up", "1 while the scoring loop runs", registry=r)
 
     def observe_batch(self, result: BatchResult, n_records: int, seconds: float) -> None:

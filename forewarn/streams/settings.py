@@ -46,8 +46,15 @@ class TopicNames(BaseModel):
         return {self.customer_profiles, self.state}
 
     def all(self) -> list[str]:
-        return [self.journey_events, self.customer_profiles, self.actions, self.decisions,
-                self.dlq, self.state, self.outcomes]  # fmt: skip
+        return [
+            self.journey_events,
+            self.customer_profiles,
+            self.actions,
+            self.decisions,
+            self.dlq,
+            self.state,
+            self.outcomes,
+        ]
 
 
 class KafkaSecurity(BaseModel):
@@ -136,17 +143,19 @@ def kafka_config(settings: Settings, role: Role, **overrides: Any) -> dict[str, 
     }
     conf.update({k: v for k, v in optional.items() if v is not None})
     if role == "consumer":
-        conf.update({
-            "group.id": settings.group_id,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed",
-            "session.timeout.ms": settings.session_timeout_ms,
-            # range gives partition i of journey-events and customer-profiles to the same
-            # worker when both have the same partition count (co-partitioning); sticky
-            # assignors do not promise that.
-            "partition.assignment.strategy": "range",
-        })  # fmt: skip
+        conf.update(
+            {
+                "group.id": settings.group_id,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+                "session.timeout.ms": settings.session_timeout_ms,
+                # range gives partition i of journey-events and customer-profiles to the same
+                # worker when both have the same partition count (co-partitioning); sticky
+                # assignors do not promise that.
+                "partition.assignment.strategy": "range",
+            }
+        )
     elif role == "producer":
         conf.update({"enable.idempotence": True, "linger.ms": 5, "compression.type": "lz4"})
     conf.update(sec.extra)

@@ -62,8 +62,12 @@ def as_cloudevent_structured(e: JourneyEvent) -> Record:
 def bad_record(kind: DeadLetterReason, now: datetime, n: int = 0) -> Record:
     """One malformed record that Forewarn must dead-letter with reason ``kind``."""
     at = now.isoformat()
-    good = {"event_id": f"bad-{kind.value}-{n}", "customer_id": f"bad-cust-{n}",
-            "type": "page_view", "occurred_at": at}  # fmt: skip
+    good = {
+        "event_id": f"bad-{kind.value}-{n}",
+        "customer_id": f"bad-cust-{n}",
+        "type": "page_view",
+        "occurred_at": at,
+    }
     key = good["customer_id"].encode()
     if kind is DeadLetterReason.not_utf8:
         return key, b'{"event_id": "\xff\xfe\xfd"}', ()
@@ -85,11 +89,14 @@ def bad_record(kind: DeadLetterReason, now: datetime, n: int = 0) -> Record:
 
 #: the dead-letter reasons the simulator can produce on purpose
 BAD_KINDS = (
-    DeadLetterReason.not_utf8, DeadLetterReason.malformed_json,
-    DeadLetterReason.schema_violation, DeadLetterReason.invalid_customer_id,
-    DeadLetterReason.too_large, DeadLetterReason.future_timestamp,
+    DeadLetterReason.not_utf8,
+    DeadLetterReason.malformed_json,
+    DeadLetterReason.schema_violation,
+    DeadLetterReason.invalid_customer_id,
+    DeadLetterReason.too_large,
+    DeadLetterReason.future_timestamp,
     DeadLetterReason.unsupported_content_type,
-)  # fmt: skip
+)
 
 
 @dataclass(slots=True)
@@ -153,7 +160,9 @@ def publish_live(
             stats.support_contacts.append((e.customer_id, e.occurred_at))
         if bad_rate and rng.random() < bad_rate:
             kind = rng.choice(BAD_KINDS)
-            _produce(producer, topics.journey_events, *bad_record(kind, datetime.now(UTC), stats.events))
+            _produce(
+                producer, topics.journey_events, *bad_record(kind, datetime.now(UTC), stats.events)
+            )
             stats.bad[kind.value] += 1
         if on_progress and time.monotonic() - last_progress >= 1.0:
             last_progress = time.monotonic()
@@ -162,8 +171,9 @@ def publish_live(
     return stats
 
 
-def _produce(producer: Producer, topic: str, key: bytes | None, value: bytes | None,
-             headers: Headers) -> None:  # fmt: skip
+def _produce(
+    producer: Producer, topic: str, key: bytes | None, value: bytes | None, headers: Headers
+) -> None:
     while True:
         try:
             producer.produce(topic, key=key, value=value, headers=list(headers) or None)

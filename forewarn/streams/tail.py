@@ -20,9 +20,11 @@ def format_action(a: OutreachAction) -> str:
     why = "; ".join(r.detail for r in a.reasons)
     when = a.triggered_at.strftime("%Y-%m-%d %H:%M")
     kind = "service" if a.transactional else "marketing"
-    return (f"{when}  {a.customer_id}  {a.rule_id} -> {a.channel.value} "
-            f"(priority {a.priority}, {kind}, friction {a.scores.friction:.0f})\n"
-            f"    why: {why}")  # fmt: skip
+    return (
+        f"{when}  {a.customer_id}  {a.rule_id} -> {a.channel.value} "
+        f"(priority {a.priority}, {kind}, friction {a.scores.friction:.0f})\n"
+        f"    why: {why}"
+    )
 
 
 def format_decision(d: Decision) -> str:
@@ -37,18 +39,26 @@ def format_decision(d: Decision) -> str:
 def format_dead_letter(dl: DeadLetter) -> str:
     raw = base64.b64decode(dl.value_base64) if dl.value_base64 else b""
     preview = raw[:80].decode("utf-8", errors="replace").replace("\n", " ")
-    return (f"{dl.failed_at:%H:%M:%S}  {dl.source_topic}[{dl.partition}]@{dl.offset}  "
-            f"{dl.error_type.value}: {dl.error_detail[:160]}\n    value: {preview!r}")  # fmt: skip
+    return (
+        f"{dl.failed_at:%H:%M:%S}  {dl.source_topic}[{dl.partition}]@{dl.offset}  "
+        f"{dl.error_type.value}: {dl.error_detail[:160]}\n    value: {preview!r}"
+    )
 
 
 _FORMATS: dict[Which, tuple[Callable[[Settings], str], Callable[[bytes], str]]] = {
-    "actions": (lambda s: s.topics.actions,
-                lambda v: format_action(OutreachAction.model_validate_json(v))),
-    "decisions": (lambda s: s.topics.decisions,
-                  lambda v: format_decision(Decision.model_validate_json(v))),
-    "dlq": (lambda s: s.topics.dlq,
-            lambda v: format_dead_letter(DeadLetter.model_validate_json(v))),
-}  # fmt: skip
+    "actions": (
+        lambda s: s.topics.actions,
+        lambda v: format_action(OutreachAction.model_validate_json(v)),
+    ),
+    "decisions": (
+        lambda s: s.topics.decisions,
+        lambda v: format_decision(Decision.model_validate_json(v)),
+    ),
+    "dlq": (
+        lambda s: s.topics.dlq,
+        lambda v: format_dead_letter(DeadLetter.model_validate_json(v)),
+    ),
+}
 
 
 def tail(
@@ -65,13 +75,15 @@ def tail(
     topic_of, fmt = _FORMATS[which]
     consumer = Consumer(
         kafka_config(
-            settings, "consumer", **{
+            settings,
+            "consumer",
+            **{
                 "group.id": f"forewarn-tail-{uuid.uuid4().hex[:8]}",
                 "auto.offset.reset": "earliest" if from_beginning else "latest",
                 "enable.partition.eof": False,
             },
         )
-    )  # fmt: skip
+    )
     consumer.subscribe([topic_of(settings)])
     seen = 0
     last = time.monotonic()

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from forewarn.streams.settings import Settings, kafka_config
 
@@ -45,8 +46,10 @@ def _check(settings: Settings, existing: dict[str, int], created: set[str]) -> l
             status = "created"
         elif have is None:
             status = "missing"
-        elif have != parts and name in (settings.topics.journey_events,
-                                         settings.topics.customer_profiles):  # fmt: skip
+        elif have != parts and name in (
+            settings.topics.journey_events,
+            settings.topics.customer_profiles,
+        ):
             # Only the co-partitioned pair must match exactly: a customer's events and
             # profile have to land on the same worker.
             status = f"wrong partitions ({have}, want {parts})"
@@ -70,9 +73,14 @@ def create_topics(settings: Settings, timeout: float = 10.0) -> list[TopicReport
         if name in existing:
             continue
         config = {"cleanup.policy": "compact"} if compacted else {}
-        new.append(NewTopic(name, num_partitions=parts,
-                            replication_factor=settings.topics.replication_factor,
-                            config=config))  # fmt: skip
+        new.append(
+            NewTopic(
+                name,
+                num_partitions=parts,
+                replication_factor=settings.topics.replication_factor,
+                config=config,
+            )
+        )
     created: set[str] = set()
     if new:
         for name, fut in admin.create_topics(new, operation_timeout=timeout).items():

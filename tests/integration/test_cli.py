@@ -42,9 +42,17 @@ def _env(s: Settings) -> dict[str, str]:
     }
 
 
-def _forewarn(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "forewarn.streams.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=timeout, check=False)  # fmt: skip
+def _forewarn(
+    *args: str, env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "forewarn.streams.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def _committed(s: Settings) -> int:
@@ -67,8 +75,13 @@ def test_score_stops_cleanly_on_sigterm_after_committing(
         p.produce(s.topics.journey_events, key=e.customer_id.encode(), value=encode(e))
     p.flush(10)
     env = _env(s)
-    proc = subprocess.Popen([sys.executable, "-m", "forewarn.streams.cli", "score"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "forewarn.streams.cli", "score"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while _committed(s) < 50 and time.monotonic() < deadline:
@@ -120,25 +133,47 @@ def test_tail_pretty_prints_actions_and_decisions(
     p.flush(10)
     start_worker(s)
     env = _env(s)
-    out = _forewarn("tail", "actions", "--from-beginning", "--max", "1", "--timeout", "30",
-                    env=env).stdout  # fmt: skip
+    out = _forewarn(
+        "tail", "actions", "--from-beginning", "--max", "1", "--timeout", "30", env=env
+    ).stdout
     assert "tailed  delivery_apology -> email" in out
     assert "why: triggered by delivery delayed" in out
-    dec = _forewarn("tail", "decisions", "--from-beginning", "--max", "1", "--timeout", "30",
-                    env=env).stdout  # fmt: skip
+    dec = _forewarn(
+        "tail", "decisions", "--from-beginning", "--max", "1", "--timeout", "30", env=env
+    ).stdout
     assert "delivery_apology  emitted via email" in dec
 
 
 def test_demo_runs_end_to_end_and_stops_what_it_started(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "forewarn.streams.cli", "demo", "--duration", "8",
-         "--rate", "500", "--customers", "500", "--bad-rate", "0.01"],
-        capture_output=True, text=True, timeout=180, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "forewarn.streams.cli",
+            "demo",
+            "--duration",
+            "8",
+            "--rate",
+            "500",
+            "--customers",
+            "500",
+            "--bad-rate",
+            "0.01",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
-    for heading in ("Outreach actions:", "Three example actions", "Dead letters by reason:",
-                    "Proactive coverage:", "scoring worker stopped on SIGTERM (exit code 0)"):  # fmt: skip
+    for heading in (
+        "Outreach actions:",
+        "Three example actions",
+        "Dead letters by reason:",
+        "Proactive coverage:",
+        "scoring worker stopped on SIGTERM (exit code 0)",
+    ):
         assert heading in out
     assert "why: triggered by" in out
     broker_port = out.split("broker on 127.0.0.1:")[1].split()[0]

@@ -44,8 +44,9 @@ def test_simulated_events_in_explained_actions_out(
 ) -> None:
     s = make_settings()
     now = datetime.now(UTC)
-    sim = JourneySimulator(customers=300, seed=11, start=now - timedelta(days=2),
-                           span=timedelta(days=2))  # fmt: skip
+    sim = JourneySimulator(
+        customers=300, seed=11, start=now - timedelta(days=2), span=timedelta(days=2)
+    )
     p = _producer(s)
     for prof in sim.profiles():
         _profile(p, s, prof)
@@ -99,24 +100,29 @@ def test_each_bad_input_lands_in_the_dlq_while_good_events_are_scored(
         p.produce(s.topics.journey_events, key=b"good", value=encode(good))
         key, value, headers = bad_record(kind, now, i)
         p.produce(s.topics.journey_events, key=key, value=value, headers=list(headers) or None)
-        sent.append(kind.value)
+        sent.append(kind)
     # missing key: accepted, the payload's customer id is used (and counted)
     nokey = event("good", "page_view", now, n=99)
     p.produce(s.topics.journey_events, key=None, value=encode(nokey))
     p.flush(10)
 
     worker = start_worker(s)
-    dead = [DeadLetter.model_validate_json(v)
-            for v in read_topic(s, s.topics.dlq, until=at_least(len(BAD_KINDS)))]  # fmt: skip
+    dead = [
+        DeadLetter.model_validate_json(v)
+        for v in read_topic(s, s.topics.dlq, until=at_least(len(BAD_KINDS)))
+    ]
+
     def apologies(values: list[bytes]) -> list[Decision]:
         decisions = (Decision.model_validate_json(v) for v in values)
         return [d for d in decisions if d.rule_id == "delivery_apology"]
 
-    decided = read_topic(s, s.topics.decisions, until=lambda vs: len(apologies(vs)) >= len(BAD_KINDS))
+    decided = read_topic(
+        s, s.topics.decisions, until=lambda vs: len(apologies(vs)) >= len(BAD_KINDS)
+    )
     worker.stop()
     decisions = apologies(decided)
 
-    assert sorted(d.error_type.value for d in dead) == sorted(sent)
+    assert sorted(d.error_type for d in dead) == sorted(sent)
     for d in dead:
         assert d.value_base64 is not None, "the original bytes are kept"
         assert d.source_topic == s.topics.journey_events
@@ -128,7 +134,7 @@ def test_each_bad_input_lands_in_the_dlq_while_good_events_are_scored(
     m = worker.worker.metrics
     assert m.key_problems.labels("missing")._value.get() == 1
     for kind in sent:
-        assert m.dead_letters.labels(kind)._value.get() == 1
+        assert m.dead_letters.labels(kind.value)._value.get() == 1
 
 
 def test_no_consent_suppresses_a_channel_and_the_suppression_is_published(
@@ -147,10 +153,17 @@ def test_no_consent_suppresses_a_channel_and_the_suppression_is_published(
     p.flush(10)
 
     worker = start_worker(s)
-    decisions = {d.customer_id: d for d in (Decision.model_validate_json(v)
-                 for v in read_topic(s, s.topics.decisions, until=at_least(2)))}  # fmt: skip
-    actions = [OutreachAction.model_validate_json(v)
-               for v in read_topic(s, s.topics.actions, until=at_least(1))]  # fmt: skip
+    decisions = {
+        d.customer_id: d
+        for d in (
+            Decision.model_validate_json(v)
+            for v in read_topic(s, s.topics.decisions, until=at_least(2))
+        )
+    }
+    actions = [
+        OutreachAction.model_validate_json(v)
+        for v in read_topic(s, s.topics.actions, until=at_least(1))
+    ]
     worker.stop()
 
     assert decisions["no-push"].status.value == "emitted"

@@ -193,14 +193,16 @@ class ScoringEngine:
 
         scores, contributions = friction_scores(self.friction, signals[: len(kept)])
         maker = DecisionMaker(self.rulebook, self.friction, now, self.friction.version)
+        book = self.rulebook
         for row, (e, at, state, derived, in_checkout) in enumerate(kept):
             friction = float(scores[row])
-            moment = Moment(
-                e, at, state, derived, in_checkout, friction, state.last_friction,
-                contributions[row].tolist(),
-            )  # fmt: skip
-            state.last_friction = friction
-            maker.consider(moment)
+            prev, state.last_friction = state.last_friction, friction
+            rules = book.rules_for(e.type, derived, prev, friction)
+            if rules:  # about 1% of events: only these pay for a Moment
+                moment = Moment(
+                    e, at, state, derived, in_checkout, friction, prev, contributions[row]
+                )
+                maker.consider(moment, rules)
         actions = maker.finish()
         stats.decision_event_ages = [
             (now - d.action.triggered_at).total_seconds() for d in maker.decisions

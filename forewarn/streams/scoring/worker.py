@@ -22,7 +22,7 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 
 from forewarn.models.ports import Clock, StateStore
 from forewarn.rules.rulebook import load_rulebook
-from forewarn.streams.codecs import RawRecord, encode
+from forewarn.streams.codecs import Headers, RawRecord, encode
 from forewarn.streams.metrics import ScoringMetrics
 from forewarn.streams.scoring.engine import BatchResult, ScoringEngine
 from forewarn.streams.settings import Settings, kafka_config
@@ -30,16 +30,26 @@ from forewarn.streams.settings import Settings, kafka_config
 log = logging.getLogger("forewarn.score")
 
 
+def _bytes(v: str | bytes | None) -> bytes | None:
+    return v.encode() if isinstance(v, str) else v
+
+
 def to_raw(msg: Message) -> RawRecord:
-    headers = msg.headers() or []
+    """A consumed message as plain data (only error-free messages get here)."""
     return RawRecord(
-        topic=msg.topic(),
-        partition=msg.partition(),
-        offset=msg.offset(),
-        key=msg.key(),
-        value=msg.value(),
-        headers=tuple((k, v) for k, v in headers),
+        topic=msg.topic() or "",
+        partition=msg.partition() or 0,
+        offset=msg.offset() or 0,
+        key=_bytes(msg.key()),
+        value=_bytes(msg.value()),
+        headers=_headers(msg),
     )
+
+
+def _headers(msg: Message) -> Headers:
+    raw = msg.headers() or ()
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    return tuple((k, _bytes(v)) for k, v in pairs)
 
 
 class KafkaOutputSink:
@@ -190,8 +200,13 @@ class ScoringWorker:
             on_revoke=gate.on_revoke,
             on_lost=gate.on_revoke,
         )
-        log.info("scoring %s + %s as group %s on %s", s.topics.journey_events,
-                 s.topics.customer_profiles, s.group_id, s.bootstrap_servers)  # fmt: skip
+        log.info(
+            "scoring %s + %s as group %s on %s",
+            s.topics.journey_events,
+            s.topics.customer_profiles,
+            s.group_id,
+            s.bootstrap_servers,
+        )
         self.metrics.up.set(1)
         try:
             while not self._stop.is_set():

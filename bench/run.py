@@ -1,0 +1,193 @@
+"""Forewarn benchmarks: ``make bench``.
+
+One run, one data set, baselines measured in the same run on the same broker:
+
+* ``raw consume``          confluent-kafka ``consume(500)`` loop that touches nothing: the ceiling;
+* ``consume + json.loads`` the same loop decoding every value (a floor for any JSON pipeline);
+* ``engine only``          the pure scoring engine on in-memory records (no Kafka);
+* ``scoring worker``       the real worker (default rulebook): consume, decode, state, score,
+                           decide, produce, flush, commit.
+
+Prints a table and JSON (also written to bench/results/latest.json). Timing is for
+information: no test asserts it. Set FOREWARN_BENCH_BOOTSTRAP to use another Kafka.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, Producer
+
+from forewarn.models.ports import ManualClock
+from forewarn.models.simulator import JourneySimulator, span_for
+from forewarn.streams.broker import EmbeddedBroker
+from forewarn.streams.codecs import RawRecord, encode
+from forewarn.streams.scoring.engine import ScoringEngine
+from forewarn.streams.scoring.worker import ScoringWorker
+from forewarn.streams.settings import Settings, TopicNames, kafka_config
+from forewarn.streams.topics import create_topics
+
+RESULTS = Path(__file__).parent / "results"
+
+
+@contextmanager
+def broker() -> Iterator[str]:
+    given = os.environ.get("FOREWARN_BENCH_BOOTSTRAP")
+    if given:
+        yield given
+        return
+    with EmbeddedBroker() as b:
+        yield b.bootstrap
+
+
+def settings_for(bootstrap: str, partitions: int) -> Settings:
+    tag = uuid.uuid4().hex[:8]
+    names = {
+        f: f"{getattr(TopicNames(), f)}-bench-{tag}"
+        for f in TopicNames.model_fields
+        if f not in ("partitions", "replication_factor")
+    }
+    return Settings(
+        bootstrap_servers=bootstrap,
+        group_id=f"forewarn-bench-{tag}",
+        topics=TopicNames(partitions=partitions, **names),
+        session_timeout_ms=6000,
+        http_port=0,
+    )
+
+
+def consume_all(settings: Settings, topic: str, n: int, decode: bool) -> float:
+    """Seconds from the first record to the n-th, for a plain consume loop."""
+    c = Consumer(
+        kafka_config(
+            settings,
+            "consumer",
+            **{"group.id": f"raw-{uuid.uuid4().hex[:8]}", "enable.partition.eof": False},
+        )
+    )
+    c.subscribe([topic])
+    seen, first = 0, 0.0
+    deadline = time.monotonic() + 300
+    while seen < n and time.monotonic() < deadline:
+        msgs = c.consume(500, 1.0)
+        if msgs and not first:
+            first = time.perf_counter()
+        for m in msgs:
+            if m.error() is None:
+                seen += 1
+                if decode:
+                    json.loads(m.value() or b"{}")
+    elapsed = time.perf_counter() - first
+    c.close()
+    return elapsed
+
+
+def run_worker(settings: Settings, n: int) -> float:
+    worker = ScoringWorker(settings)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    first = 0.0
+    deadline = time.monotonic() + 600
+    while worker.records < n and time.monotonic() < deadline:
+        if worker.records and not first:
+            first = time.perf_counter()
+        time.sleep(0.005)
+    elapsed = time.perf_counter() - first
+    worker.stop()
+    thread.join(30)
+    return elapsed
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--customers", type=int, default=5_000)
+    ap.add_argument("--partitions", type=int, default=2)
+    args = ap.parse_args()
+
+    now = datetime.now(UTC)
+    span = span_for(args.events, args.customers)
+    sim = JourneySimulator(args.customers, seed=2026, start=now - span, span=span)
+    t = time.perf_counter()
+    events = [e for _, e in zip(range(args.events), sim.events(), strict=False)]
+    profiles = sim.profiles()
+    gen_s = time.perf_counter() - t
+    values = [(e.customer_id.encode(), encode(e)) for e in events]
+    n = len(values)
+    print(f"generated {n:,} events from {args.customers:,} customers in {gen_s:.1f} s", flush=True)
+
+    rows: dict[str, float] = {}
+    with broker() as bootstrap:
+        s = settings_for(bootstrap, args.partitions)
+        create_topics(s)
+        p = Producer(kafka_config(s, "producer", **{"linger.ms": 20}))
+        for pr in profiles:
+            p.produce(s.topics.customer_profiles, key=pr.customer_id.encode(), value=encode(pr))
+        for key, value in values:
+            while True:
+                try:
+                    p.produce(s.topics.journey_events, key=key, value=value)
+                    break
+                except BufferError:
+                    p.poll(0.05)
+            p.poll(0)
+        p.flush(60)
+
+        rows["raw consume"] = n / consume_all(s, s.topics.journey_events, n, decode=False)
+        rows["consume + json.loads"] = n / consume_all(s, s.topics.journey_events, n, decode=True)
+        rows["scoring worker"] = n / run_worker(s, n + len(profiles))
+
+    engine = ScoringEngine(clock=ManualClock(now))
+    engine.process(
+        [
+            RawRecord("customer-profiles", 0, i, pr.customer_id.encode(), encode(pr))
+            for i, pr in enumerate(profiles)
+        ]
+    )
+    records = [RawRecord("journey-events", 0, i, k, v) for i, (k, v) in enumerate(values)]
+    t = time.perf_counter()
+    for i in range(0, n, 500):
+        engine.process(records[i : i + 500])
+    rows["engine only (no Kafka)"] = n / (time.perf_counter() - t)
+
+    ceiling = rows["raw consume"]
+    print(f"\n{'run':<26}{'events/s':>12}{'vs raw consume':>16}")
+    for name, rate in rows.items():
+        print(f"{name:<26}{rate:>12,.0f}{rate / ceiling:>15.2f}x")
+    result: dict[str, Any] = {
+        "events": n,
+        "customers": args.customers,
+        "partitions": args.partitions,
+        "events_per_second": {k: round(v) for k, v in rows.items()},
+        "ratio_to_raw_consume": {k: round(v / ceiling, 3) for k, v in rows.items()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "broker": "FOREWARN_BENCH_BOOTSTRAP"
+        if os.environ.get("FOREWARN_BENCH_BOOTSTRAP")
+        else "embedded Tansu (memory)",
+        "at": now.isoformat(timespec="seconds"),
+    }
+    text = json.dumps(result, indent=2)
+    print("\n" + text)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "latest.json").write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""Scenarios on the pure engine: feed events, advance the clock, assert actions."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from forewarn.models.contracts import (
+    Consent,
+    CustomerProfile,
+    DecisionStatus,
+    JourneyEvent,
+    SuppressionReason,
+)
+from forewarn.models.ports import ManualClock, MemoryStateStore
+from forewarn.rules.decide import action_id
+from forewarn.streams.codecs import RawRecord, encode
+from forewarn.streams.scoring.engine import BatchResult, ScoringEngine
+from tests.conftest import T0, event
+
+ALL = Consent(email=True, sms=True, push=True, in_app=True, phone=True)
+
+
+class Scenario:
+    def __init__(self) -> None:
+        self.clock = ManualClock(T0)
+        self.store = MemoryStateStore()
+        self.engine = ScoringEngine(clock=self.clock, store=self.store)
+        self.offset = 0
+
+    def profile(self, cid: str, **kw: object) -> None:
+        p = CustomerProfile(customer_id=cid, **kw)
+        self.engine.process([RawRecord("customer-profiles", 0, 0, cid.encode(), encode(p))])
+
+    def feed(self, *events: JourneyEvent) -> BatchResult:
+        recs = []
+        for e in events:
+            self.offset += 1
+            recs.append(
+                RawRecord("journey-events", 0, self.offset, e.customer_id.encode(), encode(e))
+            )
+        return self.engine.process(recs)
+
+
+@pytest.fixture
+def sc() -> Scenario:
+    return Scenario()
+
+
+def test_failed_payment_gets_a_recovery_action_with_reasons(sc: Scenario) -> None:
+    sc.profile("ann", consent=ALL)
+    res = sc.feed(
+        event("ann", "checkout_started", T0, n=1),
+        event(
+            "ann",
+            "payment_failed",
+            T0 + timedelta(seconds=30),
+            n=2,
+            order_id="o-1",
+            amount=59.9,
+            secret_note="never copied",
+        ),
+    )
+    (a,) = res.actions
+    assert (a.rule_id, a.channel.value, a.transactional) == ("payment_recovery", "push", True)
+    assert a.attributes == {"order_id": "o-1", "amount": 59.9}
+    assert a.reasons[0].detail == "triggered by payment failed"
+    assert a.reasons[1].signal == "payment_trouble"
+    assert a.reasons[1].detail == "failed payments: 1 in the last 24 h"
+    assert a.expires_at - a.triggered_at == timedelta(hours=2)
+    assert a.decided_at == T0
+    assert a.action_id == action_id("payment_recovery", "ann", "ann-payment_failed-2")
+    assert [d.status for d in res.decisions] == [DecisionStatus.emitted]
+
+
+def test_consent_falls_through_the_channel_list(sc: Scenario) -> None:
+    sc.profile("bob", consent=Consent(sms=True))
+    (a,) = sc.feed(event("bob", "payment_failed", T0, n=1)).actions
+    assert a.channel.value == "sms"  # push and email not consented
+
+
+def test_no_profile_or_no_consent_or_do_not_contact_suppresses(sc: Scenario) -> None:
+    sc.profile("dnc", consent=ALL, do_not_contact=True)
+    sc.profile("none", consent=Consent())
+    res = sc.feed(*(event(c, "delivery_delayed", T0, n=1) for c in ("dnc", "none", "ghost")))
+    assert res.actions == []
+    why = {d.customer_id: (d.suppressed_by, d.detail) for d in res.decisions}
+    assert why["dnc"][0] is SuppressionReason.do_not_contact
+    assert why["none"][0] is SuppressionReason.consent
+    assert why["ghost"] == (SuppressionReason.consent, "no profile yet")
+
+
+def test_cooldown_then_allowed_again_after_it_passes(sc: Scenario) -> None:
+    sc.profile("cy", consent=ALL)
+    assert len(sc.feed(event("cy", "delivery_delayed", T0, n=1)).actions) == 1
+    later = T0 + timedelta(hours=47)
+    sc.clock.set(later)
+    res = sc.feed(event("cy", "delivery_delayed", later, n=2))
+    assert res.decisions[0].suppressed_by is SuppressionReason.cooldown
+    assert res.decisions[0].detail == "rule reached this customer 47 h ago"
+    sc.clock.advance(2 * 3600)
+    res = sc.feed(event("cy", "delivery_delayed", T0 + timedelta(hours=49), n=3))
+    assert [a.rule_id for a in res.actions] == ["delivery_apology"]
+
+
+def test_arbitration_keeps_the_highest_priority_per_customer_per_batch(sc: Scenario) -> None:
+    sc.profile("dee", consent=ALL)
+    # three errors in an hour with high friction: agent_callback (95) beats payment_recovery (90)
+    res = sc.feed(
+        event("dee", "error_page", T0, n=1),
+        event("dee", "app_crash", T0 + timedelta(minutes=1), n=2),
+        event("dee", "payment_failed", T0 + timedelta(minutes=2), n=3),
+    )
+    assert [a.rule_id for a in res.actions] == ["agent_callback"]
+    lost = [d for d in res.decisions if d.suppressed_by is SuppressionReason.arbitration]
+    assert lost and all(d.detail == "agent_callback took priority" for d in lost)
+    assert {d.rule_id for d in lost} >= {"payment_recovery"}
+
+
+def test_checkout_assist_needs_the_customer_in_checkout(sc: Scenario) -> None:
+    sc.profile("eve", consent=ALL)
+    browsing = [event("eve", "rage_click", T0 + timedelta(seconds=i), n=i) for i in range(3)]
+    assert sc.feed(*browsing).decisions == []
+    sc.profile("fay", consent=ALL)
+    shopping = [event("fay", "checkout_started", T0, n=0)] + [
+        event("fay", "rage_click", T0 + timedelta(seconds=i), n=i) for i in range(1, 4)
+    ]
+    sc.feed(event("fay", "checkout_error", T0 - timedelta(minutes=5), n=9))
+    (a,) = sc.feed(*shopping).actions
+    assert (a.rule_id, a.channel.value) == ("checkout_assist", "in_app")
+    assert a.reasons[0].detail == "triggered by rage burst"
+
+
+def test_retention_offer_fires_when_friction_crosses_75(sc: Scenario) -> None:
+    sc.profile("gus", consent=Consent(email=True))
+    out = []
+    for h in (0, 1, 2):
+        sc.clock.set(T0 + timedelta(hours=h))
+        out.append(sc.feed(event("gus", "delivery_delayed", T0 + timedelta(hours=h), n=h)))
+    crossed = out[2].decisions
+    retention = [d for d in crossed if d.rule_id == "retention_offer"]
+    assert len(retention) == 1
+    assert retention[0].action.reasons[0].detail.startswith("friction rose from")
+    assert retention[0].action.scores.friction >= 75
+
+
+def test_support_contact_recently_holds_payment_recovery(sc: Scenario) -> None:
+    sc.profile("hal", consent=ALL)
+    sc.feed(event("hal", "support_contact", T0, n=1))
+    res = sc.feed(event("hal", "payment_failed", T0 + timedelta(minutes=20), n=2))
+    assert [d.rule_id for d in res.decisions] == []
+
+
+def test_replaying_a_batch_yields_the_same_action_ids_and_no_second_action(sc: Scenario) -> None:
+    sc.profile("ivy", consent=ALL)
+    evs = [event("ivy", "payment_failed", T0, n=1, order_id="o")]
+    first = sc.feed(*evs)
+    again = sc.feed(*evs)  # redelivery after a crash: the event id is already applied
+    assert len(first.actions) == 1
+    assert again.actions == [] and again.stats.duplicates == 1
+    fresh = Scenario()
+    fresh.profile("ivy", consent=ALL)
+    assert fresh.feed(*evs).actions[0].action_id == first.actions[0].action_id
+
+
+def test_unknown_types_count_as_other_and_update_recency(sc: Scenario) -> None:
+    res = sc.feed(event("jo", "loyalty_points_redeemed", T0, n=1))
+    assert res.stats.events_by_type == {"other": 1}
+    state = sc.store.get("jo")
+    assert state is not None and state.last_seen == T0.timestamp()
+
+
+def test_a_profile_tombstone_removes_consent(sc: Scenario) -> None:
+    sc.profile("kit", consent=ALL)
+    sc.engine.process([RawRecord("customer-profiles", 0, 1, b"kit", None)])
+    res = sc.feed(event("kit", "delivery_delayed", T0, n=1))
+    assert res.decisions[0].suppressed_by is SuppressionReason.consent
+
+
+kinds = st.sampled_from(
+    [
+        "payment_failed",
+        "delivery_delayed",
+        "checkout_error",
+        "error_page",
+        "rage_click",
+        "checkout_started",
+        "page_view",
+        "app_crash",
+    ]
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(kinds, st.integers(0, 600)), min_size=1, max_size=30), st.integers(1, 10))
+def test_the_same_trigger_never_yields_two_actions_and_suppressions_have_reasons(
+    steps: list[tuple[str, int]], batch: int
+) -> None:
+    sc = Scenario()
+    sc.profile("max", consent=ALL)
+    evs = [event("max", k, T0 + timedelta(minutes=m), n=i) for i, (k, m) in enumerate(steps)]
+    actions, decisions = [], []
+    for i in range(0, len(evs), batch):
+        res = sc.feed(*evs[i : i + batch] * 2)  # every event delivered twice
+        actions += res.actions
+        decisions += res.decisions
+    assert len({a.action_id for a in actions}) == len(actions)
+    per_batch_customer = len(actions)
+    assert per_batch_customer <= (len(evs) + batch - 1) // batch  # one per customer per batch
+    for d in decisions:
+        assert (d.status is DecisionStatus.suppressed) == (d.suppressed_by is not None)
+    assert len({d.decision_id for d in decisions}) == len(decisions)

@@ -1,0 +1,176 @@
+"""Simulator determinism and ground truth; contracts, schema drift, settings, layering."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from forewarn.models.contracts import (
+    Decision,
+    DecisionStatus,
+    SuppressionReason,
+    json_schemas,
+)
+from forewarn.models.coverage import proactive_coverage
+from forewarn.models.simulator import Incident, JourneySimulator
+from forewarn.streams.settings import Settings, kafka_config
+from tests.conftest import ROOT
+
+START = datetime(2026, 2, 1, tzinfo=UTC)
+
+
+def _sim(seed: int, start: datetime = START, **kw: object) -> JourneySimulator:
+    return JourneySimulator(customers=60, seed=seed, start=start, span=timedelta(days=3), **kw)  # type: ignore[arg-type]
+
+
+def test_same_seed_same_events_ids_and_offsets_in_time() -> None:
+    a = list(_sim(5).events())
+    later = START + timedelta(days=30)
+    b = list(_sim(5, start=later).events())
+    assert [e.event_id for e in a] == [e.event_id for e in b]
+    assert [e.occurred_at - START for e in a] == [e.occurred_at - later for e in b]
+    assert [e.type for e in a] == [e.type for e in b]
+    assert [e.event_id for e in _sim(6).events()] != [e.event_id for e in a]
+
+
+def test_events_come_in_event_time_order_with_unique_ids() -> None:
+    evs = list(_sim(8).events())
+    assert [e.occurred_at for e in evs] == sorted(e.occurred_at for e in evs)
+    assert len({e.event_id for e in evs}) == len(evs)
+    assert all(START <= e.occurred_at < START + timedelta(days=3) for e in evs)
+
+
+def test_a_payment_outage_raises_payment_failures() -> None:
+    outage = Incident("payment_gateway_outage", START, START + timedelta(days=3), 0.45)
+    calm = Counter(e.type for e in _sim(9, incidents=()).events())
+    hit = Counter(e.type for e in _sim(9, incidents=(outage,)).events())
+    assert hit["payment_failed"] > 3 * max(1, calm["payment_failed"])
+
+
+def test_frustration_drives_support_contacts() -> None:
+    """Ground truth: customers who hit friction contact support far more often."""
+    sim = JourneySimulator(customers=400, seed=12, start=START, span=timedelta(days=4))
+    evs = list(sim.events())
+    friction = {"payment_failed", "checkout_error", "delivery_delayed", "error_page", "app_crash"}
+    struggled = {e.customer_id for e in evs if e.type in friction}
+    contacted = {e.customer_id for e in evs if e.type == "support_contact"}
+    everyone = {e.customer_id for e in evs}
+    rate_struggled = len(contacted & struggled) / max(1, len(struggled))
+    rate_rest = len(contacted - struggled) / max(1, len(everyone - struggled))
+    assert rate_struggled > 3 * rate_rest
+
+
+def test_history_file_from_the_cli_is_deterministic(tmp_path: Path) -> None:
+    def run(out: Path) -> list[dict[str, object]]:
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "forewarn.streams.cli",
+                "simulate",
+                "--out",
+                str(out),
+                "--days",
+                "1",
+                "--customers",
+                "30",
+                "--seed",
+                "3",
+                "--start",
+                "2026-01-01T00:00:00+00:00",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        return [json.loads(line) for line in out.read_text().splitlines()]
+
+    a, b = run(tmp_path / "a.jsonl"), run(tmp_path / "b.jsonl")
+    assert a == b and len(a) > 0
+    assert (tmp_path / "a.profiles.jsonl").read_text().count("\n") == 30
+
+
+def test_json_schemas_match_the_committed_files() -> None:
+    """Run `make schemas` when this fails: the contracts changed."""
+    for name, text in json_schemas().items():
+        committed = ROOT / "schemas" / name
+        assert committed.exists(), f"schemas/{name} is missing"
+        assert committed.read_text() == text, f"schemas/{name} drifted from the model"
+
+
+def test_a_suppressed_decision_must_say_why() -> None:
+    from tests.unit.test_scenarios import Scenario
+
+    sc = Scenario()
+    from tests.conftest import event
+
+    (d,) = sc.feed(event("x", "delivery_delayed", sc.clock.now(), n=1)).decisions
+    assert d.suppressed_by is SuppressionReason.consent
+    with pytest.raises(ValidationError, match="suppressed_by is required"):
+        Decision.model_validate({**d.model_dump(), "suppressed_by": None})
+    with pytest.raises(ValidationError):
+        Decision.model_validate({**d.model_dump(), "status": DecisionStatus.emitted})
+
+
+def test_settings_from_environment_and_librdkafka_pass_through(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FOREWARN_BOOTSTRAP_SERVERS", "k1:9093,k2:9093")
+    monkeypatch.setenv("FOREWARN_TOPICS__ACTIONS", "cx.actions")
+    monkeypatch.setenv("FOREWARN_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("FOREWARN_KAFKA__SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("FOREWARN_KAFKA__SASL_USERNAME", "forewarn")
+    monkeypatch.setenv("FOREWARN_KAFKA__SASL_PASSWORD", "s3cret")
+    monkeypatch.setenv("FOREWARN_KAFKA__EXTRA", '{"client.rack": "eu-1a"}')
+    monkeypatch.setenv("FOREWARN_EVENT_ALIASES", '{"pay_fail": "payment_failed"}')
+    s = Settings()
+    assert s.topics.actions == "cx.actions"
+    assert s.topics.decisions == "forewarn-decisions"
+    conf = kafka_config(s, "consumer")
+    assert conf["bootstrap.servers"] == "k1:9093,k2:9093"
+    assert conf["sasl.password"] == "s3cret"
+    assert conf["security.protocol"] == "SASL_SSL"
+    assert conf["client.rack"] == "eu-1a"
+    assert conf["isolation.level"] == "read_committed"
+    assert conf["group.id"] == "forewarn-scoring"
+    assert "s3cret" not in json.dumps(s.masked())
+    assert s.decode_settings().aliases == {"pay_fail": "payment_failed"}
+    assert "group.id" not in kafka_config(s, "producer")
+
+
+_FORBIDDEN = ("confluent_kafka", "faust", "prometheus_client", "aiokafka", "forewarn.streams")
+
+
+@pytest.mark.parametrize("layer", ["models", "rules"])
+def test_models_and_rules_stay_pure(layer: str) -> None:
+    for path in (ROOT / "forewarn" / layer).rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for n in names:
+                assert not n.startswith(_FORBIDDEN), f"{path.relative_to(ROOT)} imports {n}"
+
+
+def test_coverage_counts_only_actions_before_the_contact_within_the_window() -> None:
+    t = START
+    contacts = [("a", t), ("b", t), ("c", t), ("d", t)]
+    actions = [
+        ("a", t - timedelta(minutes=10)),
+        ("a", t - timedelta(minutes=50)),
+        ("b", t + timedelta(minutes=1)),  # after the contact: too late
+        ("c", t - timedelta(hours=25)),
+    ]  # outside the window
+    cov = proactive_coverage(contacts, actions)
+    assert (cov.contacts, cov.covered, cov.lead_minutes) == (4, 1, (10.0,))
+    assert cov.share == 0.25
