@@ -19,10 +19,10 @@ demo: install
 	$(BIN)/forewarn demo
 
 test: install
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest
 
 test-unit: install
-	$(BIN)/python -m pytest tests/unit
+	$(BIN)/python -m pytest forewarn tests/unit
 
 test-integration: install
 	$(BIN)/python -m pytest tests/integration

@@ -78,8 +78,10 @@ class ProfileGate:
     Without it, a worker starting on a backlog would score events before the profiles that
     carry consent arrive, and suppress every action for want of consent. On assignment the
     gate notes each profile partition's end; until the consumer's position reaches it, events
-    of the same partition number are sought back and paused. (Pausing inside the rebalance
-    callback is not possible: the partitions are not assigned yet.)
+    of the same partition number are kept in memory and their partition is paused (so at most
+    what was already fetched is held). Held events are released, in order, once the profiles
+    are in; they are committed only after they are processed. Pausing happens here, not in
+    the rebalance callback: partitions are not assigned yet while the callback runs.
     """
 
     def __init__(self, events_topic: str, profiles_topic: str) -> None:
@@ -87,23 +89,25 @@ class ProfileGate:
         self.profiles_topic = profiles_topic
         self._new: set[int] = set()
         self._targets: dict[int, int] = {}
-        self._paused: set[int] = set()
+        self._held: dict[int, list[RawRecord]] = {}
 
     def on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._new.update(tp.partition for tp in partitions if tp.topic == self.profiles_topic)
 
     def on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Held events were never committed: the partition's next owner reads them again.
         for tp in partitions:
             self._new.discard(tp.partition)
             self._targets.pop(tp.partition, None)
-            self._paused.discard(tp.partition)
+            if tp.topic == self.events_topic:
+                self._held.pop(tp.partition, None)
 
     @property
     def holding(self) -> bool:
-        return bool(self._new or self._targets or self._paused)
+        return bool(self._new or self._targets or self._held)
 
     def filter(self, consumer: Consumer, records: list[RawRecord]) -> list[RawRecord]:
-        """The records that may be processed now; held-back events are sought back."""
+        """The records that may be processed now, released held events first."""
         for p in sorted(self._new):
             tp = TopicPartition(self.profiles_topic, p)
             low, high = consumer.get_watermark_offsets(tp, timeout=10)
@@ -115,22 +119,19 @@ class ProfileGate:
             pos = consumer.position([TopicPartition(self.profiles_topic, p)])[0].offset
             if pos >= target:
                 del self._targets[p]
-        held: dict[int, int] = {}
+        released: list[RawRecord] = []
+        for p in [p for p in self._held if p not in self._targets]:
+            released += self._held.pop(p)
+            consumer.resume([TopicPartition(self.events_topic, p)])
         kept = []
         for r in records:
             if r.topic == self.events_topic and r.partition in self._targets:
-                held[r.partition] = min(r.offset, held.get(r.partition, r.offset))
+                if r.partition not in self._held:
+                    consumer.pause([TopicPartition(self.events_topic, r.partition)])
+                self._held.setdefault(r.partition, []).append(r)
             else:
                 kept.append(r)
-        for p, first in held.items():
-            tp = TopicPartition(self.events_topic, p, first)
-            consumer.seek(tp)
-            consumer.pause([tp])
-            self._paused.add(p)
-        for p in [p for p in self._paused if p not in self._targets]:
-            consumer.resume([TopicPartition(self.events_topic, p)])
-            self._paused.discard(p)
-        return kept
+        return released + kept
 
 
 class ScoringWorker:
