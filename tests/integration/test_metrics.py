@@ -1,0 +1,94 @@
+"""The worker's Prometheus endpoint, checked by Prometheus's own promtool."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+from prometheus_client.parser import text_string_to_metric_families
+
+from forewarn.models.contracts import Consent, CustomerProfile, DeadLetterReason
+from forewarn.streams.broker import free_port
+from forewarn.streams.codecs import encode
+from forewarn.streams.settings import Settings, kafka_config
+from forewarn.streams.simulate import bad_record
+from tests.conftest import event
+
+pytestmark = pytest.mark.integration
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text: str = r.read().decode()
+        return text
+
+
+def test_metrics_endpoint_counts_what_happened_and_passes_promtool(
+    make_settings: Callable[..., Settings], start_worker: Callable[[Settings], Any]
+) -> None:
+    s = make_settings(partitions=1)
+    p = Producer(kafka_config(s, "producer"))
+    p.produce(
+        s.topics.customer_profiles,
+        key=b"m1",
+        value=encode(CustomerProfile(customer_id="m1", consent=Consent(email=True))),
+    )
+    now = datetime.now(UTC) - timedelta(minutes=1)
+    evs = [
+        event("m1", "delivery_delayed", now, n=1),
+        event("m1", "page_view", now, n=2),
+        event("m1", "loyalty_points_redeemed", now, n=3),
+        event("m1", "page_view", now, n=2),
+    ]
+    for e in evs:
+        p.produce(s.topics.journey_events, key=b"m1", value=encode(e))
+    key, value, headers = bad_record(DeadLetterReason.malformed_json, now)
+    p.produce(s.topics.journey_events, key=key, value=value)
+    p.flush(10)
+
+    running = start_worker(s)
+    port = free_port()
+    running.worker.metrics.serve("127.0.0.1", port)
+    deadline = time.monotonic() + 30
+    while running.worker.records < 6 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    text = _scrape(port)
+
+    samples = {
+        (x.name, tuple(sorted(x.labels.items()))): x.value
+        for f in text_string_to_metric_families(text)
+        for x in f.samples
+    }
+    assert samples[("forewarn_events_total", (("type", "delivery_delayed"),))] == 1
+    assert samples[("forewarn_events_total", (("type", "page_view"),))] == 1
+    assert samples[("forewarn_events_total", (("type", "other"),))] == 1
+    assert samples[("forewarn_duplicate_events_total", ())] == 1
+    assert samples[("forewarn_dead_letters_total", (("reason", "malformed_json"),))] == 1
+    assert (
+        samples[("forewarn_actions_total", (("channel", "email"), ("rule", "delivery_apology")))]
+        == 1
+    )
+    assert samples[("forewarn_customers_tracked", ())] == 1
+    assert samples[("forewarn_worker_up", ())] == 1
+    assert samples[("forewarn_batch_processing_seconds_count", ())] >= 1
+    assert "m1" not in text, "no customer id ever becomes a label"
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (.ci/run installs Debian's prometheus package)")
+    check = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
