@@ -49,7 +49,7 @@ def test_metrics_endpoint_counts_what_happened_and_passes_promtool(
     ]
     for e in evs:
         p.produce(s.topics.journey_events, key=b"m1", value=encode(e))
-    key, value, headers = bad_record(DeadLetterReason.malformed_json, now)
+    key, value, _ = bad_record(DeadLetterReason.malformed_json, now)
     p.produce(s.topics.journey_events, key=key, value=value)
     p.flush(10)
 
