@@ -54,15 +54,10 @@ def broker() -> Iterator[str]:
 
 def settings_for(bootstrap: str, partitions: int) -> Settings:
     tag = uuid.uuid4().hex[:8]
-    names = {
-        f: f"{getattr(TopicNames(), f)}-bench-{tag}"
-        for f in TopicNames.model_fields
-        if f not in ("partitions", "replication_factor")
-    }
     return Settings(
         bootstrap_servers=bootstrap,
         group_id=f"forewarn-bench-{tag}",
-        topics=TopicNames(partitions=partitions, **names),
+        topics=TopicNames(partitions=partitions).suffixed(f"bench-{tag}"),
         session_timeout_ms=6000,
         http_port=0,
     )

@@ -43,15 +43,10 @@ def make_settings(bootstrap: str) -> Callable[..., Any]:
 
     def make(partitions: int = 2, **overrides: Any) -> Settings:
         tag = uuid.uuid4().hex[:8]
-        names = {
-            f: f"{getattr(TopicNames(), f)}-{tag}"
-            for f in TopicNames.model_fields
-            if f not in ("partitions", "replication_factor")
-        }
         settings = Settings(
             bootstrap_servers=bootstrap,
             group_id=f"forewarn-test-{tag}",
-            topics=TopicNames(partitions=partitions, **names),
+            topics=TopicNames(partitions=partitions).suffixed(tag),
             session_timeout_ms=6000,
             http_port=0,
             batch_timeout_seconds=0.2,

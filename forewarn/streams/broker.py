@@ -48,11 +48,10 @@ def wait_for_port(port: int, timeout: float) -> None:
 
 
 class EmbeddedBroker:
-    """Start Tansu on 127.0.0.1 and a free port; stop it on exit.
+    """Start Tansu on 127.0.0.1 and a free port; stop it on exit::
 
-    >>> with EmbeddedBroker() as b:  # doctest: +SKIP
-    ...     print(b.bootstrap)
-    127.0.0.1:41234
+    with EmbeddedBroker() as broker:
+        settings = Settings(bootstrap_servers=broker.bootstrap)
     """
 
     def __init__(self, port: int | None = None, log: Path | None = None) -> None:

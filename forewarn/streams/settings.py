@@ -42,6 +42,11 @@ class TopicNames(BaseModel):
     partitions: int = Field(default=6, ge=1)
     replication_factor: int = Field(default=1, ge=1)
 
+    def suffixed(self, tag: str) -> TopicNames:
+        """The same layout with ``-tag`` on every name (isolated runs: tests, benchmarks)."""
+        names = {f: f"{getattr(self, f)}-{tag}" for f in _NAME_FIELDS}
+        return self.model_copy(update=names)
+
     def compacted(self) -> set[str]:
         return {self.customer_profiles, self.state}
 
@@ -55,6 +60,10 @@ class TopicNames(BaseModel):
             self.state,
             self.outcomes,
         ]
+
+
+_NAME_FIELDS = ("journey_events", "customer_profiles", "actions", "decisions", "dlq", "state",
+                "outcomes")  # fmt: skip
 
 
 class KafkaSecurity(BaseModel):

@@ -107,3 +107,22 @@ def test_broken_yaml_and_missing_files_name_the_place(tmp_path: Path) -> None:
     assert "not valid YAML" in msg
     with pytest.raises(ConfigFileError, match="cannot read"):
         load_rulebook(tmp_path / "nope.yaml")
+
+
+def test_the_worker_refuses_a_bad_rulebook_at_start_naming_file_line_and_field(
+    tmp_path: Path,
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    bad = tmp_path / "rules.yaml"
+    bad.write_text(GOOD.replace("ttl: 2h", "ttl: soon"))
+    env = {**os.environ, "FOREWARN_RULES_PATH": str(bad), "FOREWARN_HTTP_PORT": "0",
+           "FOREWARN_BOOTSTRAP_SERVERS": "127.0.0.1:1"}  # fmt: skip
+    run = subprocess.run([sys.executable, "-m", "forewarn.streams.cli", "score"], env=env,
+                         capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert run.returncode == 2
+    assert f"{bad}:5:" in run.stderr
+    assert "rules.0.action.ttl" in run.stderr
+    assert "expected a duration" in run.stderr

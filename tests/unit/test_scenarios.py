@@ -16,6 +16,7 @@ from forewarn.models.contracts import (
     SuppressionReason,
 )
 from forewarn.models.ports import ManualClock, MemoryStateStore
+from forewarn.models.state import CustomerState
 from forewarn.rules.decide import action_id
 from forewarn.streams.codecs import RawRecord, encode
 from forewarn.streams.scoring.engine import BatchResult, ScoringEngine
@@ -213,3 +214,28 @@ def test_the_same_trigger_never_yields_two_actions_and_suppressions_have_reasons
     for d in decisions:
         assert (d.status is DecisionStatus.suppressed) == (d.suppressed_by is not None)
     assert len({d.decision_id for d in decisions}) == len(decisions)
+
+
+class _BrokenStore(MemoryStateStore):
+    """A state store with a bug that bites one customer."""
+
+    def get(self, customer_id: str) -> CustomerState | None:
+        if customer_id == "boom":
+            raise KeyError("corrupt state for boom")
+        return super().get(customer_id)
+
+
+def test_a_record_that_makes_scoring_raise_is_dead_lettered_and_the_batch_goes_on() -> None:
+    engine = ScoringEngine(clock=ManualClock(T0), store=_BrokenStore())
+    for cid in ("ok1", "ok2"):
+        p = CustomerProfile(customer_id=cid, consent=ALL)
+        engine.process([RawRecord("customer-profiles", 0, 0, cid.encode(), encode(p))])
+    evs = [event(c, "delivery_delayed", T0, n=1) for c in ("ok1", "boom", "ok2")]
+    recs = [RawRecord("journey-events", 0, i, e.customer_id.encode(), encode(e))
+            for i, e in enumerate(evs)]  # fmt: skip
+    res = engine.process(recs)
+    (dl,) = res.dead_letters
+    assert (dl.error_type.value, dl.offset) == ("processing_error", 1)
+    assert dl.error_detail == "KeyError: 'corrupt state for boom'"
+    assert sorted(a.customer_id for a in res.actions) == ["ok1", "ok2"]
+    assert res.stats.dead_letters_by_reason == {"processing_error": 1}

@@ -153,7 +153,7 @@ class ScoringEngine:
         stats = BatchStats()
         dead: list[DeadLetter] = []
         touched: dict[str, CustomerState] = {}
-        events: list[JourneyEvent] = []
+        events: list[tuple[JourneyEvent, RawRecord]] = []
 
         for rec in records:
             if rec.topic == self.profiles_topic:
@@ -169,7 +169,7 @@ class ScoringEngine:
                 continue
             d = decode_event(rec, self.decode, now)
             if isinstance(d, DecodedEvent):
-                events.append(d.event)
+                events.append((d.event, rec))
                 stats.key_missing += d.key_status == "missing"
                 stats.key_mismatch += d.key_status == "mismatch"
             else:
@@ -177,24 +177,30 @@ class ScoringEngine:
 
         # Event order within a customer is event time; a stable sort keeps arrival order
         # for ties, so replays of the same records give the same result.
-        events.sort(key=lambda e: e.occurred_at)
+        events.sort(key=lambda pair: pair[0].occurred_at)
         n_signals = len(self.friction.signals)
         signals = np.zeros((len(events), n_signals), dtype=np.float64)
-        kept: list[tuple[JourneyEvent, float, CustomerState, tuple[str, ...], bool]] = []
-        for e in events:
-            state = self._state(e.customer_id, touched)
-            applied = apply_event(state, e, self.friction)
+        kept: list[tuple[JourneyEvent, float, CustomerState, tuple[str, ...], bool, RawRecord]] = []
+        for e, rec in events:
+            # A record that makes scoring raise is a bug's victim, not bad data: it goes to
+            # the DLQ as processing_error and the rest of the batch carries on.
+            try:
+                state = self._state(e.customer_id, touched)
+                applied = apply_event(state, e, self.friction)
+            except Exception as error:
+                dead.append(self.processing_error(rec, error))
+                continue
             if applied.duplicate:
                 stats.duplicates += 1
                 continue
             stats.events_by_type[e.type if e.type in self._known_types else OTHER] += 1
             state.signal_row(self.friction, applied.at, signals[len(kept)])
-            kept.append((e, applied.at, state, applied.derived, state.session.in_checkout))
+            kept.append((e, applied.at, state, applied.derived, state.session.in_checkout, rec))
 
         scores, contributions = friction_scores(self.friction, signals[: len(kept)])
         maker = DecisionMaker(self.rulebook, self.friction, now, self.friction.version)
         book = self.rulebook
-        for row, (e, at, state, derived, in_checkout) in enumerate(kept):
+        for row, (e, at, state, derived, in_checkout, rec) in enumerate(kept):
             friction = float(scores[row])
             prev, state.last_friction = state.last_friction, friction
             rules = book.rules_for(e.type, derived, prev, friction)
@@ -202,7 +208,10 @@ class ScoringEngine:
                 moment = Moment(
                     e, at, state, derived, in_checkout, friction, prev, contributions[row]
                 )
-                maker.consider(moment, rules)
+                try:
+                    maker.consider(moment, rules)
+                except Exception as error:
+                    dead.append(self.processing_error(rec, error))
         actions = maker.finish()
         stats.decision_event_ages = [
             (now - d.action.triggered_at).total_seconds() for d in maker.decisions
