@@ -13,7 +13,6 @@ True
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -300,8 +299,3 @@ def write_json_schemas(directory: Path) -> list[Path]:
         path.write_text(text)
         written.append(path)
     return written
-
-
-def utc_iso(at: datetime) -> str:
-    """ISO-8601 text of an aware datetime, for logs and pretty printing."""
-    return at.isoformat(timespec="seconds")

@@ -87,13 +87,8 @@ class FrictionConfig(BaseModel):
         return np.array([s.weight for s in self.signals], dtype=np.float64)
 
     @cached_property
-    def decay_rates(self) -> NDArray[np.float64]:
-        """ln 2 / half-life, per signal."""
-        return np.array(self.decay_rate_list)
-
-    @cached_property
     def decay_rate_list(self) -> tuple[float, ...]:
-        """The same rates as plain floats, for the per-event state update."""
+        """ln 2 / half-life per signal, as plain floats for the per-event state update."""
         return tuple(math.log(2) / s.half_life_seconds for s in self.signals)
 
     @staticmethod

@@ -233,7 +233,7 @@ class _Customer:
             yield from step("login_failed")
             if rng.random() < 0.4:
                 yield from step("password_reset")
-        site_broken = sim.incident_active("site_errors", t)
+        site_errors = max(0.015, sim.incident_severity("site_errors", t))
         for _ in range(max(1, int(rng.expovariate(1 / p.pages_per_session)))):
             r = rng.random()
             if r < 0.25:
@@ -244,7 +244,7 @@ class _Customer:
                 yield from step("product_view", page=rng.choice(_PAGES[4:7]))
             else:
                 yield from step("page_view", page=rng.choice(_PAGES[:4]))
-            if rng.random() < (0.2 if site_broken else 0.015):
+            if rng.random() < site_errors:
                 yield from step("error_page", page=rng.choice(_PAGES))
             if rng.random() < 0.03:
                 yield from step("slow_page", page=rng.choice(_PAGES))
@@ -277,7 +277,7 @@ class _Customer:
                 return t
         order = f"ord-{self.index}-{self.orders + 1}"
         method = rng.choice(("card", "paypal", "klarna"))
-        fail_p = 0.45 if sim.incident_active("payment_gateway_outage", t) else 0.03
+        fail_p = max(0.03, sim.incident_severity("payment_gateway_outage", t))
         for _attempt in range(3):
             if rng.random() >= fail_p:
                 break
@@ -294,7 +294,7 @@ class _Customer:
         yield from step("purchase", order_id=order, value=cart)
         self.frustration = max(0.0, self.frustration_now(t) - 0.2)
         self.frustration_at = t
-        delay_p = 0.35 if sim.incident_active("carrier_delays", t) else 0.05
+        delay_p = max(0.05, sim.incident_severity("carrier_delays", t))
         if rng.random() < delay_p:
             when = t + rng.uniform(6 * HOUR, 30 * HOUR)
             eta = sim.at(when + 2 * 24 * HOUR).date().isoformat()
@@ -356,8 +356,10 @@ class JourneySimulator:
     def at(self, ts: float) -> datetime:
         return datetime.fromtimestamp(ts, tz=self._tz)
 
-    def incident_active(self, kind: str, at: float) -> bool:
-        return any(i.kind == kind and i.active(at) for i in self.incidents)
+    def incident_severity(self, kind: str, at: float) -> float:
+        """How likely an affected step fails now (0 when no such incident is on)."""
+        return max((i.severity for i in self.incidents if i.kind == kind and i.active(at)),
+                   default=0.0)  # fmt: skip
 
     def profiles(self) -> list[CustomerProfile]:
         return [_Customer(self, i).profile() for i in range(self.customers)]

@@ -10,9 +10,6 @@ from confluent_kafka.cimpl import NewTopic
 
 from forewarn.streams.settings import Settings, kafka_config
 
-#: partition count of the output topics: they carry ~1% of the input volume
-OUTPUT_PARTITIONS_MIN = 1
-
 
 @dataclass(frozen=True, slots=True)
 class TopicReport:

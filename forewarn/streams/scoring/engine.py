@@ -29,7 +29,6 @@ import numpy as np
 
 from forewarn.models.contracts import (
     VOCABULARY,
-    CustomerProfile,
     DeadLetter,
     DeadLetterReason,
     Decision,
@@ -110,18 +109,6 @@ class OutputSink(Protocol):
     def publish(self, result: BatchResult) -> None: ...
 
 
-@dataclass(slots=True)
-class MemorySink:
-    actions: list[OutreachAction] = field(default_factory=list)
-    decisions: list[Decision] = field(default_factory=list)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
-
-    def publish(self, result: BatchResult) -> None:
-        self.actions.extend(result.actions)
-        self.decisions.extend(result.decisions)
-        self.dead_letters.extend(result.dead_letters)
-
-
 class ScoringEngine:
     def __init__(
         self,
@@ -164,7 +151,7 @@ class ScoringEngine:
                     self._state(p.customer_id, touched).profile = None
                     stats.profiles_deleted += 1
                 else:
-                    self._apply_profile(p, touched)
+                    self._state(p.customer_id, touched).profile = p
                     stats.profiles_updated += 1
                 continue
             d = decode_event(rec, self.decode, now)
@@ -222,9 +209,6 @@ class ScoringEngine:
         for d in dead:
             stats.dead_letters_by_reason[d.error_type.value] += 1
         return BatchResult(actions, maker.decisions, dead, list(touched.values()), stats)
-
-    def _apply_profile(self, profile: CustomerProfile, touched: dict[str, CustomerState]) -> None:
-        self._state(profile.customer_id, touched).profile = profile
 
     def processing_error(self, rec: RawRecord, error: Exception) -> DeadLetter:
         """A record that made scoring raise, as a dead letter (used by the worker)."""

@@ -24,7 +24,7 @@ from forewarn.models.ports import Clock, StateStore
 from forewarn.rules.rulebook import load_rulebook
 from forewarn.streams.codecs import Headers, RawRecord, encode
 from forewarn.streams.metrics import ScoringMetrics
-from forewarn.streams.scoring.engine import BatchResult, ScoringEngine
+from forewarn.streams.scoring.engine import BatchResult, OutputSink, ScoringEngine
 from forewarn.streams.settings import Settings, kafka_config
 
 log = logging.getLogger("forewarn.score")
@@ -193,7 +193,7 @@ class ScoringWorker:
         s = self.settings
         consumer = Consumer(kafka_config(s, "consumer"))
         producer = Producer(kafka_config(s, "producer"))
-        sink = KafkaOutputSink(producer, s)
+        sink: OutputSink = KafkaOutputSink(producer, s)
         gate = ProfileGate(s.topics.journey_events, s.topics.customer_profiles)
         consumer.subscribe(
             [s.topics.journey_events, s.topics.customer_profiles],
