@@ -181,3 +181,72 @@ def test_demo_runs_end_to_end_and_stops_what_it_started(tmp_path: Path) -> None:
         import socket
 
         socket.create_connection(("127.0.0.1", int(broker_port)), timeout=1).close()
+
+
+def _port_closed(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return True
+    return False
+
+
+def _pid_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_demo_on_ctrl_c_stops_everything_and_exits_0() -> None:
+    # A terminal's Ctrl-C sends SIGINT to the whole foreground process group.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "forewarn.streams.cli", "demo", "--duration", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    seen = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if "simulating" in line:
+                break
+        time.sleep(3)
+        os.killpg(proc.pid, signal.SIGINT)
+        out = "".join(seen) + proc.stdout.read()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, out
+    assert "interrupted: stopping everything the demo started" in out
+    broker_port = int(out.split("broker on 127.0.0.1:")[1].split()[0])
+    worker_pid = int(out.split("scoring worker started (pid ")[1].split(")")[0])
+    assert _port_closed(broker_port)
+    assert _pid_gone(worker_pid)
+
+
+def test_broker_command_runs_in_the_foreground_until_interrupted() -> None:
+    from forewarn.streams.broker import free_port, wait_for_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "forewarn.streams.cli", "broker", "--port",
+                             str(port)], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        wait_for_port(port, timeout=15)
+        from confluent_kafka.admin import AdminClient
+
+        md = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}"}).list_topics(timeout=10)
+        assert md.brokers, "a Kafka client can talk to it"
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert f"export FOREWARN_BOOTSTRAP_SERVERS=127.0.0.1:{port}" in out
+    assert proc.returncode == 0
+    assert _port_closed(port)
