@@ -37,6 +37,7 @@ from forewarn.streams.codecs import RawRecord, encode
 from forewarn.streams.scoring.engine import ScoringEngine
 from forewarn.streams.scoring.worker import ScoringWorker
 from forewarn.streams.settings import Settings, TopicNames, kafka_config
+from forewarn.streams.simulate import produce_record
 from forewarn.streams.topics import create_topics
 
 RESULTS = Path(__file__).parent / "results"
@@ -131,13 +132,7 @@ def main() -> int:
         for pr in profiles:
             p.produce(s.topics.customer_profiles, key=pr.customer_id.encode(), value=encode(pr))
         for key, value in values:
-            while True:
-                try:
-                    p.produce(s.topics.journey_events, key=key, value=value)
-                    break
-                except BufferError:
-                    p.poll(0.05)
-            p.poll(0)
+            produce_record(p, s.topics.journey_events, key, value)
         p.flush(60)
 
         rows["raw consume"] = n / consume_all(s, s.topics.journey_events, n, decode=False)

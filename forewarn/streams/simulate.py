@@ -153,14 +153,14 @@ def publish_live(
             key, value, headers = as_cloudevent_structured(e)
         else:
             key, value, headers = e.customer_id.encode(), encode(e), ()
-        _produce(producer, topics.journey_events, key, value, headers)
+        produce_record(producer, topics.journey_events, key, value, headers)
         stats.events += 1
         stats.by_type[e.type] += 1
         if e.type == "support_contact":
             stats.support_contacts.append((e.customer_id, e.occurred_at))
         if bad_rate and rng.random() < bad_rate:
             kind = rng.choice(BAD_KINDS)
-            _produce(
+            produce_record(
                 producer, topics.journey_events, *bad_record(kind, datetime.now(UTC), stats.events)
             )
             stats.bad[kind.value] += 1
@@ -171,9 +171,10 @@ def publish_live(
     return stats
 
 
-def _produce(
-    producer: Producer, topic: str, key: bytes | None, value: bytes | None, headers: Headers
+def produce_record(
+    producer: Producer, topic: str, key: bytes | None, value: bytes | None, headers: Headers = ()
 ) -> None:
+    """Produce one record, waiting for the local queue to drain when it is full."""
     while True:
         try:
             producer.produce(topic, key=key, value=value, headers=list(headers) or None)

@@ -68,7 +68,6 @@ class KafkaOutputSink:
         for dl in result.dead_letters:
             key = None if dl.key_base64 is None else base64.b64decode(dl.key_base64)
             p.produce(t.dlq, key=key, value=encode(dl))
-            p.poll(0)
         p.poll(0)
 
 
