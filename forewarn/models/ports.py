@@ -49,15 +49,23 @@ class ManualClock:
 
 
 class StateStore(Protocol):
-    """Per-customer state of the partitions this worker owns."""
+    """The per-customer state of one partition."""
 
     def get(self, customer_id: str) -> CustomerState | None: ...
 
     def put(self, state: CustomerState) -> None: ...
 
+    def delete(self, customer_id: str) -> None: ...
+
     def __len__(self) -> int: ...
 
     def __iter__(self) -> Iterator[CustomerState]: ...
+
+
+class StateStores(Protocol):
+    """The state stores of the partitions this worker owns, one per partition."""
+
+    def partition(self, p: int) -> StateStore: ...
 
 
 class MemoryStateStore:
@@ -70,8 +78,24 @@ class MemoryStateStore:
     def put(self, state: CustomerState) -> None:
         self._states[state.customer_id] = state
 
+    def delete(self, customer_id: str) -> None:
+        self._states.pop(customer_id, None)
+
     def __len__(self) -> int:
         return len(self._states)
 
     def __iter__(self) -> Iterator[CustomerState]:
-        return iter(self._states.values())
+        return iter(list(self._states.values()))
+
+
+class MemoryStateStores:
+    """One ``MemoryStateStore`` per partition, made on first use."""
+
+    def __init__(self) -> None:
+        self.stores: dict[int, MemoryStateStore] = {}
+
+    def partition(self, p: int) -> MemoryStateStore:
+        store = self.stores.get(p)
+        if store is None:
+            store = self.stores[p] = MemoryStateStore()
+        return store

@@ -18,6 +18,7 @@ True
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,20 +28,35 @@ from numpy.typing import NDArray
 
 from forewarn.models.contracts import CustomerProfile, JourneyEvent
 from forewarn.models.friction import FrictionConfig
-from forewarn.models.session import SessionState, track_session
+from forewarn.models.session import DERIVED_TRIGGERS, SessionState, track_session
 
 #: timestamps kept per event type for rolling-window counts: counts saturate here
 WINDOW_DEPTH = 10
 #: the longest window a rolling count can be asked for
 WINDOW_HORIZON_SECONDS = 7 * 24 * 3600.0
-#: event ids remembered per customer for duplicate detection
-DEDUP_DEPTH = 32
-#: recent events kept for explanations
-RECENT_DEPTH = 10
+#: event ids remembered per customer for duplicate detection (upstream retries and replays
+#: arrive close together; 16 is many times what a retrying producer resends)
+DEDUP_DEPTH = 16
 #: emitted action ids remembered per customer (the duplicate-trigger policy)
-ACTION_MEMORY = 16
+ACTION_MEMORY = 8
+#: bytes of the hash an id is remembered by: a false "duplicate" needs a 48-bit collision
+#: among one customer's last 16 ids (about 1 in 10^13 per event)
+ID_HASH_BYTES = 6
 
 POOR_SURVEY = "poor_survey"
+#: kinds recorded in the rolling counts that are detections, not events
+DERIVED_KINDS = frozenset((*DERIVED_TRIGGERS, POOR_SURVEY))
+
+
+def id_hash(value: str) -> int:
+    """The short hash an event or action id is remembered by (state stays small)."""
+    digest = hashlib.blake2b(value.encode(), digest_size=ID_HASH_BYTES).digest()
+    return int.from_bytes(digest, "big")
+
+
+def event_seconds(event: JourneyEvent) -> float:
+    """Event time in epoch seconds, to the millisecond (what state keeps, exactly)."""
+    return round(event.occurred_at.timestamp(), 3)
 
 
 def survey_is_poor(properties: dict[str, Any]) -> bool:
@@ -66,14 +82,35 @@ class CustomerState:
     signals: dict[int, list[float]] = field(default_factory=dict)
     #: event type -> recent occurrence times (ascending, at most WINDOW_DEPTH)
     occurrences: dict[str, list[float]] = field(default_factory=dict)
-    recent: list[tuple[str, float]] = field(default_factory=list)
-    seen_event_ids: list[str] = field(default_factory=list)
+    #: hashes (``id_hash``) of the last DEDUP_DEPTH event ids
+    seen_events: list[int] = field(default_factory=list)
     session: SessionState = field(default_factory=SessionState)
     last_support_contact: float | None = None
     last_friction: float = 0.0
     last_contact_by_rule: dict[str, float] = field(default_factory=dict)
     last_contact_by_channel: dict[str, float] = field(default_factory=dict)
-    recent_action_ids: list[str] = field(default_factory=list)
+    #: hashes of the last ACTION_MEMORY emitted action ids
+    recent_actions: list[int] = field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        """Whether any event was ever applied (a profile-only state is not active)."""
+        return self.events_seen > 0
+
+    def sent(self, action_id: str) -> bool:
+        """Whether this action was already emitted to the customer."""
+        return id_hash(action_id) in self.recent_actions
+
+    def recent_events(self, n: int = 10) -> list[tuple[str, float]]:
+        """The last ``n`` events (type, time), oldest first, from the rolling counts."""
+        merged = [
+            (at, kind)
+            for kind, times in self.occurrences.items()
+            if kind not in DERIVED_KINDS
+            for at in times
+        ]
+        merged.sort()
+        return [(kind, at) for at, kind in merged[-n:]]
 
     def window_count(self, types: tuple[str, ...], within: float, at: float) -> int:
         """Occurrences of ``types`` in the event-time window (at - within, at]."""
@@ -92,8 +129,8 @@ class CustomerState:
             out[i] = value * math.exp(-rates[i] * max(0.0, at - when))
 
     def remember_action(self, action_id: str, rule_id: str, channel: str, at: float) -> None:
-        self.recent_action_ids.append(action_id)
-        del self.recent_action_ids[:-ACTION_MEMORY]
+        self.recent_actions.append(id_hash(action_id))
+        del self.recent_actions[:-ACTION_MEMORY]
         self.last_contact_by_rule[rule_id] = max(self.last_contact_by_rule.get(rule_id, at), at)
         prev = self.last_contact_by_channel.get(channel, at)
         self.last_contact_by_channel[channel] = max(prev, at)
@@ -122,17 +159,16 @@ def _page_of(properties: dict[str, Any]) -> str | None:
 
 def apply_event(state: CustomerState, event: JourneyEvent, config: FrictionConfig) -> Applied:
     """Fold one event into the customer's state (idempotent per ``event_id``)."""
-    if event.event_id in state.seen_event_ids:
+    seen = id_hash(event.event_id)
+    if seen in state.seen_events:
         return _NOT_APPLIED
-    state.seen_event_ids.append(event.event_id)
-    del state.seen_event_ids[:-DEDUP_DEPTH]
+    state.seen_events.append(seen)
+    del state.seen_events[:-DEDUP_DEPTH]
 
-    at = event.occurred_at.timestamp()
+    at = event_seconds(event)
     state.events_seen += 1
     state.first_seen = min(state.first_seen, at)
     state.last_seen = max(state.last_seen, at)
-    state.recent.append((event.type, at))
-    del state.recent[:-RECENT_DEPTH]
 
     derived = track_session(
         state.session, event.type, at, event.session_id, _page_of(event.properties)

@@ -7,11 +7,16 @@ Policies run in this order, and the first that says no is recorded as the decisi
 2. ``consent`` - none of the rule's channels is consented to (no profile: no consent);
 3. ``duplicate`` - this exact action (same deterministic id) was already emitted;
 4. ``cooldown`` - the rule reached this customer too recently;
-5. ``arbitration`` - another rule won this customer in this batch (highest priority first,
-   then the earliest trigger, then rulebook order).
+5. ``arbitration`` - another rule fired on the same trigger event and won (highest
+   priority first, then rulebook order).
 
 Every rule whose requirements hold yields exactly one Decision: emitted, or suppressed with
 its reason. A rule whose requirements do not hold yields nothing: it did not fire.
+
+Each trigger is settled before the next event of the customer is looked at, and an emitted
+action is remembered on the customer's state at once. So decisions depend only on the
+customer's own events in event order, never on where batch boundaries fall: a worker that
+crashed and replayed decides exactly what an uninterrupted one did (docs/decisions.md §9).
 """
 
 from __future__ import annotations
@@ -134,22 +139,24 @@ class _Proposal:
 
 @dataclass(slots=True)
 class DecisionMaker:
-    """Collects the decisions of one batch; ``finish`` settles arbitration."""
+    """Collects the decisions and actions of one batch."""
 
     rulebook: Rulebook
     friction: FrictionConfig
     now: datetime
     model_version: str
     decisions: list[Decision] = field(default_factory=list)
-    _winners: dict[str, _Proposal] = field(default_factory=dict)
+    actions: list[OutreachAction] = field(default_factory=list)
 
     def consider(self, m: Moment, rules: list[Rule] | None = None) -> None:
         """Decide every rule ``m`` triggers (``rules``, when the caller already looked)."""
         if rules is None:
             rules = self.rulebook.rules_for(m.event.type, m.derived, m.prev_friction, m.friction)
-        for rule in rules:
-            if requirements_met(rule, m):
-                self._decide(rule, m)
+        proposals = [
+            p for rule in rules if requirements_met(rule, m) for p in self._decide(rule, m)
+        ]
+        if proposals:
+            self._settle(proposals)
 
     def _action(self, rule: Rule, m: Moment, channel: ActionChannel) -> OutreachAction:
         e = m.event
@@ -197,22 +204,23 @@ class DecisionMaker:
             )
         )
 
-    def _decide(self, rule: Rule, m: Moment) -> None:
+    def _decide(self, rule: Rule, m: Moment) -> list[_Proposal]:
+        """The rule's action if no policy stops it (else its suppression is recorded)."""
         state = m.state
         profile = state.profile
         channel = choose_channel(rule, state)
         action = self._action(rule, m, channel or rule.action.channels[0])
         if profile is not None and profile.do_not_contact:
             self._record(action, SuppressionReason.do_not_contact, "profile says do not contact")
-            return
+            return []
         if channel is None:
             wanted = ", ".join(c.value for c in rule.action.channels)
             why = "no profile yet" if profile is None else f"no consent for any of {wanted}"
             self._record(action, SuppressionReason.consent, why)
-            return
-        if action.action_id in state.recent_action_ids:
+            return []
+        if state.sent(action.action_id):
             self._record(action, SuppressionReason.duplicate, "this action was already sent")
-            return
+            return []
         last = state.last_contact_by_rule.get(rule.id)
         cooldown = rule.policies.cooldown
         if last is not None and last <= m.at < last + cooldown:
@@ -221,35 +229,21 @@ class DecisionMaker:
                 SuppressionReason.cooldown,
                 f"rule reached this customer {_ago(m.at - last)} ago",
             )
-            return
-        self._arbitrate(_Proposal(rule, m, action))
+            return []
+        return [_Proposal(rule, m, action)]
 
-    def _arbitrate(self, p: _Proposal) -> None:
-        cid = p.action.customer_id
-        best = self._winners.get(cid)
-        if best is None:
-            self._winners[cid] = p
-            return
-        if best.rule.id == p.rule.id and p.moment.at < best.moment.at + p.rule.policies.cooldown:
-            self._record(p.action, SuppressionReason.cooldown, "rule fired earlier in this batch")
-            return
+    def _settle(self, proposals: list[_Proposal]) -> None:
+        """One action per trigger: the highest priority, then the earliest in the rulebook."""
         order = self.rulebook.rules.index
-        if (p.rule.action.priority, -p.moment.at, -order(p.rule)) > (
-            best.rule.action.priority,
-            -best.moment.at,
-            -order(best.rule),
-        ):
-            p, best = best, p
-            self._winners[cid] = best
-        self._record(p.action, SuppressionReason.arbitration, f"{best.rule.id} took priority")
+        best = max(proposals, key=lambda p: (p.rule.action.priority, -order(p.rule)))
+        a = best.action
+        best.moment.state.remember_action(a.action_id, a.rule_id, a.channel.value, best.moment.at)
+        self.actions.append(a)
+        self._record(a)
+        for p in proposals:
+            if p is not best:
+                self._record(p.action, SuppressionReason.arbitration, f"{a.rule_id} took priority")
 
     def finish(self) -> list[OutreachAction]:
-        """Emit the winners, remember them on the customer's state, return the actions."""
-        actions = []
-        for p in self._winners.values():
-            a = p.action
-            p.moment.state.remember_action(a.action_id, a.rule_id, a.channel.value, p.moment.at)
-            actions.append(a)
-            self._record(a)
-        self._winners.clear()
-        return actions
+        """The batch's emitted actions."""
+        return self.actions

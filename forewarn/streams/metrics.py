@@ -7,12 +7,26 @@ Each worker has its own registry so several can live in one process (tests, the 
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 from forewarn.streams.scoring.engine import BatchResult
 
 _BATCH_SIZES = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000)
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_STATE_BYTES = (64, 128, 256, 512, 768, 1024, 1536, 2048, 4096, 8192)
+_RESTORE_SECONDS = (0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 _AGES = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600, 7 * 24 * 3600)
 
 
@@ -87,6 +101,55 @@ class ScoringMetrics:
             registry=r,
         )
         self.up = Gauge("forewarn_worker_up", "1 while the scoring loop runs", registry=r)
+        self.transactions = Counter(
+            "forewarn_transactions_total",
+            "Batch transactions, by outcome (committed or aborted)",
+            ["outcome"],
+            registry=r,
+        )
+        self.rebalances = Counter(
+            "forewarn_rebalances_total",
+            "Partition assignment changes seen by this worker, by kind",
+            ["kind"],
+            registry=r,
+        )
+        self.partitions = Gauge(
+            "forewarn_assigned_partitions",
+            "journey-events partitions this worker owns",
+            registry=r,
+        )
+        self.restoring = Gauge(
+            "forewarn_state_restoring_partitions",
+            "Partitions whose state is being restored (not ready while above 0)",
+            registry=r,
+        )
+        self.restore_records = Counter(
+            "forewarn_state_restore_records_total",
+            "Changelog records read to restore customer state",
+            registry=r,
+        )
+        self.restore_remaining = Gauge(
+            "forewarn_state_restore_remaining_records",
+            "Changelog records left to read in the partition being restored",
+            registry=r,
+        )
+        self.restore_seconds = Histogram(
+            "forewarn_state_restore_seconds",
+            "Time to restore one partition's state",
+            buckets=_RESTORE_SECONDS,
+            registry=r,
+        )
+        self.state_bytes = Histogram(
+            "forewarn_state_record_bytes",
+            "Size of one customer's serialized state as written to the changelog",
+            buckets=_STATE_BYTES,
+            registry=r,
+        )
+        self.expired = Counter(
+            "forewarn_state_expired_total",
+            "Idle customers whose activity state expired",
+            registry=r,
+        )
 
     def observe_batch(self, result: BatchResult, n_records: int, seconds: float) -> None:
         stats = result.stats
@@ -113,6 +176,77 @@ class ScoringMetrics:
                 self.suppressions.labels(d.rule_id, d.suppressed_by.value).inc()
         for age in stats.decision_event_ages:
             self.event_age.observe(age)
+        if stats.expired:
+            self.expired.inc(stats.expired)
 
-    def serve(self, host: str, port: int) -> None:
-        start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, host: str, port: int, health: Health | None = None) -> ThreadingHTTPServer:
+        """Serve ``/metrics``, and ``/healthz`` and ``/readyz`` from ``health``, in a thread."""
+        registry, checks = self.registry, health or Health(ready_without_work=True)
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.startswith("/metrics"):
+                    self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+                elif self.path.startswith("/healthz"):
+                    ok, detail = checks.live()
+                    self._json(ok, detail)
+                elif self.path.startswith("/readyz"):
+                    ok, detail = checks.ready()
+                    self._json(ok, detail)
+                else:
+                    self._send(404, b"not found\n", "text/plain")
+
+            def _json(self, ok: bool, detail: dict[str, object]) -> None:
+                body = json.dumps({"ok": ok, **detail}).encode() + b"\n"
+                self._send(200 if ok else 503, body, "application/json")
+
+            def _send(self, code: int, body: bytes, content_type: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass  # scrapes every few seconds would drown the worker's own log
+
+        server = ThreadingHTTPServer((host, port), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, name="forewarn-http", daemon=True).start()
+        return server
+
+
+class Health:
+    """Liveness (the loop keeps turning) and readiness (partitions assigned and restored).
+
+    >>> h = Health(liveness_timeout=60)
+    >>> h.beat(); h.live()[0], h.ready()[0]
+    (True, False)
+    >>> h.assigned, h.restoring = {0, 1}, set()
+    >>> h.ready()
+    (True, {'assigned': [0, 1], 'restoring': []})
+    """
+
+    def __init__(self, liveness_timeout: float = 60.0, *, ready_without_work: bool = False) -> None:
+        self.liveness_timeout = liveness_timeout
+        self.last_beat = time.monotonic()
+        self.running = True
+        self.assigned: set[int] = set()
+        self.restoring: set[int] = set()
+        self._ready_without_work = ready_without_work
+
+    def beat(self) -> None:
+        self.last_beat = time.monotonic()
+
+    def live(self) -> tuple[bool, dict[str, object]]:
+        idle = time.monotonic() - self.last_beat
+        ok = self.running and idle < self.liveness_timeout
+        return ok, {"seconds_since_loop_turned": round(idle, 3)}
+
+    def ready(self) -> tuple[bool, dict[str, object]]:
+        ok = (
+            self.running
+            and not self.restoring
+            and (bool(self.assigned) or self._ready_without_work)
+        )
+        return ok, {"assigned": sorted(self.assigned), "restoring": sorted(self.restoring)}

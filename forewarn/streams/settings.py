@@ -13,6 +13,7 @@ Environment variables use the prefix ``FOREWARN_`` and ``__`` for nesting, e.g.
 
 from __future__ import annotations
 
+import socket
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -22,7 +23,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from forewarn.streams.codecs import DecodeSettings
 
-Role = Literal["consumer", "producer", "admin"]
+Role = Literal["consumer", "producer", "transactional_producer", "restore", "admin"]
 
 
 class TopicNames(BaseModel):
@@ -104,6 +105,22 @@ class Settings(BaseSettings):
     #: bind address; set 0.0.0.0 inside a container so Prometheus can scrape it
     http_host: str = "127.0.0.1"
 
+    #: one Kafka transaction per batch (outputs, state changelog and offsets together);
+    #: off gives at-least-once (flush, then commit) for brokers without transactions
+    exactly_once: bool = True
+    #: this worker's stable name: with the group id it forms the transactional id, so a
+    #: restarted worker fences its previous incarnation and aborts what it left open.
+    #: Give every concurrently running worker its own (a StatefulSet pod name is ideal).
+    instance_id: str = Field(default_factory=socket.gethostname, min_length=1)
+    transaction_timeout_ms: int = Field(default=60_000, ge=1000)
+    #: customers with no event for this long (in stream time) keep only their profile
+    idle_ttl_days: float = Field(default=30.0, gt=0)
+    #: liveness fails when the loop has not turned for this long
+    liveness_timeout_seconds: float = Field(default=60.0, gt=0)
+    #: fault injection for chaos drills: sleep this long between producing a batch and
+    #: committing its transaction, so a kill lands mid-transaction. Never set in production.
+    fault_pause_before_commit_seconds: float = Field(default=0.0, ge=0)
+
     batch_size: int = Field(default=500, ge=1, le=100_000)
     batch_timeout_seconds: float = Field(default=0.5, gt=0)
     session_timeout_ms: int = Field(default=45_000, ge=1000)
@@ -125,6 +142,10 @@ class Settings(BaseSettings):
             future_tolerance=timedelta(seconds=self.future_tolerance_seconds),
             strict_types=self.strict_event_types,
         )
+
+    @property
+    def transactional_id(self) -> str:
+        return f"{self.group_id}-{self.instance_id}"
 
     def masked(self) -> dict[str, Any]:
         """Settings as logged at start: secrets shown as asterisks."""
@@ -165,8 +186,26 @@ def kafka_config(settings: Settings, role: Role, **overrides: Any) -> dict[str, 
                 "partition.assignment.strategy": "range",
             }
         )
-    elif role == "producer":
+    elif role == "restore":
+        # Reads a changelog partition by assignment to its end; never joins or commits.
+        conf.update(
+            {
+                "group.id": f"{settings.group_id}-restore",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "isolation.level": "read_committed",
+                "auto.offset.reset": "earliest",
+            }
+        )
+    if role in ("producer", "transactional_producer"):
         conf.update({"enable.idempotence": True, "linger.ms": 5, "compression.type": "lz4"})
+    if role == "transactional_producer":
+        conf.update(
+            {
+                "transactional.id": settings.transactional_id,
+                "transaction.timeout.ms": settings.transaction_timeout_ms,
+            }
+        )
     conf.update(sec.extra)
     conf.update(overrides)
     return conf

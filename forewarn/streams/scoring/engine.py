@@ -4,14 +4,16 @@ Pure (no Kafka): the worker feeds it consumed records, a replay feeds it a file,
 test feeds it hand-made events and a manual clock. Per batch it
 
 1. decodes every record (bad ones become dead letters, never exceptions);
-2. applies profiles, then folds each event into its customer's state in event order,
-   writing the decayed friction signals at that moment into one row of a matrix;
+2. applies profiles, then folds each event into its customer's state in the order the
+   partition holds them (offset order: the same however the stream is cut into batches,
+   so a replay after a crash decides exactly what an uninterrupted run did), writing the
+   decayed friction signals at that moment into one row of a matrix;
 3. scores the whole matrix at once;
-4. evaluates the rules that the events can trigger and the policies, and settles
-   arbitration (one action per customer per batch).
+4. evaluates the rules that the events can trigger and the policies; arbitration keeps
+   one action per trigger event.
 
 >>> from datetime import UTC, datetime
->>> from forewarn.models.ports import ManualClock, MemoryStateStore
+>>> from forewarn.models.ports import ManualClock
 >>> engine = ScoringEngine(clock=ManualClock(datetime(2026, 1, 1, 12, tzinfo=UTC)))
 >>> res = engine.process([RawRecord("journey-events", 0, 0, b"c1", b"{")])
 >>> res.dead_letters[0].error_type.value
@@ -20,6 +22,7 @@ test feeds it hand-made events and a manual clock. Per batch it
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,7 +39,7 @@ from forewarn.models.contracts import (
     OutreachAction,
 )
 from forewarn.models.friction import FrictionConfig, friction_scores
-from forewarn.models.ports import Clock, MemoryStateStore, StateStore, SystemClock
+from forewarn.models.ports import Clock, MemoryStateStores, StateStores, SystemClock
 from forewarn.models.state import CustomerState, apply_event
 from forewarn.rules.decide import DecisionMaker, Moment
 from forewarn.rules.rulebook import Rulebook, load_rulebook
@@ -51,6 +54,10 @@ from forewarn.streams.codecs import (
 )
 
 OTHER = "other"
+#: idle customers (no event for this long, in stream time) lose their activity state
+DEFAULT_IDLE_TTL_SECONDS = 30 * 24 * 3600.0
+#: how often, in stream time, a partition is swept for idle customers
+EXPIRY_SWEEP_SECONDS = 3600.0
 
 
 @dataclass(slots=True)
@@ -65,6 +72,8 @@ class BatchStats:
     key_mismatch: int = 0
     profiles_updated: int = 0
     profiles_deleted: int = 0
+    #: idle customers whose activity expired in this batch
+    expired: int = 0
     #: seconds between each decision's trigger event and the decision
     decision_event_ages: list[float] = field(default_factory=list)
 
@@ -73,14 +82,25 @@ class BatchStats:
         return sum(self.events_by_type.values())
 
 
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """One customer's state after a batch: one changelog record (``state`` None deletes it)."""
+
+    partition: int
+    customer_id: str
+    state: CustomerState | None
+
+
 @dataclass(slots=True)
 class BatchResult:
     actions: list[OutreachAction]
     decisions: list[Decision]
     dead_letters: list[DeadLetter]
-    #: the customers whose state this batch changed (one changelog record each)
-    touched: list[CustomerState]
+    #: the customers whose state this batch changed, one entry each
+    changes: list[StateChange]
     stats: BatchStats
+    #: partition -> stream time (latest event time seen, epoch seconds) after the batch
+    stream_times: dict[int, float] = field(default_factory=dict)
 
     @staticmethod
     def empty() -> BatchResult:
@@ -91,7 +111,8 @@ class BatchResult:
         self.actions += other.actions
         self.decisions += other.decisions
         self.dead_letters += other.dead_letters
-        self.touched += other.touched
+        self.changes += other.changes
+        self.stream_times.update(other.stream_times)
         a, b = self.stats, other.stats
         a.events_by_type.update(b.events_by_type)
         a.dead_letters_by_reason.update(b.dead_letters_by_reason)
@@ -100,6 +121,7 @@ class BatchResult:
         a.key_mismatch += b.key_mismatch
         a.profiles_updated += b.profiles_updated
         a.profiles_deleted += b.profiles_deleted
+        a.expired += b.expired
         a.decision_event_ages += b.decision_event_ages
 
 
@@ -116,30 +138,37 @@ class ScoringEngine:
         rulebook: Rulebook | None = None,
         friction: FrictionConfig | None = None,
         decode: DecodeSettings | None = None,
-        store: StateStore | None = None,
+        stores: StateStores | None = None,
         clock: Clock | None = None,
         profiles_topic: str = "customer-profiles",
+        idle_ttl_seconds: float = DEFAULT_IDLE_TTL_SECONDS,
     ) -> None:
         self.rulebook = rulebook or load_rulebook()
         self.friction = friction or FrictionConfig.default()
         self.decode = decode or DecodeSettings()
-        self.store: StateStore = store if store is not None else MemoryStateStore()
+        self.stores: StateStores = stores if stores is not None else MemoryStateStores()
         self.clock: Clock = clock or SystemClock()
         self.profiles_topic = profiles_topic
+        self.idle_ttl_seconds = idle_ttl_seconds
+        #: partition -> latest event time seen (the clock idle expiry runs on); the worker
+        #: sets it when it restores a partition
+        self.stream_times: dict[int, float] = {}
         self._known_types = VOCABULARY | self.decode.custom_types
 
-    def _state(self, customer_id: str, touched: dict[str, CustomerState]) -> CustomerState:
-        state = touched.get(customer_id)
+    def _state(
+        self, key: tuple[int, str], touched: dict[tuple[int, str], CustomerState]
+    ) -> CustomerState:
+        state = touched.get(key)
         if state is None:
-            state = self.store.get(customer_id) or CustomerState(customer_id)
-            touched[customer_id] = state
+            state = self.stores.partition(key[0]).get(key[1]) or CustomerState(key[1])
+            touched[key] = state
         return state
 
     def process(self, records: Sequence[RawRecord]) -> BatchResult:
         now = self.clock.now()
         stats = BatchStats()
         dead: list[DeadLetter] = []
-        touched: dict[str, CustomerState] = {}
+        touched: dict[tuple[int, str], CustomerState] = {}
         events: list[tuple[JourneyEvent, RawRecord]] = []
 
         for rec in records:
@@ -148,10 +177,10 @@ class ScoringEngine:
                 if isinstance(p, DeadLetter):
                     dead.append(p)
                 elif isinstance(p, ProfileTombstone):
-                    self._state(p.customer_id, touched).profile = None
+                    self._state((rec.partition, p.customer_id), touched).profile = None
                     stats.profiles_deleted += 1
                 else:
-                    self._state(p.customer_id, touched).profile = p
+                    self._state((rec.partition, p.customer_id), touched).profile = p
                     stats.profiles_updated += 1
                 continue
             d = decode_event(rec, self.decode, now)
@@ -162,9 +191,10 @@ class ScoringEngine:
             else:
                 dead.append(d)
 
-        # Event order within a customer is event time; a stable sort keeps arrival order
-        # for ties, so replays of the same records give the same result.
-        events.sort(key=lambda pair: pair[0].occurred_at)
+        # Offset order, not a sort by event time: sorting within a batch would make the
+        # result depend on where batches are cut. Late events are handled by the state.
+        stream_times = self.stream_times
+        before = {p: stream_times.get(p, -math.inf) for p in {r.partition for _, r in events}}
         n_signals = len(self.friction.signals)
         signals = np.zeros((len(events), n_signals), dtype=np.float64)
         kept: list[tuple[JourneyEvent, float, CustomerState, tuple[str, ...], bool, RawRecord]] = []
@@ -172,7 +202,7 @@ class ScoringEngine:
             # A record that makes scoring raise is a bug's victim, not bad data: it goes to
             # the DLQ as processing_error and the rest of the batch carries on.
             try:
-                state = self._state(e.customer_id, touched)
+                state = self._state((rec.partition, e.customer_id), touched)
                 applied = apply_event(state, e, self.friction)
             except Exception as error:
                 dead.append(self.processing_error(rec, error))
@@ -180,6 +210,8 @@ class ScoringEngine:
             if applied.duplicate:
                 stats.duplicates += 1
                 continue
+            if applied.at > stream_times.get(rec.partition, -math.inf):
+                stream_times[rec.partition] = applied.at
             stats.events_by_type[e.type if e.type in self._known_types else OTHER] += 1
             state.signal_row(self.friction, applied.at, signals[len(kept)])
             kept.append((e, applied.at, state, applied.derived, state.session.in_checkout, rec))
@@ -204,11 +236,50 @@ class ScoringEngine:
             (now - d.action.triggered_at).total_seconds() for d in maker.decisions
         ]
 
-        for state in touched.values():
-            self.store.put(state)
+        changes = self._save(touched)
+        for part, was in before.items():
+            now_st = stream_times.get(part, -math.inf)
+            # Sweeps fall on a stream-time grid, so replays sweep at the same moments.
+            if was > -math.inf and now_st // EXPIRY_SWEEP_SECONDS > was // EXPIRY_SWEEP_SECONDS:
+                expired = self.expire_idle(part, now_st - self.idle_ttl_seconds)
+                stats.expired += len(expired)
+                changes += expired
         for d in dead:
             stats.dead_letters_by_reason[d.error_type.value] += 1
-        return BatchResult(actions, maker.decisions, dead, list(touched.values()), stats)
+        times = {p: stream_times[p] for p in {c.partition for c in changes} if p in stream_times}
+        return BatchResult(actions, maker.decisions, dead, changes, stats, times)
+
+    def _save(self, touched: dict[tuple[int, str], CustomerState]) -> list[StateChange]:
+        changes = []
+        for (p, cid), state in touched.items():
+            store = self.stores.partition(p)
+            if state.active or state.profile is not None:
+                store.put(state)
+                changes.append(StateChange(p, cid, state))
+            else:  # a profile deleted before any event: nothing left to keep
+                store.delete(cid)
+                changes.append(StateChange(p, cid, None))
+        return changes
+
+    def expire_idle(self, partition: int, idle_before: float) -> list[StateChange]:
+        """Forget the activity of customers with no event since ``idle_before`` (stream time).
+
+        A customer with a profile keeps just the profile, so consent survives; one without
+        is deleted (a tombstone in the changelog).
+        """
+        store = self.stores.partition(partition)
+        changes = []
+        for state in store:
+            if state.active and state.last_seen < idle_before:
+                cid = state.customer_id
+                if state.profile is None:
+                    store.delete(cid)
+                    changes.append(StateChange(partition, cid, None))
+                else:
+                    kept = CustomerState(cid, profile=state.profile)
+                    store.put(kept)
+                    changes.append(StateChange(partition, cid, kept))
+        return changes
 
     def processing_error(self, rec: RawRecord, error: Exception) -> DeadLetter:
         """A record that made scoring raise, as a dead letter (used by the worker)."""

@@ -1,10 +1,16 @@
 """The scoring worker: a confluent-kafka micro-batch loop around the pure ``ScoringEngine``.
 
-Per batch: consume up to ``batch_size`` records from journey-events and customer-profiles,
-let the engine decode, score and decide, produce actions, decisions and dead letters, wait
-for the broker to acknowledge them, then commit the consumed offsets. At-least-once: a crash
-between produce and commit replays the batch, and consumers deduplicate by ``action_id``
-(deterministic). Exactly-once transactions replace the flush+commit step later.
+Per batch, with ``exactly_once`` (the default): consume up to ``batch_size`` records from
+journey-events and customer-profiles, let the engine decode, score and decide, then in one
+Kafka transaction produce the actions, decisions, dead letters and one state-changelog
+record per changed customer, and commit the consumed offsets. A batch that fails is aborted,
+its partitions' state is rolled back to what the changelog holds, and the consumer goes back
+to the last committed offsets: the batch is retried as if it had never been seen.
+
+On assignment the worker restores each new partition's state from the changelog (from the
+local store's checkpoint when it has one) before it scores that partition; it is ready once
+every assigned partition is restored. There is never an open transaction during a rebalance:
+transactions begin after ``consume`` returns and end before it is called again.
 
 SIGTERM or SIGINT: finish the current batch, commit, close, exit 0.
 """
@@ -13,18 +19,37 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
 import signal
 import threading
 import time
+from collections.abc import Callable
+from http.server import ThreadingHTTPServer
 from types import FrameType
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
-from forewarn.models.ports import Clock, StateStore
+from forewarn.models.ports import Clock
+from forewarn.models.state_codec import encode_state
 from forewarn.rules.rulebook import load_rulebook
 from forewarn.streams.codecs import Headers, RawRecord, encode
-from forewarn.streams.metrics import ScoringMetrics
-from forewarn.streams.scoring.engine import BatchResult, OutputSink, ScoringEngine
+from forewarn.streams.metrics import Health, ScoringMetrics
+from forewarn.streams.scoring.engine import BatchResult, ScoringEngine
+from forewarn.streams.scoring.state import (
+    STREAM_TIME_HEADER,
+    Encoded,
+    RestoreResult,
+    WorkerStores,
+    restore_partition,
+)
 from forewarn.streams.settings import Settings, kafka_config
 
 log = logging.getLogger("forewarn.score")
@@ -68,6 +93,30 @@ class KafkaOutputSink:
         for dl in result.dead_letters:
             key = None if dl.key_base64 is None else base64.b64decode(dl.key_base64)
             p.produce(t.dlq, key=key, value=encode(dl))
+        p.poll(0)
+
+    def publish_state(
+        self,
+        encoded: dict[int, Encoded],
+        stream_times: dict[int, float],
+        on_delivery: Callable[[KafkaError | None, Message], None],
+    ) -> None:
+        """One changelog record per changed customer, to the partition that owns it."""
+        p, topic = self.producer, self.topics.state
+        for partition, states in encoded.items():
+            st = stream_times.get(partition)
+            headers: list[tuple[str, str | bytes | None]] | None = (
+                None if st is None else [(STREAM_TIME_HEADER, repr(st).encode())]
+            )
+            for cid, value in states.items():
+                p.produce(
+                    topic,
+                    key=cid.encode(),
+                    value=value,
+                    partition=partition,
+                    headers=headers,
+                    on_delivery=on_delivery,
+                )
         p.poll(0)
 
 
@@ -138,22 +187,29 @@ class ScoringWorker:
         self,
         settings: Settings,
         *,
-        store: StateStore | None = None,
         clock: Clock | None = None,
         metrics: ScoringMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or ScoringMetrics()
+        self.health = Health(settings.liveness_timeout_seconds)
+        self.stores = WorkerStores(settings.state_dir, settings.topics.state)
         self.engine = ScoringEngine(
             rulebook=load_rulebook(settings.rules_path),
             decode=settings.decode_settings(),
-            store=store,
+            stores=self.stores,
             clock=clock,
             profiles_topic=settings.topics.customer_profiles,
+            idle_ttl_seconds=settings.idle_ttl_days * 86400,
         )
         self._stop = threading.Event()
+        self._to_restore: set[int] = set()
+        #: changelog partition -> offset after the last state record delivered
+        self._changelog_next: dict[int, int] = {}
+        self._http: ThreadingHTTPServer | None = None
         self.batches = 0
         self.records = 0
+        self.restores: list[RestoreResult] = []
 
     def stop(self) -> None:
         """Ask the loop to finish its current batch and exit."""
@@ -167,13 +223,97 @@ class ScoringWorker:
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
 
-    def _process(self, records: list[RawRecord]) -> BatchResult:
+    def serve_http(self, host: str, port: int) -> None:
+        """``/metrics``, ``/healthz`` and ``/readyz`` on ``host:port`` until the worker stops."""
+        self._http = self.metrics.serve(host, port, self.health)
+
+    # -- rebalances: no transaction is open while these run (see the module docstring) --
+
+    def _events_partitions(self, partitions: list[TopicPartition]) -> set[int]:
+        events = self.settings.topics.journey_events
+        return {tp.partition for tp in partitions if tp.topic == events}
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.gate.on_assign(consumer, partitions)
+        mine = self._events_partitions(partitions)
+        # Eager (range) assignment hands over the whole new assignment at once: stores of
+        # partitions that went elsewhere are dropped; kept ones catch up from their checkpoint.
+        self.stores.keep_only(mine)
+        self.health.assigned = mine
+        self._to_restore = set(mine)
+        self.health.restoring = set(mine)
+        self.metrics.partitions.set(len(mine))
+        self.metrics.rebalances.labels("assigned").inc()
+        log.info("assigned partitions %s", sorted(mine))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._lose(consumer, partitions, "revoked")
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._lose(consumer, partitions, "lost")
+
+    def _lose(self, consumer: Consumer, partitions: list[TopicPartition], kind: str) -> None:
+        self.gate.on_revoke(consumer, partitions)
+        gone = self._events_partitions(partitions)
+        self.health.assigned -= gone
+        self.health.restoring -= gone
+        self._to_restore -= gone
+        self.metrics.partitions.set(len(self.health.assigned))
+        self.metrics.rebalances.labels(kind).inc()
+        log.info("%s partitions %s", kind, sorted(gone))
+
+    def _restore(self, restorer: Consumer) -> None:
+        topic = self.settings.topics.state
+        for p in sorted(self._to_restore):
+            self.metrics.restoring.set(len(self._to_restore))
+
+            def progress(read: int, remaining: int) -> None:
+                self.health.beat()
+                self.metrics.restore_records.inc(read - progress.done)  # type: ignore[attr-defined]
+                progress.done = read  # type: ignore[attr-defined]
+                self.metrics.restore_remaining.set(remaining)
+
+            progress.done = 0  # type: ignore[attr-defined]
+            store = self.stores.partition(p)
+            result = restore_partition(restorer, topic, p, store, progress=progress)
+            self.engine.stream_times[p] = store.stream_time
+            self._to_restore.discard(p)
+            self.health.restoring.discard(p)
+            self.restores.append(result)
+            self.metrics.restore_seconds.observe(result.seconds)
+            log.info(
+                "restored partition %d: %d changelog records from offset %s, %d customers, %.2f s",
+                p,
+                result.records,
+                "start" if result.from_checkpoint is None else result.from_checkpoint,
+                result.customers,
+                result.seconds,
+            )
+        self.metrics.restoring.set(0)
+        self.metrics.restore_remaining.set(0)
+
+    def _rollback(self, partitions: set[int]) -> None:
+        """Undo a failed batch's state: back to what the changelog holds."""
+        for p in partitions:
+            store = self.stores.stores.get(p)
+            if store is not None and not store.discard():
+                self.stores.drop(p)
+            if p in self.health.assigned:
+                self._to_restore.add(p)
+                self.health.restoring.add(p)
+
+    # -- one batch --
+
+    def _process(self, records: list[RawRecord], restorer: Consumer) -> BatchResult:
         try:
             return self.engine.process(records)
         except Exception:
-            # A bug, not bad data (bad data is dead-lettered inside the engine): isolate the
-            # record that triggers it so the partition does not stall.
+            # A bug, not bad data (bad data is dead-lettered inside the engine): roll the
+            # state back, then isolate the record that triggers it so the partition does
+            # not stall.
             log.exception("batch of %d failed; retrying record by record", len(records))
+            self._rollback({r.partition for r in records})
+            self._restore(restorer)
             merged = BatchResult.empty()
             for rec in records:
                 try:
@@ -188,30 +328,104 @@ class ScoringWorker:
         result.stats.dead_letters_by_reason["processing_error"] += 1
         return result
 
+    def _delivered(self, err: KafkaError | None, msg: Message) -> None:
+        if err is None:
+            p, o = msg.partition() or 0, msg.offset() or 0
+            if o + 1 > self._changelog_next.get(p, 0):
+                self._changelog_next[p] = o + 1
+
+    def _encode(self, result: BatchResult) -> dict[int, Encoded]:
+        encoded: dict[int, Encoded] = {}
+        for c in result.changes:
+            value = None if c.state is None else encode_state(c.state)
+            encoded.setdefault(c.partition, {})[c.customer_id] = value
+            if value is not None:
+                self.metrics.state_bytes.observe(len(value))
+        return encoded
+
+    def _publish(
+        self,
+        consumer: Consumer,
+        producer: Producer,
+        sink: KafkaOutputSink,
+        records: list[RawRecord],
+        result: BatchResult,
+    ) -> bool:
+        """Publish the batch and commit its offsets; False when it was aborted."""
+        s = self.settings
+        encoded = self._encode(result)
+        offsets = _next_offsets(records)
+        try:
+            if s.exactly_once:
+                producer.begin_transaction()
+            sink.publish(result)
+            sink.publish_state(encoded, result.stream_times, self._delivered)
+            if s.exactly_once:
+                producer.send_offsets_to_transaction(
+                    offsets, consumer.consumer_group_metadata(), 30
+                )
+                if s.fault_pause_before_commit_seconds:
+                    producer.flush(30)
+                    time.sleep(s.fault_pause_before_commit_seconds)
+                _commit_transaction(producer)
+            else:
+                remaining = producer.flush(30)
+                if remaining:
+                    raise RuntimeError(f"{remaining} records not acknowledged by the broker")
+                consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as e:
+            err: KafkaError = e.args[0]
+            if not s.exactly_once or err.fatal() or not err.txn_requires_abort():
+                raise
+            log.warning("aborting the batch's transaction: %s", err)
+            producer.abort_transaction(30)
+            self.metrics.transactions.labels("aborted").inc()
+            self._rollback({r.partition for r in records})
+            _rewind(consumer, records)
+            return False
+        if s.exactly_once:
+            self.metrics.transactions.labels("committed").inc()
+        for p, states in encoded.items():
+            st = result.stream_times.get(p, -math.inf)
+            self.stores.partition(p).commit(states, self._changelog_next.get(p), st)
+        return True
+
     def run(self) -> None:
         s = self.settings
         consumer = Consumer(kafka_config(s, "consumer"))
-        producer = Producer(kafka_config(s, "producer"))
-        sink: OutputSink = KafkaOutputSink(producer, s)
-        gate = ProfileGate(s.topics.journey_events, s.topics.customer_profiles)
+        restorer = Consumer(kafka_config(s, "restore"))
+        producer = Producer(
+            kafka_config(s, "transactional_producer" if s.exactly_once else "producer")
+        )
+        if s.exactly_once:
+            # Fences an earlier incarnation with the same instance id and aborts whatever
+            # transaction it left open, so restores below never wait on it.
+            producer.init_transactions(30)
+        sink = KafkaOutputSink(producer, s)
+        self.gate = ProfileGate(s.topics.journey_events, s.topics.customer_profiles)
         consumer.subscribe(
             [s.topics.journey_events, s.topics.customer_profiles],
-            on_assign=gate.on_assign,
-            on_revoke=gate.on_revoke,
-            on_lost=gate.on_revoke,
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
         )
         log.info(
-            "scoring %s + %s as group %s on %s",
+            "scoring %s + %s as group %s (instance %s, %s) on %s",
             s.topics.journey_events,
             s.topics.customer_profiles,
             s.group_id,
+            s.instance_id,
+            "exactly-once" if s.exactly_once else "at-least-once",
             s.bootstrap_servers,
         )
         self.metrics.up.set(1)
         try:
             while not self._stop.is_set():
+                self.health.beat()
                 msgs = consumer.consume(s.batch_size, s.batch_timeout_seconds)
                 started = time.perf_counter()
+                if self._to_restore:
+                    self._restore(restorer)
                 records = []
                 for m in msgs:
                     err = m.error()
@@ -220,26 +434,48 @@ class ScoringWorker:
                     elif err.code() != KafkaError._PARTITION_EOF:
                         self.metrics.consume_errors.labels(err.name()).inc()
                         log.warning("consume error: %s", err)
-                if gate.holding:
-                    records = gate.filter(consumer, records)
+                if self.gate.holding:
+                    records = self.gate.filter(consumer, records)
                 if not records:
                     continue
-                result = self._process(records)
-                sink.publish(result)
-                remaining = producer.flush(30)
-                if remaining:
-                    # Not acknowledged: do not commit, the batch will be replayed.
-                    raise RuntimeError(f"{remaining} records not acknowledged by the broker")
-                consumer.commit(offsets=_next_offsets(records), asynchronous=False)
+                result = self._process(records, restorer)
+                if not self._publish(consumer, producer, sink, records, result):
+                    continue
                 self.batches += 1
                 self.records += len(records)
                 self.metrics.observe_batch(result, len(records), time.perf_counter() - started)
-                self.metrics.customers.set(len(self.engine.store))
+                self.metrics.customers.set(self.stores.customers())
         finally:
+            self.health.running = False
             self.metrics.up.set(0)
             producer.flush(10)
             consumer.close()
+            restorer.close()
+            self.stores.close()
+            if self._http is not None:
+                self._http.shutdown()
+                self._http.server_close()
             log.info("stopped after %d batches, %d records", self.batches, self.records)
+
+
+def _commit_transaction(producer: Producer, attempts: int = 3) -> None:
+    for attempt in range(attempts):
+        try:
+            producer.commit_transaction(30)
+            return
+        except KafkaException as e:
+            err: KafkaError = e.args[0]
+            if not err.retriable() or attempt == attempts - 1:
+                raise
+            log.warning("retrying the transaction commit: %s", err)
+
+
+def _rewind(consumer: Consumer, records: list[RawRecord]) -> None:
+    """Send the consumer back to the last committed offsets of the batch's partitions."""
+    tps = [TopicPartition(t, p) for t, p in {(r.topic, r.partition) for r in records}]
+    for tp in consumer.committed(tps, timeout=10):
+        offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+        consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
 
 
 def _next_offsets(records: list[RawRecord]) -> list[TopicPartition]:

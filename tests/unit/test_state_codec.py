@@ -1,0 +1,110 @@
+"""Customer state on the wire: exact round trips, small records, refusal of garbage."""
+
+from __future__ import annotations
+
+import statistics
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from forewarn.models.contracts import Consent, CustomerProfile, JourneyEvent
+from forewarn.models.friction import FrictionConfig
+from forewarn.models.simulator import JourneySimulator
+from forewarn.models.state import CustomerState, apply_event
+from forewarn.models.state_codec import StateDecodeError, decode_state, encode_state
+from forewarn.streams.codecs import RawRecord, encode
+from forewarn.streams.scoring.engine import ScoringEngine
+from tests.conftest import T0, event
+
+CFG = FrictionConfig.default()
+KINDS = ["page_view", "rage_click", "payment_failed", "checkout_started", "survey_response",
+         "delivery_delayed", "support_contact", "error_page", "purchase"]  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(KINDS),
+            st.integers(-3_600_000, 30 * 86_400_000),  # ms around T0: late events too
+            st.sampled_from([None, "s1", "s2"]),
+            st.sampled_from([None, "/a", "/b"]),
+        ),
+        max_size=40,
+    ),
+    st.booleans(),
+)
+def test_any_state_survives_the_round_trip_exactly(
+    steps: list[tuple[str, int, str | None, str | None]], with_profile: bool
+) -> None:
+    s = CustomerState("c-ü")
+    if with_profile:
+        s.profile = CustomerProfile(
+            customer_id="c-ü",
+            consent=Consent(email=True, phone=True),
+            timezone="Europe/Berlin",
+            tier="gold",
+            signed_up_at=datetime(2025, 5, 1, 8, 30, 0, 123456, tzinfo=UTC),
+        )
+    for i, (kind, ms, session, page) in enumerate(steps):
+        e = JourneyEvent(
+            event_id=f"e{i}",
+            customer_id="c-ü",
+            type=kind,
+            occurred_at=T0 + timedelta(milliseconds=ms),
+            session_id=session,
+            properties={"page": page, "kind": "nps", "score": 3},
+        )
+        apply_event(s, e, CFG)
+        if i % 7 == 3:
+            s.remember_action(f"a{i}", "rule_x", "email", s.last_seen)
+    s.last_friction = 41.7
+    back = decode_state(encode_state(s))
+    assert back == s
+    assert encode_state(back) == encode_state(s)
+
+
+def test_a_typical_customer_fits_in_a_kibibyte() -> None:
+    """A week of simulated journeys: the median and 90th percentile stay under 1 KiB."""
+    sim = JourneySimulator(
+        customers=300, seed=11, start=datetime(2026, 2, 1, tzinfo=UTC), span=timedelta(days=7)
+    )
+    states = {p.customer_id: CustomerState(p.customer_id, profile=p) for p in sim.profiles()}
+    for e in sim.events():
+        apply_event(states[e.customer_id], e, CFG)
+    sizes = sorted(len(encode_state(s)) for s in states.values())
+    assert statistics.median(sizes) <= 1024
+    assert sizes[int(len(sizes) * 0.9)] <= 1024
+    assert statistics.mean(s.events_seen for s in states.values()) > 30  # not a trivial week
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"\x93\x01\x02\x03", b"\xc1", b"not msgpack at all", b"\x92\x07\xa1x"]
+)
+def test_garbage_is_refused_with_one_error_type(data: bytes) -> None:
+    with pytest.raises(StateDecodeError):
+        decode_state(data)
+
+
+def test_idle_customers_expire_in_stream_time_and_keep_their_profile() -> None:
+    engine = ScoringEngine(idle_ttl_seconds=2 * 86400)
+
+    def feed(*evs: JourneyEvent) -> list[tuple[str, bool]]:
+        recs = [RawRecord("journey-events", 0, i, None, encode(e)) for i, e in enumerate(evs)]
+        res = engine.process(recs)
+        return [(c.customer_id, c.state is not None and c.state.active) for c in res.changes]
+
+    prof = CustomerProfile(customer_id="kept", consent=Consent(email=True))
+    engine.process([RawRecord("customer-profiles", 0, 0, b"kept", encode(prof))])
+    feed(event("kept", "page_view", T0, n=1), event("gone", "page_view", T0, n=1))
+    feed(event("busy", "page_view", T0 + timedelta(days=1), n=1))
+    assert len(engine.stores.partition(0)) == 3  # one day idle: nothing expires
+    changes = feed(event("busy", "page_view", T0 + timedelta(days=3), n=2))
+    assert ("kept", False) in changes and ("gone", False) in changes
+    store = engine.stores.partition(0)
+    assert store.get("gone") is None
+    kept = store.get("kept")
+    assert kept is not None and not kept.active and kept.profile == prof
+    assert store.get("busy") is not None
