@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer
 
 from forewarn.models.ports import ManualClock
 from forewarn.models.simulator import JourneySimulator, span_for
@@ -37,7 +37,7 @@ from forewarn.streams.codecs import RawRecord, encode
 from forewarn.streams.scoring.engine import ScoringEngine
 from forewarn.streams.scoring.worker import ScoringWorker
 from forewarn.streams.settings import Settings, TopicNames, kafka_config
-from forewarn.streams.simulate import produce_record
+from forewarn.streams.simulate import publish_backlog
 from forewarn.streams.topics import create_topics
 
 RESULTS = Path(__file__).parent / "results"
@@ -128,12 +128,7 @@ def main() -> int:
     with broker() as bootstrap:
         s = settings_for(bootstrap, args.partitions)
         create_topics(s)
-        p = Producer(kafka_config(s, "producer", **{"linger.ms": 20}))
-        for pr in profiles:
-            p.produce(s.topics.customer_profiles, key=pr.customer_id.encode(), value=encode(pr))
-        for key, value in values:
-            produce_record(p, s.topics.journey_events, key, value)
-        p.flush(60)
+        publish_backlog(s, profiles, events)
 
         rows["raw consume"] = n / consume_all(s, s.topics.journey_events, n, decode=False)
         rows["consume + json.loads"] = n / consume_all(s, s.topics.journey_events, n, decode=True)

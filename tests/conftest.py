@@ -35,27 +35,95 @@ def bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield broker.bootstrap
 
 
-@pytest.fixture
-def make_settings(bootstrap: str) -> Callable[..., Any]:
-    """Settings with topics and a group of their own, topics created. Factory fixture."""
+def new_settings(bootstrap: str, partitions: int = 2, **overrides: Any) -> Any:
+    """Settings with topics and a group of their own, topics created."""
     from forewarn.streams.settings import Settings, TopicNames
     from forewarn.streams.topics import create_topics
 
-    def make(partitions: int = 2, **overrides: Any) -> Settings:
-        tag = uuid.uuid4().hex[:8]
-        settings = Settings(
-            bootstrap_servers=bootstrap,
-            group_id=f"forewarn-test-{tag}",
-            topics=TopicNames(partitions=partitions).suffixed(tag),
-            session_timeout_ms=6000,
-            http_port=0,
-            batch_timeout_seconds=0.2,
-            **overrides,
-        )
-        assert all(r.ok for r in create_topics(settings))
-        return settings
+    tag = uuid.uuid4().hex[:8]
+    settings = Settings(
+        bootstrap_servers=bootstrap,
+        group_id=f"forewarn-test-{tag}",
+        topics=TopicNames(partitions=partitions).suffixed(tag),
+        session_timeout_ms=6000,
+        http_port=0,
+        batch_timeout_seconds=0.2,
+        instance_id=f"test-{tag}",
+        **overrides,
+    )
+    assert all(r.ok for r in create_topics(settings))
+    return settings
 
-    return make
+
+@pytest.fixture
+def make_settings(bootstrap: str) -> Callable[..., Any]:
+    """``new_settings`` as a factory fixture."""
+    return lambda partitions=2, **overrides: new_settings(bootstrap, partitions, **overrides)
+
+
+def settings_env(s: Any, **extra: str) -> dict[str, str]:
+    """The environment that gives a ``forewarn`` subprocess the settings ``s``."""
+    t = s.topics
+    env = {
+        **os.environ,
+        "FOREWARN_BOOTSTRAP_SERVERS": s.bootstrap_servers,
+        "FOREWARN_GROUP_ID": s.group_id,
+        "FOREWARN_SESSION_TIMEOUT_MS": str(s.session_timeout_ms),
+        "FOREWARN_BATCH_TIMEOUT_SECONDS": str(s.batch_timeout_seconds),
+        "FOREWARN_HTTP_PORT": "0",
+        "FOREWARN_TOPICS__PARTITIONS": str(t.partitions),
+        "FOREWARN_TOPICS__JOURNEY_EVENTS": t.journey_events,
+        "FOREWARN_TOPICS__CUSTOMER_PROFILES": t.customer_profiles,
+        "FOREWARN_TOPICS__ACTIONS": t.actions,
+        "FOREWARN_TOPICS__DECISIONS": t.decisions,
+        "FOREWARN_TOPICS__DLQ": t.dlq,
+        "FOREWARN_TOPICS__STATE": t.state,
+        "FOREWARN_TOPICS__OUTCOMES": t.outcomes,
+    }
+    env.update(extra)
+    return env
+
+
+def committed_events(s: Any) -> int:
+    """How many journey events the scoring group has committed, over all partitions."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from forewarn.streams.settings import kafka_config
+
+    c = Consumer(kafka_config(s, "consumer"))
+    try:
+        parts = [TopicPartition(s.topics.journey_events, p) for p in range(s.topics.partitions)]
+        return sum(max(0, tp.offset) for tp in c.committed(parts, timeout=10))
+    finally:
+        c.close()
+
+
+def read_all(s: Any, topic: str) -> list[tuple[bytes | None, bytes | None]]:
+    """Every (key, value) of ``topic`` to its end, read_committed, in partition order."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+    from forewarn.streams.settings import kafka_config
+
+    c = Consumer(kafka_config(s, "restore", **{"group.id": f"read-{uuid.uuid4().hex[:8]}"}))
+    parts = s.topics.partitions
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(parts)])
+    out: list[tuple[bytes | None, bytes | None]] = []
+    ended: set[int] = set()
+    deadline = time.monotonic() + 60
+    try:
+        while len(ended) < parts and time.monotonic() < deadline:
+            for m in c.consume(1000, 0.5):
+                err = m.error()
+                if err is not None and err.code() == KafkaError._PARTITION_EOF:
+                    ended.add(m.partition() or 0)
+                elif err is None:
+                    k, v = m.key(), m.value()
+                    out.append((k.encode() if isinstance(k, str) else k,
+                                v.encode() if isinstance(v, str) else v))  # fmt: skip
+    finally:
+        c.close()
+    assert len(ended) == parts, f"could not read {topic} to its end"
+    return out
 
 
 class RunningWorker:

@@ -91,6 +91,9 @@ class CustomerState:
     last_contact_by_channel: dict[str, float] = field(default_factory=dict)
     #: hashes of the last ACTION_MEMORY emitted action ids
     recent_actions: list[int] = field(default_factory=list)
+    #: offset (in the customer's journey-events partition) of the last record applied: a
+    #: record at or below it was already applied (a replay) and is skipped
+    last_offset: int = -1
 
     @property
     def active(self) -> bool:

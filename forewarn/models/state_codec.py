@@ -4,7 +4,7 @@ MessagePack (binary, fast, readable from any language) of a positional array, ve
 
 ``[1, customer_id, profile, base, first, events_seen, signals, occurrences, seen_events,
 session, last_support_contact, last_friction, last_contact_by_rule, last_contact_by_channel,
-recent_actions]``
+recent_actions, last_offset]``
 
 Times are event times kept to the millisecond (``state.event_seconds``), so they travel as
 integer milliseconds *before* ``base`` (the customer's last event): small integers that
@@ -126,6 +126,7 @@ def encode_state(s: CustomerState) -> bytes:
         {k: base - _ms(t) for k, t in sorted(s.last_contact_by_rule.items())},
         {k: base - _ms(t) for k, t in sorted(s.last_contact_by_channel.items())},
         _hashes(s.recent_actions),
+        s.last_offset,
     ]
     return msgpack.packb(wire, use_bin_type=True)  # type: ignore[no-any-return]
 
@@ -137,7 +138,7 @@ def decode_state(data: bytes) -> CustomerState:
         if not isinstance(w, list) or w[0] != VERSION:
             raise StateDecodeError(f"not a version-{VERSION} customer state")
         (_, cid, profile, base, first, n, signals, occ, seen, sess, support, friction, by_rule,
-         by_channel, actions) = w  # fmt: skip
+         by_channel, actions, last_offset) = w  # fmt: skip
         b = base / 1000
 
         def t(delta: int) -> float:
@@ -166,6 +167,7 @@ def decode_state(data: bytes) -> CustomerState:
             last_contact_by_rule={k: t(d) for k, d in by_rule.items()},
             last_contact_by_channel={k: t(d) for k, d in by_channel.items()},
             recent_actions=_unhash(actions),
+            last_offset=last_offset,
         )
     except StateDecodeError:
         raise

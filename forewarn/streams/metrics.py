@@ -51,6 +51,12 @@ class ScoringMetrics:
             "Events dropped because their event_id was already seen for the customer",
             registry=r,
         )
+        self.replayed = Counter(
+            "forewarn_replayed_records_total",
+            "Records skipped because their customer's state already includes them (a batch "
+            "replayed after a failure)",
+            registry=r,
+        )
         self.key_problems = Counter(
             "forewarn_key_problems_total",
             "Events whose Kafka key was missing or differed from the payload's customer_id "
@@ -161,6 +167,8 @@ class ScoringMetrics:
             self.dead_letters.labels(reason).inc(n)
         if stats.duplicates:
             self.duplicates.inc(stats.duplicates)
+        if stats.replayed:
+            self.replayed.inc(stats.replayed)
         if stats.key_missing:
             self.key_problems.labels("missing").inc(stats.key_missing)
         if stats.key_mismatch:

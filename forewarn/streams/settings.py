@@ -117,9 +117,10 @@ class Settings(BaseSettings):
     idle_ttl_days: float = Field(default=30.0, gt=0)
     #: liveness fails when the loop has not turned for this long
     liveness_timeout_seconds: float = Field(default=60.0, gt=0)
-    #: fault injection for chaos drills: sleep this long between producing a batch and
-    #: committing its transaction, so a kill lands mid-transaction. Never set in production.
-    fault_pause_before_commit_seconds: float = Field(default=0.0, ge=0)
+    #: fault injection for chaos drills: after this many committed batches, produce the
+    #: next batch and then hold its transaction open (logging "fault injection: holding")
+    #: until stopped, so a kill lands mid-transaction. Never set in production.
+    fault_hang_after_batches: int | None = Field(default=None, ge=0)
 
     batch_size: int = Field(default=500, ge=1, le=100_000)
     batch_timeout_seconds: float = Field(default=0.5, gt=0)

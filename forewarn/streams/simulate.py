@@ -14,14 +14,14 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from confluent_kafka import Producer
 
-from forewarn.models.contracts import DeadLetterReason, JourneyEvent
+from forewarn.models.contracts import CustomerProfile, DeadLetterReason, JourneyEvent
 from forewarn.models.simulator import JourneySimulator, span_for
 from forewarn.streams.codecs import CLOUDEVENTS_JSON, Headers, encode
 from forewarn.streams.settings import Settings, kafka_config
@@ -169,6 +169,22 @@ def publish_live(
             on_progress(stats)
     producer.flush(30)
     return stats
+
+
+def publish_backlog(
+    settings: Settings, profiles: list[CustomerProfile], events: Iterable[JourneyEvent]
+) -> int:
+    """Publish profiles, then events, as fast as the broker takes them; the events' count."""
+    producer = Producer(kafka_config(settings, "producer", **{"linger.ms": 20}))
+    topics = settings.topics
+    for p in profiles:
+        produce_record(producer, topics.customer_profiles, p.customer_id.encode(), encode(p))
+    n = 0
+    for e in events:
+        produce_record(producer, topics.journey_events, e.customer_id.encode(), encode(e))
+        n += 1
+    producer.flush(60)
+    return n
 
 
 def produce_record(

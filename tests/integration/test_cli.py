@@ -12,34 +12,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from forewarn.models.contracts import Consent, CustomerProfile
 from forewarn.streams.codecs import encode
 from forewarn.streams.settings import Settings, kafka_config
-from tests.conftest import event
+from tests.conftest import committed_events, event, settings_env
 
 pytestmark = pytest.mark.integration
 
 
 def _env(s: Settings) -> dict[str, str]:
-    t = s.topics
-    return {
-        **os.environ,
-        "FOREWARN_BOOTSTRAP_SERVERS": s.bootstrap_servers,
-        "FOREWARN_GROUP_ID": s.group_id,
-        "FOREWARN_SESSION_TIMEOUT_MS": "6000",
-        "FOREWARN_HTTP_PORT": "0",
-        "FOREWARN_TOPICS__PARTITIONS": str(t.partitions),
-        "FOREWARN_TOPICS__JOURNEY_EVENTS": t.journey_events,
-        "FOREWARN_TOPICS__CUSTOMER_PROFILES": t.customer_profiles,
-        "FOREWARN_TOPICS__ACTIONS": t.actions,
-        "FOREWARN_TOPICS__DECISIONS": t.decisions,
-        "FOREWARN_TOPICS__DLQ": t.dlq,
-        "FOREWARN_TOPICS__STATE": t.state,
-        "FOREWARN_TOPICS__OUTCOMES": t.outcomes,
-        "FOREWARN_KAFKA__SASL_PASSWORD": "hunter2-never-logged",
-    }
+    return settings_env(s, FOREWARN_KAFKA__SASL_PASSWORD="hunter2-never-logged")
 
 
 def _forewarn(
@@ -53,15 +37,6 @@ def _forewarn(
         timeout=timeout,
         check=False,
     )
-
-
-def _committed(s: Settings) -> int:
-    c = Consumer(kafka_config(s, "consumer"))
-    try:
-        parts = [TopicPartition(s.topics.journey_events, p) for p in range(s.topics.partitions)]
-        return sum(max(0, tp.offset) for tp in c.committed(parts, timeout=10))
-    finally:
-        c.close()
 
 
 def test_score_stops_cleanly_on_sigterm_after_committing(
@@ -84,9 +59,9 @@ def test_score_stops_cleanly_on_sigterm_after_committing(
     )
     try:
         deadline = time.monotonic() + 60
-        while _committed(s) < 50 and time.monotonic() < deadline:
+        while committed_events(s) < 50 and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert _committed(s) == 50, "the worker consumed and committed the backlog"
+        assert committed_events(s) == 50, "the worker consumed and committed the backlog"
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     finally:

@@ -246,6 +246,22 @@ def test_decisions_and_state_do_not_depend_on_where_batches_are_cut(
         assert encode_state(a) == encode_state(b)
 
 
+def test_records_replayed_at_their_old_offsets_are_skipped_whatever_their_number(
+    sc: Scenario,
+) -> None:
+    """More events than the id memory holds, replayed after a failure: none counts twice."""
+    sc.profile("ola", consent=ALL)
+    evs = [event("ola", "payment_failed" if i == 0 else "page_view", T0 + timedelta(seconds=i),
+                 n=i) for i in range(40)]  # fmt: skip
+    recs = [RawRecord("journey-events", 0, 100 + i, b"ola", encode(e)) for i, e in enumerate(evs)]
+    first = sc.engine.process(recs)
+    state = sc.store.get("ola")
+    assert state is not None and state.events_seen == 40 and state.last_offset == 139
+    again = sc.engine.process(recs)
+    assert again.stats.replayed == 40 and again.decisions == [] and state.events_seen == 40
+    assert len(first.actions) == 1
+
+
 class _BrokenStore(MemoryStateStore):
     """A state store with a bug that bites one customer."""
 

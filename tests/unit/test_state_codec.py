@@ -61,6 +61,7 @@ def test_any_state_survives_the_round_trip_exactly(
         if i % 7 == 3:
             s.remember_action(f"a{i}", "rule_x", "email", s.last_seen)
     s.last_friction = 41.7
+    s.last_offset = 7_000_000_000 + len(steps)
     back = decode_state(encode_state(s))
     assert back == s
     assert encode_state(back) == encode_state(s)
@@ -90,9 +91,10 @@ def test_garbage_is_refused_with_one_error_type(data: bytes) -> None:
 
 def test_idle_customers_expire_in_stream_time_and_keep_their_profile() -> None:
     engine = ScoringEngine(idle_ttl_seconds=2 * 86400)
+    offsets = iter(range(100))
 
     def feed(*evs: JourneyEvent) -> list[tuple[str, bool]]:
-        recs = [RawRecord("journey-events", 0, i, None, encode(e)) for i, e in enumerate(evs)]
+        recs = [RawRecord("journey-events", 0, next(offsets), None, encode(e)) for e in evs]
         res = engine.process(recs)
         return [(c.customer_id, c.state is not None and c.state.active) for c in res.changes]
 

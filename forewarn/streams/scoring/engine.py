@@ -68,6 +68,8 @@ class BatchStats:
     events_by_type: Counter[str] = field(default_factory=Counter)
     dead_letters_by_reason: Counter[str] = field(default_factory=Counter)
     duplicates: int = 0
+    #: records at or below their customer's last applied offset (a replay after a failure)
+    replayed: int = 0
     key_missing: int = 0
     key_mismatch: int = 0
     profiles_updated: int = 0
@@ -117,6 +119,7 @@ class BatchResult:
         a.events_by_type.update(b.events_by_type)
         a.dead_letters_by_reason.update(b.dead_letters_by_reason)
         a.duplicates += b.duplicates
+        a.replayed += b.replayed
         a.key_missing += b.key_missing
         a.key_mismatch += b.key_mismatch
         a.profiles_updated += b.profiles_updated
@@ -176,11 +179,17 @@ class ScoringEngine:
                 p = decode_profile(rec, now)
                 if isinstance(p, DeadLetter):
                     dead.append(p)
-                elif isinstance(p, ProfileTombstone):
-                    self._state((rec.partition, p.customer_id), touched).profile = None
+                    continue
+                try:
+                    state = self._state((rec.partition, p.customer_id), touched)
+                except Exception as error:
+                    dead.append(self.processing_error(rec, error))
+                    continue
+                if isinstance(p, ProfileTombstone):
+                    state.profile = None
                     stats.profiles_deleted += 1
                 else:
-                    self._state((rec.partition, p.customer_id), touched).profile = p
+                    state.profile = p
                     stats.profiles_updated += 1
                 continue
             d = decode_event(rec, self.decode, now)
@@ -203,7 +212,11 @@ class ScoringEngine:
             # the DLQ as processing_error and the rest of the batch carries on.
             try:
                 state = self._state((rec.partition, e.customer_id), touched)
+                if rec.offset <= state.last_offset:
+                    stats.replayed += 1
+                    continue
                 applied = apply_event(state, e, self.friction)
+                state.last_offset = rec.offset
             except Exception as error:
                 dead.append(self.processing_error(rec, error))
                 continue

@@ -27,7 +27,7 @@ from rocksdict import Options, Rdict, WriteBatch
 
 from forewarn.models.ports import MemoryStateStore
 from forewarn.models.state import CustomerState
-from forewarn.models.state_codec import decode_state
+from forewarn.models.state_codec import StateDecodeError, decode_state
 
 log = logging.getLogger("forewarn.state")
 
@@ -46,14 +46,38 @@ class PartitionStore(MemoryStateStore):
         #: the changelog offset this store is complete up to (None: never restored)
         self.checkpoint: int | None = None
         self.stream_time = -math.inf
+        #: customers whose changelog record could not be read, with the reason
+        self.unreadable: dict[str, str] = {}
 
-    def apply(self, encoded: Encoded) -> None:
-        """Take restored changelog records (the engine's own writes are already here)."""
+    def get(self, customer_id: str) -> CustomerState | None:
+        if customer_id in self.unreadable:
+            # Raised to the engine, which dead-letters the customer's records with it: an
+            # operator sees it and can delete the record (a tombstone) to start afresh.
+            raise StateDecodeError(f"{customer_id}: {self.unreadable[customer_id]}")
+        return super().get(customer_id)
+
+    def put(self, state: CustomerState) -> None:
+        self.unreadable.pop(state.customer_id, None)
+        super().put(state)
+
+    def delete(self, customer_id: str) -> None:
+        self.unreadable.pop(customer_id, None)
+        super().delete(customer_id)
+
+    def apply(self, encoded: Encoded) -> int:
+        """Take restored changelog records; the number that could not be read."""
+        bad = 0
         for cid, value in encoded.items():
             if value is None:
                 self.delete(cid)
-            else:
+                continue
+            try:
                 self.put(decode_state(value))
+            except StateDecodeError as e:
+                super().delete(cid)
+                self.unreadable[cid] = str(e)
+                bad += 1
+        return bad
 
     def commit(self, encoded: Encoded, checkpoint: int | None, stream_time: float) -> None:
         self.checkpoint = checkpoint if checkpoint is not None else self.checkpoint
@@ -118,8 +142,10 @@ class RocksPartitionStore:
             if cid not in seen and pending is not None:
                 yield pending
 
-    def apply(self, encoded: Encoded) -> None:
+    def apply(self, encoded: Encoded) -> int:
+        """Take restored changelog records as they are (read, and refused, on ``get``)."""
         self._write(encoded, None, None)
+        return 0
 
     def commit(self, encoded: Encoded, checkpoint: int | None, stream_time: float) -> None:
         self._write(encoded, checkpoint, stream_time)
@@ -196,6 +222,8 @@ class RestoreResult:
     customers: int
     seconds: float
     from_checkpoint: int | None
+    #: records whose state could not be read (their customers' events are dead-lettered)
+    unreadable: int = 0
 
 
 def restore_partition(
@@ -221,6 +249,7 @@ def restore_partition(
     records = 0
     end: int | None = None
     customers: set[str] = set()
+    unreadable = 0
     stream_time = store.stream_time
     try:
         while end is None:
@@ -245,10 +274,11 @@ def restore_partition(
                         stream_time = max(stream_time, float(v))
                 position = (m.offset() or 0) + 1
                 records += 1
-            store.apply(batch)
+            unreadable += store.apply(batch)
             if progress is not None:
                 progress(records, max(0, high - position))
         store.commit({}, end if end is not None else position, stream_time)
     finally:
         consumer.unassign()
-    return RestoreResult(p, records, len(customers), time.perf_counter() - started, start)
+    seconds = time.perf_counter() - started
+    return RestoreResult(p, records, len(customers), seconds, start, unreadable)

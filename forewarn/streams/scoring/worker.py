@@ -281,6 +281,13 @@ class ScoringWorker:
             self.health.restoring.discard(p)
             self.restores.append(result)
             self.metrics.restore_seconds.observe(result.seconds)
+            if result.unreadable:
+                log.error(
+                    "partition %d: %d customers' changelog records are unreadable; their events "
+                    "go to the DLQ as processing_error until the records are replaced",
+                    p,
+                    result.unreadable,
+                )
             log.info(
                 "restored partition %d: %d changelog records from offset %s, %d customers, %.2f s",
                 p,
@@ -364,9 +371,11 @@ class ScoringWorker:
                 producer.send_offsets_to_transaction(
                     offsets, consumer.consumer_group_metadata(), 30
                 )
-                if s.fault_pause_before_commit_seconds:
-                    producer.flush(30)
-                    time.sleep(s.fault_pause_before_commit_seconds)
+                if s.fault_hang_after_batches is not None and (
+                    self.batches >= s.fault_hang_after_batches
+                ):
+                    self._hang(producer, result)
+                    return self._abort(consumer, producer, records, "stopped while held")
                 _commit_transaction(producer)
             else:
                 remaining = producer.flush(30)
@@ -377,18 +386,35 @@ class ScoringWorker:
             err: KafkaError = e.args[0]
             if not s.exactly_once or err.fatal() or not err.txn_requires_abort():
                 raise
-            log.warning("aborting the batch's transaction: %s", err)
-            producer.abort_transaction(30)
-            self.metrics.transactions.labels("aborted").inc()
-            self._rollback({r.partition for r in records})
-            _rewind(consumer, records)
-            return False
+            return self._abort(consumer, producer, records, str(err))
         if s.exactly_once:
             self.metrics.transactions.labels("committed").inc()
         for p, states in encoded.items():
             st = result.stream_times.get(p, -math.inf)
             self.stores.partition(p).commit(states, self._changelog_next.get(p), st)
         return True
+
+    def _abort(
+        self, consumer: Consumer, producer: Producer, records: list[RawRecord], why: str
+    ) -> bool:
+        """Abort the batch's transaction; its records will be consumed and scored again."""
+        log.warning("aborting the batch's transaction: %s", why)
+        producer.abort_transaction(30)
+        self.metrics.transactions.labels("aborted").inc()
+        self._rollback({r.partition for r in records})
+        _rewind(consumer, records)
+        return False
+
+    def _hang(self, producer: Producer, result: BatchResult) -> None:
+        producer.flush(30)
+        log.warning(
+            "fault injection: holding the transaction of batch %d open (%d changelog records, "
+            "%d decisions produced) until stopped",
+            self.batches + 1,
+            len(result.changes),
+            len(result.decisions),
+        )
+        self._stop.wait()
 
     def run(self) -> None:
         s = self.settings

@@ -1,0 +1,318 @@
+"""Exactly-once scoring on the real broker: crash, rebalance, restore, poison batch.
+
+Every run here is compared with one uninterrupted reference run over the same simulated
+stream: the same action ids exactly once, the same decisions, the same final state of every
+customer (read back from the changelog, which is what any restore starts from).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+
+from forewarn.models.contracts import Consent, CustomerProfile, JourneyEvent
+from forewarn.models.simulator import JourneySimulator
+from forewarn.models.state_codec import decode_state, encode_state
+from forewarn.streams.codecs import encode
+from forewarn.streams.settings import Settings, kafka_config
+from forewarn.streams.simulate import publish_backlog
+from tests.conftest import (
+    RunningWorker,
+    committed_events,
+    event,
+    new_settings,
+    read_all,
+    settings_env,
+)
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 2
+BATCH = 100  # small batches: many transactions, many places for things to go wrong
+
+
+@dataclass(frozen=True)
+class Stream:
+    profiles: list[CustomerProfile]
+    events: list[JourneyEvent]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    actions: Counter[str]
+    decisions: Counter[str]
+    states: dict[str, bytes]
+
+
+@pytest.fixture(scope="module")
+def stream() -> Stream:
+    now = datetime.now(UTC)
+    sim = JourneySimulator(120, seed=4242, start=now - timedelta(days=3), span=timedelta(days=3))
+    return Stream(sim.profiles(), list(sim.events()))
+
+
+def outcome(s: Settings) -> Outcome:
+    actions = Counter(json.loads(v or b"{}")["action_id"] for _, v in read_all(s, s.topics.actions))
+    decisions = Counter(
+        json.loads(v or b"{}")["decision_id"] for _, v in read_all(s, s.topics.decisions)
+    )
+    states: dict[str, bytes] = {}
+    for k, v in read_all(s, s.topics.state):  # the last record per customer wins
+        assert k is not None
+        if v is None:
+            states.pop(k.decode(), None)
+        else:
+            states[k.decode()] = v
+    return Outcome(actions, decisions, states)
+
+
+def wait_committed(s: Settings, n: int, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while committed_events(s) < n and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert committed_events(s) == n, "the stream was not consumed to its end in time"
+
+
+def start(s: Settings, **update: Any) -> RunningWorker:
+    w = RunningWorker(s.model_copy(update=update))
+    w.thread.start()
+    return w
+
+
+@pytest.fixture(scope="module")
+def reference(bootstrap: str, stream: Stream) -> Outcome:
+    s = new_settings(bootstrap, PARTITIONS, batch_size=BATCH)
+    publish_backlog(s, stream.profiles, stream.events)
+    w = start(s)
+    try:
+        wait_committed(s, len(stream.events))
+    finally:
+        w.stop()
+    out = outcome(s)
+    assert out.actions and out.decisions and len(out.states) == len(stream.profiles)
+    assert max(out.actions.values()) == 1
+    return out
+
+
+def assert_same(got: Outcome, ref: Outcome) -> None:
+    assert got.actions == ref.actions, "every expected action exactly once, and no other"
+    assert got.decisions == ref.decisions
+    assert got.states.keys() == ref.states.keys()
+    differing = [c for c in ref.states if got.states[c] != ref.states[c]]
+    if differing:
+        a, b = decode_state(got.states[differing[0]]), decode_state(ref.states[differing[0]])
+        fields = {f: (getattr(a, f), getattr(b, f)) for f in a.__slots__
+                  if getattr(a, f) != getattr(b, f)}  # fmt: skip
+        raise AssertionError(f"{len(differing)} customers' final state differs; {fields}")
+
+
+def _score(env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "forewarn.streams.cli", "score"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _lines_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> list[str]:
+    """The process's output lines up to the one containing ``marker``."""
+    lines: list[str] = []
+    found = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if marker in line:
+                found.set()
+                return
+
+    threading.Thread(target=read, daemon=True).start()
+    assert found.wait(timeout), f"no {marker!r} in:\n{''.join(lines)}"
+    return lines
+
+
+def test_a_worker_killed_mid_transaction_is_replaced_without_loss_or_duplicates(
+    bootstrap: str, stream: Stream, reference: Outcome
+) -> None:
+    s = new_settings(bootstrap, PARTITIONS, batch_size=BATCH)
+    n = publish_backlog(s, stream.profiles, stream.events)
+    env = settings_env(s, FOREWARN_BATCH_SIZE=str(BATCH), FOREWARN_INSTANCE_ID="crash-test")
+
+    first = _score({**env, "FOREWARN_FAULT_HANG_AFTER_BATCHES": "6"})
+    try:
+        lines = _lines_until(first, "fault injection: holding", timeout=60)
+        held = lines[-1]
+        first.send_signal(signal.SIGKILL)  # kill -9 with the 7th transaction open
+        first.wait(10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert "0 changelog records" not in held, "the open transaction had produced records"
+    assert 0 < committed_events(s) < n, "killed mid-stream"
+
+    second = _score(env)  # the same instance id: fences the dead one, aborts its transaction
+    try:
+        wait_committed(s, n)
+        second.send_signal(signal.SIGTERM)
+        out, _ = second.communicate(timeout=30)
+    finally:
+        if second.poll() is None:
+            second.kill()
+    assert second.returncode == 0, out
+    assert "restored partition" in out
+    assert_same(outcome(s), reference)
+
+
+def test_adding_then_removing_a_worker_rebalances_without_loss_or_duplicates(
+    bootstrap: str, stream: Stream, reference: Outcome
+) -> None:
+    s = new_settings(bootstrap, PARTITIONS, batch_size=BATCH)
+    events = stream.events
+    thirds = [events[: len(events) // 3], events[len(events) // 3 : 2 * len(events) // 3],
+              events[2 * len(events) // 3 :]]  # fmt: skip
+    publish_backlog(s, stream.profiles, thirds[0])
+    one = start(s, instance_id="one")
+    two: RunningWorker | None = None
+    try:
+        wait_committed(s, len(thirds[0]))
+        two = start(s, instance_id="two")  # joins: the group rebalances
+        deadline = time.monotonic() + 30
+        while not (one.worker.health.assigned and two.worker.health.assigned):
+            assert time.monotonic() < deadline, "the partitions were never shared"
+            time.sleep(0.2)
+        publish_backlog(s, [], thirds[1])
+        wait_committed(s, len(thirds[0]) + len(thirds[1]))
+        one.stop()  # leaves: everything moves to the second worker
+        publish_backlog(s, [], thirds[2])
+        wait_committed(s, len(events))
+        assert two.worker.health.assigned == set(range(PARTITIONS))
+    finally:
+        for w in (one, two):
+            if w is not None and w.thread.is_alive():
+                w.stop()
+    assert one.worker.records > 0 and two.worker.records > 0
+    moved = [r for r in two.worker.restores if r.records > 0]
+    assert moved, "the second worker restored the partition it took over from the changelog"
+    assert_same(outcome(s), reference)
+
+
+def _snapshot(w: RunningWorker) -> dict[str, bytes]:
+    return {
+        state.customer_id: encode_state(state)
+        for store in list(w.worker.stores.stores.values())
+        for state in store
+    }
+
+
+def _wait_ready(w: RunningWorker, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not w.worker.health.ready()[0]:
+        assert time.monotonic() < deadline, f"not ready: {w.worker.health.ready()[1]}"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def scored(bootstrap: str, stream: Stream) -> Iterator[tuple[Callable[..., Any], ...]]:
+    """Run a stream through one worker to its end; yields a way to start more workers."""
+    workers: list[RunningWorker] = []
+
+    def run(**overrides: Any) -> tuple[Settings, dict[str, bytes]]:
+        s = new_settings(bootstrap, PARTITIONS, batch_size=BATCH, **overrides)
+        publish_backlog(s, stream.profiles, stream.events)
+        w = start(s, instance_id="before")
+        workers.append(w)
+        wait_committed(s, len(stream.events))
+        before = _snapshot(w)
+        w.stop()
+        return s, before
+
+    def again(s: Settings, **update: Any) -> RunningWorker:
+        w = start(s, **update)
+        workers.append(w)
+        _wait_ready(w)
+        return w
+
+    yield run, again
+    for w in workers:
+        if w.thread.is_alive():
+            w.stop()
+
+
+def test_a_fresh_worker_restores_every_customer_from_the_changelog(scored: Any) -> None:
+    run, again = scored
+    s, before = run()
+    fresh = again(s, instance_id="fresh")
+    assert _snapshot(fresh) == before
+    assert len(before) == 120
+    assert sum(r.records for r in fresh.worker.restores) >= len(before)
+    assert all(r.from_checkpoint is None for r in fresh.worker.restores)
+
+
+def test_rocksdb_state_restarts_from_its_checkpoint_and_rebuilds_without_it(
+    scored: Any, tmp_path: Path
+) -> None:
+    run, again = scored
+    s, before = run(state_dir=tmp_path / "a")
+    assert len(before) == 120
+    same_disk = again(s, instance_id="same-disk")
+    assert _snapshot(same_disk) == before
+    restores = same_disk.worker.restores
+    assert restores and all(r.from_checkpoint is not None for r in restores)
+    assert sum(r.records for r in restores) == 0, "nothing to read past the checkpoint"
+    same_disk.stop()
+
+    new_disk = again(s.model_copy(update={"state_dir": tmp_path / "b"}), instance_id="new-disk")
+    assert _snapshot(new_disk) == before
+    assert all(r.from_checkpoint is None for r in new_disk.worker.restores)
+
+
+def test_a_poison_record_is_dead_lettered_and_the_partition_moves_on(bootstrap: str) -> None:
+    s = new_settings(bootstrap, 1, batch_size=BATCH)
+    p = Producer(kafka_config(s, "producer"))
+    for cid in ("ann", "bob", "cat"):
+        prof = CustomerProfile(customer_id=cid, consent=Consent(email=True, sms=True, push=True))
+        p.produce(s.topics.customer_profiles, key=cid.encode(), value=encode(prof))
+    # Bob's state in the changelog is corrupt (a bad deploy, a hand-made record): scoring
+    # his event raises. It is not bad input, so it is not a validation failure.
+    p.produce(s.topics.state, key=b"bob", value=b"\x93\x09garbage")
+    now = datetime.now(UTC) - timedelta(minutes=5)
+    evs = [event(c, "delivery_delayed", now, n=1) for c in ("ann", "bob", "cat")]
+    evs += [event("ann", "page_view", now + timedelta(seconds=1), n=2)]
+    for e in evs:
+        p.produce(s.topics.journey_events, key=e.customer_id.encode(), value=encode(e))
+    p.flush(10)
+
+    w = start(s)
+    try:
+        wait_committed(s, len(evs), timeout=60)
+    finally:
+        w.stop()
+    dls = [json.loads(v or b"{}") for _, v in read_all(s, s.topics.dlq)]
+    # Bob's profile and his event: both needed his state.
+    assert sorted(d["source_topic"] for d in dls) == [
+        s.topics.customer_profiles,
+        s.topics.journey_events,
+    ]
+    for dl in dls:
+        assert dl["error_type"] == "processing_error"
+        assert base64.b64decode(dl["key_base64"]) == b"bob"
+        assert "StateDecodeError" in dl["error_detail"]
+    acted = sorted(json.loads(v or b"{}")["customer_id"] for _, v in read_all(s, s.topics.actions))
+    assert acted == ["ann", "cat"], "the rest of the batch was scored"
