@@ -5,8 +5,14 @@ One run, one data set, baselines measured in the same run on the same broker:
 * ``raw consume``          confluent-kafka ``consume(500)`` loop that touches nothing: the ceiling;
 * ``consume + json.loads`` the same loop decoding every value (a floor for any JSON pipeline);
 * ``engine only``          the pure scoring engine on in-memory records (no Kafka);
-* ``scoring worker``       the real worker (default rulebook): consume, decode, state, score,
-                           decide, produce, flush, commit.
+* ``scoring worker, at-least-once`` the real worker (default rulebook): consume, decode,
+                           state, score, decide, produce outputs and the state changelog,
+                           flush, commit offsets;
+* ``scoring worker, exactly-once``  the same with one Kafka transaction per batch (the
+                           default): the difference is what exactly-once costs.
+
+Also: restore speed (a fresh worker reading the changelog the exactly-once run wrote) and
+the size of one customer's serialized state.
 
 Prints a table and JSON (also written to bench/results/latest.json). Timing is for
 information: no test asserts it. Set FOREWARN_BENCH_BOOTSTRAP to use another Kafka.
@@ -32,6 +38,7 @@ from confluent_kafka import Consumer
 
 from forewarn.models.ports import ManualClock
 from forewarn.models.simulator import JourneySimulator, span_for
+from forewarn.models.state_codec import encode_state
 from forewarn.streams.broker import EmbeddedBroker
 from forewarn.streams.codecs import RawRecord, encode
 from forewarn.streams.scoring.engine import ScoringEngine
@@ -53,7 +60,7 @@ def broker() -> Iterator[str]:
         yield b.bootstrap
 
 
-def settings_for(bootstrap: str, partitions: int) -> Settings:
+def settings_for(bootstrap: str, partitions: int, **overrides: Any) -> Settings:
     tag = uuid.uuid4().hex[:8]
     return Settings(
         bootstrap_servers=bootstrap,
@@ -61,6 +68,8 @@ def settings_for(bootstrap: str, partitions: int) -> Settings:
         topics=TopicNames(partitions=partitions).suffixed(f"bench-{tag}"),
         session_timeout_ms=6000,
         http_port=0,
+        instance_id=f"bench-{tag}",
+        **overrides,
     )
 
 
@@ -91,6 +100,7 @@ def consume_all(settings: Settings, topic: str, n: int, decode: bool) -> float:
 
 
 def run_worker(settings: Settings, n: int) -> float:
+    """Seconds from the worker's first record to its n-th."""
     worker = ScoringWorker(settings)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
@@ -104,6 +114,20 @@ def run_worker(settings: Settings, n: int) -> float:
     worker.stop()
     thread.join(30)
     return elapsed
+
+
+def restore(settings: Settings) -> tuple[int, float]:
+    """(customers, seconds) for a fresh worker to restore every partition."""
+    worker = ScoringWorker(settings.model_copy(update={"instance_id": "bench-restore"}))
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 300
+    parts = settings.topics.partitions
+    while len(worker.restores) < parts and time.monotonic() < deadline:
+        time.sleep(0.01)
+    worker.stop()
+    thread.join(30)
+    return sum(r.customers for r in worker.restores), sum(r.seconds for r in worker.restores)
 
 
 def main() -> int:
@@ -129,10 +153,15 @@ def main() -> int:
         s = settings_for(bootstrap, args.partitions)
         create_topics(s)
         publish_backlog(s, profiles, events)
+        loose = settings_for(bootstrap, args.partitions, exactly_once=False)
+        create_topics(loose)
+        publish_backlog(loose, profiles, events)
 
         rows["raw consume"] = n / consume_all(s, s.topics.journey_events, n, decode=False)
         rows["consume + json.loads"] = n / consume_all(s, s.topics.journey_events, n, decode=True)
-        rows["scoring worker"] = n / run_worker(s, n + len(profiles))
+        rows["scoring worker, at-least-once"] = n / run_worker(loose, n + len(profiles))
+        rows["scoring worker, exactly-once"] = n / run_worker(s, n + len(profiles))
+        restored, restore_s = restore(s)
 
     engine = ScoringEngine(clock=ManualClock(now))
     engine.process(
@@ -146,17 +175,32 @@ def main() -> int:
     for i in range(0, n, 500):
         engine.process(records[i : i + 500])
     rows["engine only (no Kafka)"] = n / (time.perf_counter() - t)
+    sizes = sorted(len(encode_state(st)) for st in engine.stores.partition(0))
+    eos_cost = 1 - rows["scoring worker, exactly-once"] / rows["scoring worker, at-least-once"]
 
     ceiling = rows["raw consume"]
-    print(f"\n{'run':<26}{'events/s':>12}{'vs raw consume':>16}")
+    print(f"\n{'run':<34}{'events/s':>12}{'vs raw consume':>16}")
     for name, rate in rows.items():
-        print(f"{name:<26}{rate:>12,.0f}{rate / ceiling:>15.2f}x")
+        print(f"{name:<34}{rate:>12,.0f}{rate / ceiling:>15.2f}x")
+    print(f"\nexactly-once costs {eos_cost:.1%} of at-least-once throughput (goal: < 25%)")
+    print(f"restore: {restored:,} customers in {restore_s:.2f} s = {restored / restore_s:,.0f}/s")
+    print(
+        f"state per customer: median {sizes[len(sizes) // 2]} B, "
+        f"p90 {sizes[int(len(sizes) * 0.9)]} B, max {sizes[-1]} B"
+    )
     result: dict[str, Any] = {
         "events": n,
         "customers": args.customers,
         "partitions": args.partitions,
         "events_per_second": {k: round(v) for k, v in rows.items()},
         "ratio_to_raw_consume": {k: round(v / ceiling, 3) for k, v in rows.items()},
+        "exactly_once_cost": round(eos_cost, 3),
+        "restore_customers_per_second": round(restored / restore_s),
+        "state_bytes": {
+            "median": sizes[len(sizes) // 2],
+            "p90": sizes[int(len(sizes) * 0.9)],
+            "max": sizes[-1],
+        },
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),

@@ -42,7 +42,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from forewarn.streams.scoring.worker import ScoringWorker
+    from forewarn.streams.scoring.worker import ScoringWorker, WorkerFenced
     from forewarn.streams.settings import Settings
 
     settings = Settings()
@@ -50,9 +50,17 @@ def cmd_score(args: argparse.Namespace) -> int:
     worker = ScoringWorker(settings)
     worker.install_signal_handlers()
     if settings.http_port:
-        worker.metrics.serve(settings.http_host, settings.http_port)
-        log.info("metrics on http://%s:%d/metrics", settings.http_host, settings.http_port)
-    worker.run()
+        worker.serve_http(settings.http_host, settings.http_port)
+        log.info(
+            "metrics, /healthz and /readyz on http://%s:%d",
+            settings.http_host,
+            settings.http_port,
+        )
+    try:
+        worker.run()
+    except WorkerFenced as e:
+        log.error("%s", e)
+        return 3
     return 0
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -55,7 +57,7 @@ def test_metrics_endpoint_counts_what_happened_and_passes_promtool(
 
     running = start_worker(s)
     port = free_port()
-    running.worker.metrics.serve("127.0.0.1", port)
+    running.worker.serve_http("127.0.0.1", port)
     deadline = time.monotonic() + 30
     while running.worker.records < 6 and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -78,6 +80,12 @@ def test_metrics_endpoint_counts_what_happened_and_passes_promtool(
     assert samples[("forewarn_customers_tracked", ())] == 1
     assert samples[("forewarn_worker_up", ())] == 1
     assert samples[("forewarn_batch_processing_seconds_count", ())] >= 1
+    assert samples[("forewarn_transactions_total", (("outcome", "committed"),))] >= 1
+    assert samples[("forewarn_rebalances_total", (("kind", "assigned"),))] >= 1
+    assert samples[("forewarn_assigned_partitions", ())] == 1
+    assert samples[("forewarn_state_restore_seconds_count", ())] == 1
+    assert samples[("forewarn_state_restoring_partitions", ())] == 0
+    assert samples[("forewarn_state_record_bytes_count", ())] >= 1
     assert "m1" not in text, "no customer id ever becomes a label"
 
     promtool = shutil.which("promtool")
@@ -92,3 +100,42 @@ def test_metrics_endpoint_counts_what_happened_and_passes_promtool(
         check=False,
     )
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def _get(port: int, path: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_readiness_follows_assignment_and_liveness_fails_when_the_loop_stalls(
+    make_settings: Callable[..., Settings], start_worker: Callable[[Settings], Any]
+) -> None:
+    # The fault-injection knob stalls the loop after the first batch, as a hung broker
+    # call or a deadlock would.
+    s = make_settings(partitions=2, fault_hang_after_batches=1, liveness_timeout_seconds=1.5)
+    port = free_port()
+    running = start_worker(s)
+    running.worker.serve_http("127.0.0.1", port)
+    deadline = time.monotonic() + 30
+    while _get(port, "/readyz")[0] != 200:
+        assert time.monotonic() < deadline, _get(port, "/readyz")
+        time.sleep(0.1)
+    assert _get(port, "/readyz")[1]["assigned"] == [0, 1]
+    assert _get(port, "/healthz")[0] == 200
+
+    p = Producer(kafka_config(s, "producer"))
+    now = datetime.now(UTC) - timedelta(minutes=1)
+    for i in range(2):  # batch 1 commits, batch 2 hangs with its transaction open
+        e = event("h1", "page_view", now, n=i)
+        p.produce(s.topics.journey_events, key=b"h1", value=encode(e))
+        p.flush(10)
+        time.sleep(1.0)
+    deadline = time.monotonic() + 30
+    while _get(port, "/healthz")[0] != 503:
+        assert time.monotonic() < deadline, "liveness never noticed the stalled loop"
+        time.sleep(0.2)
+    assert _get(port, "/healthz")[1]["seconds_since_loop_turned"] >= 1.5
+    running.stop()

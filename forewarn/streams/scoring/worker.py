@@ -182,6 +182,10 @@ class ProfileGate:
         return released + kept
 
 
+class WorkerFenced(RuntimeError):
+    """Another worker started with this worker's transactional id and took over."""
+
+
 class ScoringWorker:
     def __init__(
         self,
@@ -384,6 +388,11 @@ class ScoringWorker:
                 consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as e:
             err: KafkaError = e.args[0]
+            if err.code() in (KafkaError.PRODUCER_FENCED, KafkaError._FENCED):
+                raise WorkerFenced(
+                    f"fenced: another worker runs with transactional id {s.transactional_id!r} "
+                    "(give every worker its own FOREWARN_INSTANCE_ID); this one stops"
+                ) from e
             if not s.exactly_once or err.fatal() or not err.txn_requires_abort():
                 raise
             return self._abort(consumer, producer, records, str(err))
