@@ -248,12 +248,11 @@ def restore_partition(
     consumer.assign([tp])
     records = 0
     end: int | None = None
-    customers: set[str] = set()
-    unreadable = 0
     stream_time = store.stream_time
+    # Only the last record of each customer matters: collect them, decode each once.
+    latest: Encoded = {}
     try:
         while end is None:
-            batch: Encoded = {}
             for m in consumer.consume(chunk, 0.5):
                 err = m.error()
                 if err is not None:
@@ -266,19 +265,18 @@ def restore_partition(
                     continue
                 cid = key.decode() if isinstance(key, bytes) else key
                 value = m.value()
-                batch[cid] = value if isinstance(value, bytes) or value is None else value.encode()
-                customers.add(cid)
+                latest[cid] = value if isinstance(value, bytes) or value is None else value.encode()
                 headers = m.headers() or []
                 for name, v in headers.items() if isinstance(headers, dict) else headers:
                     if name == STREAM_TIME_HEADER and v is not None:
                         stream_time = max(stream_time, float(v))
                 position = (m.offset() or 0) + 1
                 records += 1
-            unreadable += store.apply(batch)
             if progress is not None:
                 progress(records, max(0, high - position))
+        unreadable = store.apply(latest)
         store.commit({}, end if end is not None else position, stream_time)
     finally:
         consumer.unassign()
     seconds = time.perf_counter() - started
-    return RestoreResult(p, records, len(customers), seconds, start, unreadable)
+    return RestoreResult(p, records, len(latest), seconds, start, unreadable)
