@@ -316,3 +316,31 @@ def test_a_poison_record_is_dead_lettered_and_the_partition_moves_on(bootstrap: 
         assert "StateDecodeError" in dl["error_detail"]
     acted = sorted(json.loads(v or b"{}")["customer_id"] for _, v in read_all(s, s.topics.actions))
     assert acted == ["ann", "cat"], "the rest of the batch was scored"
+
+
+def test_a_second_worker_with_the_same_instance_id_fences_the_first(bootstrap: str) -> None:
+    from forewarn.streams.scoring.worker import WorkerFenced
+
+    s = new_settings(bootstrap, PARTITIONS)
+    first = start(s, instance_id="twin")
+    second: RunningWorker | None = None
+    try:
+        _wait_ready(first)
+        second = start(s, instance_id="twin")  # the same transactional id: a zombie-fencing
+        deadline = time.monotonic() + 60
+        p = Producer(kafka_config(s, "producer"))
+        n = 0
+        while first.thread.is_alive():
+            assert time.monotonic() < deadline, "the first worker was never fenced"
+            e = event(f"t{n % 7}", "page_view", datetime.now(UTC), n=n)
+            p.produce(s.topics.journey_events, key=e.customer_id.encode(), value=encode(e))
+            p.flush(5)
+            n += 1
+            time.sleep(0.2)
+        assert isinstance(first.error, WorkerFenced), first.error
+        assert "FOREWARN_INSTANCE_ID" in str(first.error)
+        assert second.thread.is_alive(), "the newer worker carries on"
+    finally:
+        for w in (first, second):
+            if w is not None and w.thread.is_alive():
+                w.stop()
