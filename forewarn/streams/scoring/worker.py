@@ -206,6 +206,7 @@ class ScoringWorker:
             profiles_topic=settings.topics.customer_profiles,
             idle_ttl_seconds=settings.idle_ttl_days * 86400,
         )
+        self.gate = ProfileGate(settings.topics.journey_events, settings.topics.customer_profiles)
         self._stop = threading.Event()
         self._to_restore: set[int] = set()
         #: changelog partition -> offset after the last state record delivered
@@ -271,13 +272,7 @@ class ScoringWorker:
         for p in sorted(self._to_restore):
             self.metrics.restoring.set(len(self._to_restore))
 
-            def progress(read: int, remaining: int) -> None:
-                self.health.beat()
-                self.metrics.restore_records.inc(read - progress.done)  # type: ignore[attr-defined]
-                progress.done = read  # type: ignore[attr-defined]
-                self.metrics.restore_remaining.set(remaining)
-
-            progress.done = 0  # type: ignore[attr-defined]
+            progress = self._restore_progress()
             store = self.stores.partition(p)
             result = restore_partition(restorer, topic, p, store, progress=progress)
             self.engine.stream_times[p] = store.stream_time
@@ -302,6 +297,18 @@ class ScoringWorker:
             )
         self.metrics.restoring.set(0)
         self.metrics.restore_remaining.set(0)
+
+    def _restore_progress(self) -> Callable[[int, int], None]:
+        done = 0
+
+        def progress(read: int, remaining: int) -> None:
+            nonlocal done
+            self.health.beat()  # a long restore is the loop turning, not a hang
+            self.metrics.restore_records.inc(read - done)
+            done = read
+            self.metrics.restore_remaining.set(remaining)
+
+        return progress
 
     def _rollback(self, partitions: set[int]) -> None:
         """Undo a failed batch's state: back to what the changelog holds."""
@@ -437,7 +444,6 @@ class ScoringWorker:
             # transaction it left open, so restores below never wait on it.
             producer.init_transactions(30)
         sink = KafkaOutputSink(producer, s)
-        self.gate = ProfileGate(s.topics.journey_events, s.topics.customer_profiles)
         consumer.subscribe(
             [s.topics.journey_events, s.topics.customer_profiles],
             on_assign=self._on_assign,
