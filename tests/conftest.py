@@ -7,6 +7,9 @@ Kafka named by ``FOREWARN_TEST_BOOTSTRAP``. Nothing here mocks Kafka.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -96,6 +99,36 @@ def committed_events(s: Any) -> int:
         return sum(max(0, tp.offset) for tp in c.committed(parts, timeout=10))
     finally:
         c.close()
+
+
+def wait_committed(s: Any, n: int, timeout: float = 90) -> None:
+    """Wait until the scoring group has committed ``n`` journey events."""
+    deadline = time.monotonic() + timeout
+    while committed_events(s) < n and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert committed_events(s) == n, "the stream was not consumed to its end in time"
+
+
+def score_process(env: dict[str, str]) -> subprocess.Popen[str]:
+    """``forewarn score`` in a subprocess, output (stdout and stderr) on ``stdout``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "forewarn.streams.cli", "score"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def sigterm(proc: subprocess.Popen[str], timeout: float = 30) -> str:
+    """Stop a process the way Kubernetes does; its output. Killed if it does not stop."""
+    try:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=timeout)
+        return out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def read_all(s: Any, topic: str) -> list[tuple[bytes | None, bytes | None]]:

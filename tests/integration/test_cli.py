@@ -17,7 +17,7 @@ from confluent_kafka import Producer
 from forewarn.models.contracts import Consent, CustomerProfile
 from forewarn.streams.codecs import encode
 from forewarn.streams.settings import Settings, kafka_config
-from tests.conftest import committed_events, event, settings_env
+from tests.conftest import event, score_process, settings_env, sigterm, wait_committed
 
 pytestmark = pytest.mark.integration
 
@@ -49,24 +49,13 @@ def test_score_stops_cleanly_on_sigterm_after_committing(
         e = event(f"c{i % 5}", "page_view", now + timedelta(seconds=i), n=i)
         p.produce(s.topics.journey_events, key=e.customer_id.encode(), value=encode(e))
     p.flush(10)
-    env = _env(s)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "forewarn.streams.cli", "score"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = score_process(_env(s))
     try:
-        deadline = time.monotonic() + 60
-        while committed_events(s) < 50 and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert committed_events(s) == 50, "the worker consumed and committed the backlog"
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        wait_committed(s, 50, timeout=60)
+    except AssertionError:
+        proc.kill()
+        raise
+    out = sigterm(proc)
     assert proc.returncode == 0, out
     assert "received SIGTERM" in out
     assert "stopped after" in out

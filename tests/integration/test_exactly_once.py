@@ -11,7 +11,6 @@ import base64
 import json
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -36,7 +35,10 @@ from tests.conftest import (
     event,
     new_settings,
     read_all,
+    score_process,
     settings_env,
+    sigterm,
+    wait_committed,
 )
 
 pytestmark = pytest.mark.integration
@@ -80,13 +82,6 @@ def outcome(s: Settings) -> Outcome:
     return Outcome(actions, decisions, states)
 
 
-def wait_committed(s: Settings, n: int, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while committed_events(s) < n and time.monotonic() < deadline:
-        time.sleep(0.3)
-    assert committed_events(s) == n, "the stream was not consumed to its end in time"
-
-
 def start(s: Settings, **update: Any) -> RunningWorker:
     w = RunningWorker(s.model_copy(update=update))
     w.thread.start()
@@ -120,16 +115,6 @@ def assert_same(got: Outcome, ref: Outcome) -> None:
         raise AssertionError(f"{len(differing)} customers' final state differs; {fields}")
 
 
-def _score(env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "forewarn.streams.cli", "score"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
 def _lines_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> list[str]:
     """The process's output lines up to the one containing ``marker``."""
     lines: list[str] = []
@@ -155,7 +140,7 @@ def test_a_worker_killed_mid_transaction_is_replaced_without_loss_or_duplicates(
     n = publish_backlog(s, stream.profiles, stream.events)
     env = settings_env(s, FOREWARN_BATCH_SIZE=str(BATCH), FOREWARN_INSTANCE_ID="crash-test")
 
-    first = _score({**env, "FOREWARN_FAULT_HANG_AFTER_BATCHES": "6"})
+    first = score_process({**env, "FOREWARN_FAULT_HANG_AFTER_BATCHES": "6"})
     try:
         lines = _lines_until(first, "fault injection: holding", timeout=60)
         held = lines[-1]
@@ -167,14 +152,13 @@ def test_a_worker_killed_mid_transaction_is_replaced_without_loss_or_duplicates(
     assert "0 changelog records" not in held, "the open transaction had produced records"
     assert 0 < committed_events(s) < n, "killed mid-stream"
 
-    second = _score(env)  # the same instance id: fences the dead one, aborts its transaction
+    second = score_process(env)  # the same id: fences the dead one, aborts its transaction
     try:
         wait_committed(s, n)
-        second.send_signal(signal.SIGTERM)
-        out, _ = second.communicate(timeout=30)
-    finally:
-        if second.poll() is None:
-            second.kill()
+    except AssertionError:
+        second.kill()
+        raise
+    out = sigterm(second)
     assert second.returncode == 0, out
     assert "restored partition" in out
     assert_same(outcome(s), reference)
