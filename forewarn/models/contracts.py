@@ -157,7 +157,10 @@ class Reason(_Contract):
     """Why an action was taken, in words a marketer reads."""
 
     signal: str
-    contribution: float = Field(description="points of the friction score this signal adds")
+    contribution: float = Field(
+        description="points of the friction score this signal adds; for a churn_risk reason, "
+        "the log-odds of churn it adds"
+    )
     detail: str
 
 

@@ -40,6 +40,8 @@ from forewarn.models.contracts import (
 
 HOUR = 3600.0
 FRUSTRATION_HALF_LIFE = 12 * HOUR
+#: grievance is the long memory of bad experiences that makes subscribers leave
+GRIEVANCE_HALF_LIFE = 14 * 24 * HOUR
 
 #: how much each event type frustrates a customer (ground truth, hidden from Forewarn)
 FRUSTRATION = {
@@ -120,6 +122,8 @@ class _Customer:
                 break
         self.frustration = 0.0
         self.frustration_at = sim.start_ts
+        self.grievance = 0.0
+        self.grievance_at = sim.start_ts
         self.n = 0
         self.sessions = 0
         self.orders = 0
@@ -131,6 +135,10 @@ class _Customer:
     def _frustrate(self, kind: str, at: float) -> None:
         self.frustration = self.frustration_now(at) + FRUSTRATION.get(kind, 0.0)
         self.frustration_at = at
+        hurt = FRUSTRATION.get(kind, 0.0) + (0.4 if kind == "support_contact" else 0.0)
+        if hurt:
+            self.grievance = self.grievance_now(at) + hurt
+            self.grievance_at = at
         # The hazard of contacting support grows with frustration; the contact comes later,
         # which is the window in which proactive outreach can pre-empt it.
         if (
@@ -144,6 +152,9 @@ class _Customer:
                 "support_contact",
                 {"kind": self.rng.choice(("chat", "call", "email", "ticket"))},
             )
+
+    def grievance_now(self, at: float) -> float:
+        return float(self.grievance * 0.5 ** ((at - self.grievance_at) / GRIEVANCE_HALF_LIFE))
 
     def frustration_now(self, at: float) -> float:
         return float(self.frustration * 0.5 ** ((at - self.frustration_at) / FRUSTRATION_HALF_LIFE))
@@ -252,11 +263,13 @@ class _Customer:
                 yield from step("app_crash")
                 return t
         f = self.frustration_now(t)
+        g = self.grievance_now(t)
         if rng.random() < min(0.6, 0.1 + 0.3 * f):
             yield from step("help_center_view", page="/help")
             if rng.random() < min(0.5, 0.4 * f):
                 yield from step("contact_form_opened", page="/help/contact")
-        if p.subscriber and rng.random() < min(0.25, 0.03 * f * f):
+        # Subscribers leave over accumulated grievance (and a few for reasons of their own).
+        if p.subscriber and rng.random() < min(0.25, 0.0005 + 0.01 * f * f + 0.002 * g * g):
             yield from step("subscription_cancel_started")
             if rng.random() < 0.6:
                 self._schedule(t + rng.expovariate(1 / (6 * HOUR)), "subscription_cancelled", {})

@@ -87,6 +87,8 @@ class CustomerState:
     session: SessionState = field(default_factory=SessionState)
     last_support_contact: float | None = None
     last_friction: float = 0.0
+    #: churn risk after the last event (0 until a churn model scored the customer)
+    last_churn_risk: float = 0.0
     last_contact_by_rule: dict[str, float] = field(default_factory=dict)
     last_contact_by_channel: dict[str, float] = field(default_factory=dict)
     #: hashes of the last ACTION_MEMORY emitted action ids

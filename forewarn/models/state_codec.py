@@ -4,7 +4,7 @@ MessagePack (binary, fast, readable from any language) of a positional array, ve
 
 ``[1, customer_id, profile, base, first, events_seen, signals, occurrences, seen_events,
 session, last_support_contact, last_friction, last_contact_by_rule, last_contact_by_channel,
-recent_actions, last_offset]``
+recent_actions, last_offset, last_churn_risk]``
 
 Times are event times kept to the millisecond (``state.event_seconds``), so they travel as
 integer milliseconds *before* ``base`` (the customer's last event): small integers that
@@ -20,7 +20,7 @@ customer encodes to a few hundred bytes; ``decode_state(encode_state(s))`` equal
 ...                  occurred_at=datetime(2026, 1, 1, tzinfo=UTC))
 >>> _ = apply_event(s, e, FrictionConfig.default())
 >>> data = encode_state(s)
->>> decode_state(data) == s, len(data) < 100
+>>> decode_state(data) == s, len(data) < 128
 (True, True)
 """
 
@@ -127,6 +127,7 @@ def encode_state(s: CustomerState) -> bytes:
         {k: base - _ms(t) for k, t in sorted(s.last_contact_by_channel.items())},
         _hashes(s.recent_actions),
         s.last_offset,
+        s.last_churn_risk,
     ]
     return msgpack.packb(wire, use_bin_type=True)  # type: ignore[no-any-return]
 
@@ -138,7 +139,7 @@ def decode_state(data: bytes) -> CustomerState:
         if not isinstance(w, list) or w[0] != VERSION:
             raise StateDecodeError(f"not a version-{VERSION} customer state")
         (_, cid, profile, base, first, n, signals, occ, seen, sess, support, friction, by_rule,
-         by_channel, actions, last_offset) = w  # fmt: skip
+         by_channel, actions, last_offset, churn) = w  # fmt: skip
         b = base / 1000
 
         def t(delta: int) -> float:
@@ -168,6 +169,7 @@ def decode_state(data: bytes) -> CustomerState:
             last_contact_by_channel={k: t(d) for k, d in by_channel.items()},
             recent_actions=_unhash(actions),
             last_offset=last_offset,
+            last_churn_risk=churn,
         )
     except StateDecodeError:
         raise

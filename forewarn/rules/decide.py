@@ -69,11 +69,20 @@ class Moment:
     prev_friction: float
     #: points each friction signal adds to the score (one row of the batch matrix)
     contributions: Sequence[float] | NDArray[np.float64]
+    #: churn risk 0-1 after this event, and before it (None: no churn model loaded)
+    churn: float | None = None
+    prev_churn: float | None = None
+    #: what raises the churn risk most, as (words, log-odds), largest first
+    churn_reasons: tuple[tuple[str, float], ...] = ()
 
 
 def requirements_met(rule: Rule, m: Moment) -> bool:
     req = rule.require
     if m.friction < req.friction_at_least:
+        return False
+    if req.churn_risk_at_least is not None and (
+        m.churn is None or m.churn < req.churn_risk_at_least
+    ):
         return False
     if req.in_checkout is not None and req.in_checkout != m.in_checkout:
         return False
@@ -100,9 +109,14 @@ def _ago(seconds: float) -> str:
 def explain(rule: Rule, m: Moment, config: FrictionConfig) -> list[Reason]:
     """Why: the trigger, then the signals that add most to the friction score."""
     hits = [k for k in (m.event.type, *m.derived) if k in rule.triggers.events]
+    churn_at = rule.triggers.scores.get("churn_risk")
     if hits:
         what = f"triggered by {_words(hits[0])}"
-    else:  # a score crossing
+    elif (
+        churn_at is not None and m.churn is not None and (m.prev_churn or 0.0) < churn_at <= m.churn
+    ):
+        what = f"churn risk rose from {m.prev_churn or 0.0:.0%} to {m.churn:.0%}"
+    else:  # a friction crossing
         what = f"friction rose from {m.prev_friction:.0f} to {m.friction:.0f}"
     reasons = [Reason(signal="trigger", contribution=0.0, detail=what)]
     ranked = sorted(range(len(m.contributions)), key=lambda i: -float(m.contributions[i]))
@@ -115,6 +129,14 @@ def explain(rule: Rule, m: Moment, config: FrictionConfig) -> list[Reason]:
         n = m.state.window_count(sig.counted, window, m.at)
         detail = f"{sig.label}: {n} in the last {_ago(window)}" if n else f"{sig.label} earlier on"
         reasons.append(Reason(signal=sig.name, contribution=round(points, 1), detail=detail))
+    for words, log_odds in m.churn_reasons:
+        reasons.append(
+            Reason(
+                signal="churn_risk",
+                contribution=round(log_odds, 2),
+                detail=f"{words} raise the churn risk",
+            )
+        )
     return reasons
 
 
@@ -151,7 +173,9 @@ class DecisionMaker:
     def consider(self, m: Moment, rules: list[Rule] | None = None) -> None:
         """Decide every rule ``m`` triggers (``rules``, when the caller already looked)."""
         if rules is None:
-            rules = self.rulebook.rules_for(m.event.type, m.derived, m.prev_friction, m.friction)
+            rules = self.rulebook.rules_for(
+                m.event.type, m.derived, m.prev_friction, m.friction, m.prev_churn, m.churn
+            )
         proposals = [
             p for rule in rules if requirements_met(rule, m) for p in self._decide(rule, m)
         ]
@@ -174,7 +198,10 @@ class DecisionMaker:
             priority=rule.action.priority,
             template=rule.action.template,
             reasons=explain(rule, m, self.friction),
-            scores=Scores(friction=round(min(100.0, max(0.0, m.friction)), 1)),
+            scores=Scores(
+                friction=round(min(100.0, max(0.0, m.friction)), 1),
+                churn_risk=None if m.churn is None else round(m.churn, 4),
+            ),
             trigger_event_id=e.event_id,
             triggered_at=e.occurred_at,
             decided_at=self.now,

@@ -59,6 +59,10 @@ class _Part(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+#: scores a rule can trigger on when they cross a threshold upward
+SCORES = ("friction", "churn_risk")
+
+
 class Triggers(_Part):
     events: tuple[str, ...] = ()
     #: score name -> threshold; fires when the score crosses it upward with this event
@@ -68,9 +72,11 @@ class Triggers(_Part):
     def _something(self) -> Triggers:
         if not self.events and not self.scores:
             raise ValueError("a rule needs at least one trigger (events or scores)")
-        unknown = set(self.scores) - {"friction"}
+        unknown = set(self.scores) - set(SCORES)
         if unknown:
-            raise ValueError(f"unknown score {sorted(unknown)}; available: ['friction']")
+            raise ValueError(f"unknown score {sorted(unknown)}; available: {list(SCORES)}")
+        if self.scores.get("churn_risk", 0.0) > 1:
+            raise ValueError("churn_risk is a probability: a threshold between 0 and 1")
         return self
 
 
@@ -84,6 +90,8 @@ class WindowCount(_Part):
 
 class Requirements(_Part):
     friction_at_least: float = Field(default=0.0, ge=0, le=100)
+    #: needs a churn model; without one the rule never fires
+    churn_risk_at_least: float | None = Field(default=None, ge=0, le=1)
     counts: tuple[WindowCount, ...] = ()
     #: true: only while the customer is in a checkout; false: only outside one
     in_checkout: bool | None = None
@@ -155,15 +163,22 @@ class Rulebook(BaseModel):
         return {t: tuple(rs) for t, rs in out.items()}
 
     @cached_property
-    def friction_crossings(self) -> tuple[tuple[float, Rule], ...]:
+    def crossings(self) -> tuple[tuple[str, float, Rule], ...]:
+        """(score, threshold, rule) for every score-crossing trigger."""
         return tuple(
-            (r.triggers.scores["friction"], r)
+            (score, threshold, r)
             for r in self.rules
-            if "friction" in r.triggers.scores
+            for score, threshold in r.triggers.scores.items()
         )
 
     def rules_for(
-        self, event_type: str, derived: tuple[str, ...], prev_friction: float, friction: float
+        self,
+        event_type: str,
+        derived: tuple[str, ...],
+        prev_friction: float,
+        friction: float,
+        prev_churn: float | None = None,
+        churn: float | None = None,
     ) -> list[Rule]:
         """The rules this event can fire, each once, in rulebook order."""
         found: list[Rule] = []
@@ -171,8 +186,12 @@ class Rulebook(BaseModel):
             for r in self.by_event.get(kind, ()):
                 if r not in found:
                     found.append(r)
-        for threshold, r in self.friction_crossings:
-            if prev_friction < threshold <= friction and r not in found:
+        for score, threshold, r in self.crossings:
+            if score == "friction":
+                crossed = prev_friction < threshold <= friction
+            else:
+                crossed = churn is not None and (prev_churn or 0.0) < threshold <= churn
+            if crossed and r not in found:
                 found.append(r)
         return found
 

@@ -29,7 +29,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+from numpy.typing import NDArray
 
+from forewarn.models.churn import ChurnModel, explain_churn
 from forewarn.models.contracts import (
     VOCABULARY,
     DeadLetter,
@@ -38,6 +40,7 @@ from forewarn.models.contracts import (
     JourneyEvent,
     OutreachAction,
 )
+from forewarn.models.features import CHURN_FEATURES, churn_features
 from forewarn.models.friction import FrictionConfig, friction_scores
 from forewarn.models.ports import Clock, MemoryStateStores, StateStores, SystemClock
 from forewarn.models.state import CustomerState, apply_event
@@ -145,6 +148,7 @@ class ScoringEngine:
         clock: Clock | None = None,
         profiles_topic: str = "customer-profiles",
         idle_ttl_seconds: float = DEFAULT_IDLE_TTL_SECONDS,
+        churn: ChurnModel | None = None,
     ) -> None:
         self.rulebook = rulebook or load_rulebook()
         self.friction = friction or FrictionConfig.default()
@@ -153,6 +157,10 @@ class ScoringEngine:
         self.clock: Clock = clock or SystemClock()
         self.profiles_topic = profiles_topic
         self.idle_ttl_seconds = idle_ttl_seconds
+        #: the churn-risk model; None scores friction only. Swapped between batches.
+        self.churn = churn
+        #: the churn feature rows of the last batch's scored events (for parity checks)
+        self.last_features: NDArray[np.float64] = np.zeros((0, len(CHURN_FEATURES)))
         #: partition -> latest event time seen (the clock idle expiry runs on); the worker
         #: sets it when it restores a partition
         self.stream_times: dict[int, float] = {}
@@ -206,6 +214,10 @@ class ScoringEngine:
         before = {p: stream_times.get(p, -math.inf) for p in {r.partition for _, r in events}}
         n_signals = len(self.friction.signals)
         signals = np.zeros((len(events), n_signals), dtype=np.float64)
+        churn = self.churn
+        # Churn features are read at the moment of each event (later events of the batch
+        # must not leak in); friction, the first feature, is filled in once it is scored.
+        features = np.zeros((len(events) if churn else 0, len(CHURN_FEATURES)))
         kept: list[tuple[JourneyEvent, float, CustomerState, tuple[str, ...], bool, RawRecord]] = []
         for e, rec in events:
             # A record that makes scoring raise is a bug's victim, not bad data: it goes to
@@ -227,19 +239,38 @@ class ScoringEngine:
                 stream_times[rec.partition] = applied.at
             stats.events_by_type[e.type if e.type in self._known_types else OTHER] += 1
             state.signal_row(self.friction, applied.at, signals[len(kept)])
+            if churn is not None:
+                churn_features(state, applied.at, 0.0, features[len(kept)])
             kept.append((e, applied.at, state, applied.derived, state.session.in_checkout, rec))
 
-        scores, contributions = friction_scores(self.friction, signals[: len(kept)])
-        maker = DecisionMaker(self.rulebook, self.friction, now, self.friction.version)
+        n = len(kept)
+        scores, contributions = friction_scores(self.friction, signals[:n])
+        risks: NDArray[np.float64] | None = None
+        if churn is not None:
+            features = features[:n]
+            features[:, 0] = scores
+            risks = churn.score(features)  # the whole batch at once
+        self.last_features = features
+        version = churn.version if churn is not None else self.friction.version
+        maker = DecisionMaker(self.rulebook, self.friction, now, version)
         book = self.rulebook
         for row, (e, at, state, derived, in_checkout, rec) in enumerate(kept):
             friction = float(scores[row])
             prev, state.last_friction = state.last_friction, friction
-            rules = book.rules_for(e.type, derived, prev, friction)
+            risk = prev_risk = None
+            if risks is not None:
+                risk = float(risks[row])
+                prev_risk, state.last_churn_risk = state.last_churn_risk, risk
+            rules = book.rules_for(e.type, derived, prev, friction, prev_risk, risk)
             if rules:  # about 1% of events: only these pay for a Moment
+                why: tuple[tuple[str, float], ...] = ()
+                if churn is not None:
+                    lo, _ = churn.contributions(features[row : row + 1])
+                    why = tuple(explain_churn(lo[0]))
                 moment = Moment(
-                    e, at, state, derived, in_checkout, friction, prev, contributions[row]
-                )
+                    e, at, state, derived, in_checkout, friction, prev, contributions[row],
+                    risk, prev_risk, why,
+                )  # fmt: skip
                 try:
                     maker.consider(moment, rules)
                 except Exception as error:

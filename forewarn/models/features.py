@@ -1,0 +1,66 @@
+"""The churn model's features: numbers read off a customer's state at one moment.
+
+The stream (``ScoringEngine``), replays and training all fill these rows with the same
+function from the same ``CustomerState``, updated by the same ``apply_event``: training and
+serving cannot drift. The names and their order are part of a model's card; a worker refuses
+a model trained on other features.
+
+>>> from forewarn.models.state import CustomerState
+>>> import numpy as np
+>>> row = np.zeros(len(CHURN_FEATURES))
+>>> churn_features(CustomerState("c1"), 0.0, 12.5, row)
+>>> float(row[CHURN_FEATURES.index("friction")])
+12.5
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.typing import NDArray
+
+from forewarn.models.state import POOR_SURVEY, CustomerState
+
+DAY = 86400.0
+
+#: (feature name, event types counted, window in days)
+_COUNTS: tuple[tuple[str, tuple[str, ...], float], ...] = (
+    ("payment_failures_7d", ("payment_failed",), 7),
+    ("checkout_errors_7d", ("checkout_error",), 7),
+    ("delivery_problems_7d", ("delivery_delayed", "order_cancelled", "refund_requested"), 7),
+    ("errors_7d", ("error_page", "app_crash", "login_failed"), 7),
+    ("slow_or_empty_7d", ("slow_page", "search_no_results"), 7),
+    ("support_contacts_7d", ("support_contact",), 7),
+    ("help_visits_7d", ("help_center_view", "contact_form_opened"), 7),
+    ("poor_surveys_7d", (POOR_SURVEY,), 7),
+    ("cancel_intent_7d", ("subscription_cancel_started", "plan_downgraded"), 7),
+    ("sessions_7d", ("session_start",), 7),
+    ("purchases_7d", ("purchase",), 7),
+)
+
+CHURN_FEATURES: tuple[str, ...] = (
+    "friction",
+    *(name for name, _, _ in _COUNTS),
+    "days_since_support_contact",
+    "days_active",
+    "log_events_seen",
+)
+
+#: a customer who never contacted support counts as this many days ago
+_NEVER_DAYS = 30.0
+
+
+def churn_features(
+    state: CustomerState, at: float, friction: float, out: NDArray[np.float64]
+) -> None:
+    """Write the features of ``state`` at event time ``at`` into ``out`` (one row)."""
+    out[0] = friction
+    i = 1
+    for _, types, days in _COUNTS:
+        out[i] = state.window_count(types, days * DAY, at)
+        i += 1
+    last = state.last_support_contact
+    out[i] = _NEVER_DAYS if last is None or last > at else min(_NEVER_DAYS, (at - last) / DAY)
+    out[i + 1] = max(0.0, at - state.first_seen) / DAY if state.active else 0.0
+    out[i + 2] = math.log1p(state.events_seen)

@@ -1,0 +1,179 @@
+"""History files for ``train``, ``evaluate``, ``replay`` and ``rules backtest`` (design §6).
+
+Either JSON Lines of JourneyEvents, or CSV / JSON Lines in the user's own shape with a
+mapping file::
+
+    columns: {customer_id: user_id, type: event_name, occurred_at: ts, session_id: session}
+    timezone: Europe/Berlin        # for timestamps that carry no offset
+    aliases: {pay_fail: payment_failed, chat_started: support_contact}
+
+Columns not named in the mapping become the event's properties. A row without an event id
+gets one derived from the file and line, so the same file always gives the same ids. A bad
+row is an error naming the file, line and column: history is read in full or not at all.
+
+>>> import tempfile, pathlib
+>>> d = pathlib.Path(tempfile.mkdtemp())
+>>> _ = (d / "h.csv").write_text("user_id,event_name,ts,order\\nu1,pay_fail,2026-01-01 10:00,o1\\n")
+>>> _ = (d / "m.yaml").write_text("columns: {customer_id: user_id, type: event_name, "
+...     "occurred_at: ts}\\ntimezone: Europe/Berlin\\naliases: {pay_fail: payment_failed}\\n")
+>>> (e,) = read_history(d / "h.csv", load_mapping(d / "m.yaml"))
+>>> e.type, e.occurred_at.isoformat(), e.properties
+('payment_failed', '2026-01-01T10:00:00+01:00', {'order': 'o1'})
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from forewarn.models.config_file import load_yaml_file
+from forewarn.models.contracts import CustomerProfile, JourneyEvent
+
+
+class HistoryError(ValueError):
+    """A history file that cannot be read, naming the file, line and column."""
+
+
+class Columns(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    customer_id: str = "customer_id"
+    type: str = "type"
+    occurred_at: str = "occurred_at"
+    event_id: str | None = None
+    session_id: str | None = None
+    value: str | None = None
+    channel: str | None = None
+
+
+class Mapping(BaseModel):
+    """How a user's history file maps onto JourneyEvents."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    columns: Columns = Field(default_factory=Columns)
+    timezone: str = "UTC"
+    aliases: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        ZoneInfo(v)  # raises for an unknown zone
+        return v
+
+
+def load_mapping(path: Path) -> Mapping:
+    """A mapping file; ``ConfigFileError`` naming file, line and field when it is wrong."""
+    return load_yaml_file(path, Mapping)
+
+
+def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            for i, row in enumerate(csv.DictReader(f), start=2):
+                yield i, {k: v for k, v in row.items() if v not in (None, "")}
+        return
+    with path.open("rb") as f:
+        for i, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise HistoryError(f"{path}:{i}: not JSON: {e.msg}") from e
+            if not isinstance(row, dict):
+                raise HistoryError(f"{path}:{i}: not a JSON object")
+            yield i, row
+
+
+def _event(path: Path, line: int, row: dict[str, Any], m: Mapping, tz: ZoneInfo) -> JourneyEvent:
+    c = m.columns
+    named = {c.customer_id, c.type, c.occurred_at, c.event_id, c.session_id, c.value, c.channel}
+    for col in (c.customer_id, c.type, c.occurred_at):
+        if row.get(col) in (None, ""):
+            raise HistoryError(f"{path}:{line}: {col}: missing")
+    raw_time = row[c.occurred_at]
+    try:
+        at = datetime.fromisoformat(str(raw_time).replace("Z", "+00:00"))
+    except ValueError as e:
+        raise HistoryError(f"{path}:{line}: {c.occurred_at}: not a timestamp: {raw_time!r}") from e
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=tz)
+    kind = str(row[c.type])
+    event_id = row.get(c.event_id) if c.event_id else None
+    if not event_id:
+        event_id = hashlib.blake2b(f"{path.name}:{line}".encode(), digest_size=12).hexdigest()
+    fields: dict[str, Any] = {
+        "event_id": str(event_id),
+        "customer_id": str(row[c.customer_id]),
+        "type": m.aliases.get(kind, kind),
+        "occurred_at": at,
+        "properties": {k: v for k, v in row.items() if k not in named},
+    }
+    if c.session_id and row.get(c.session_id):
+        fields["session_id"] = str(row[c.session_id])
+    if c.value and row.get(c.value) is not None:
+        fields["value"] = row[c.value]
+    if c.channel and row.get(c.channel):
+        fields["channel"] = row[c.channel]
+    try:
+        return JourneyEvent.model_validate(fields)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise HistoryError(f"{path}:{line}: {where}: {err['msg']}") from e
+
+
+def read_history(path: Path, mapping: Mapping | None = None) -> list[JourneyEvent]:
+    """Every event of a history file, in event-time order (ties keep file order)."""
+    events: list[JourneyEvent] = []
+    if mapping is None and path.suffix.lower() != ".csv":
+        for line, row in _rows(path):
+            try:
+                events.append(JourneyEvent.model_validate(row))
+            except ValidationError as e:
+                err = e.errors()[0]
+                where = ".".join(str(p) for p in err["loc"])
+                raise HistoryError(f"{path}:{line}: {where}: {err['msg']}") from e
+    else:
+        m = mapping or Mapping()
+        tz = ZoneInfo(m.timezone)
+        events = [_event(path, line, row, m, tz) for line, row in _rows(path)]
+    events.sort(key=lambda e: e.occurred_at)
+    return events
+
+
+def read_profiles(path: Path) -> list[CustomerProfile]:
+    """CustomerProfiles from JSON Lines."""
+    out = []
+    for line, row in _rows(path):
+        try:
+            out.append(CustomerProfile.model_validate(row))
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise HistoryError(
+                f"{path}:{line}: {'.'.join(map(str, err['loc']))}: {err['msg']}"
+            ) from e
+    return out
+
+
+def profiles_beside(history: Path) -> Path | None:
+    """``history.profiles.jsonl`` next to ``history.jsonl``, as ``simulate --out`` writes."""
+    candidate = history.with_name(history.stem + ".profiles.jsonl")
+    return candidate if candidate.exists() else None
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
