@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-unit test-integration lint bench schemas clean
+.PHONY: model install demo test test-unit test-integration lint bench schemas clean
 
 # Creates .venv and installs the project with its pinned dependencies; a no-op when done.
 install: $(STAMP)
@@ -34,6 +34,17 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/run.py
+
+# Trains the shipped churn model on 30 days of simulated history (seed 2026) and writes it
+# with its card to forewarn/models/default_model/ (committed). Evaluate it on another seed:
+#   forewarn simulate --out /tmp/h.jsonl --days 14 --customers 2000 --seed 99
+#   forewarn evaluate --events /tmp/h.jsonl --report /tmp/report.json --plot /tmp/plot.png
+model: install
+	@d=$$(mktemp -d) && \
+	$(BIN)/forewarn simulate --out $$d/history.jsonl --days 30 --customers 3000 --seed 2026 \
+		--start 2026-01-01T00:00:00+00:00 && \
+	$(BIN)/forewarn train --events $$d/history.jsonl --out forewarn/models/default_model \
+		--version churn-sim-2026.11 && rm -r $$d
 
 # Regenerates the JSON Schemas from the pydantic contracts (a test fails when they drift).
 schemas: install

@@ -138,6 +138,9 @@ class Consent(_Contract):
         return bool(getattr(self, channel.value))
 
 
+ALL_CONSENT = Consent(email=True, sms=True, push=True, in_app=True, phone=True)
+
+
 class CustomerProfile(_Contract):
     """What the CRM/CDP knows about a customer (v1). A tombstone deletes it."""
 

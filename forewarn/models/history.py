@@ -177,3 +177,20 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def read_labels(path: Path) -> dict[str, float]:
+    """Churn dates from a labels file (CSV or JSON Lines: ``customer_id``, ``churned_at``)."""
+    out: dict[str, float] = {}
+    for line, row in _rows(path):
+        cid, when = row.get("customer_id"), row.get("churned_at")
+        if not cid or not when:
+            raise HistoryError(f"{path}:{line}: needs customer_id and churned_at")
+        try:
+            at = datetime.fromisoformat(str(when).replace("Z", "+00:00"))
+        except ValueError as e:
+            raise HistoryError(f"{path}:{line}: churned_at: not a timestamp: {when!r}") from e
+        if at.tzinfo is None:
+            raise HistoryError(f"{path}:{line}: churned_at: give a time zone")
+        out[str(cid)] = min(out.get(str(cid), at.timestamp()), at.timestamp())
+    return out

@@ -13,8 +13,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from forewarn.models.churn import ArtifactError, ChurnModel
 from forewarn.models.config_file import ConfigFileError
-from forewarn.models.contracts import write_json_schemas
+from forewarn.models.contracts import CustomerProfile, JourneyEvent, write_json_schemas
+from forewarn.models.history import HistoryError
+from forewarn.models.training import TrainingError
 
 log = logging.getLogger("forewarn")
 
@@ -133,6 +136,115 @@ def cmd_schemas(args: argparse.Namespace) -> int:
     return 0
 
 
+def _history(args: argparse.Namespace) -> tuple[list[JourneyEvent], list[CustomerProfile] | None]:
+    from forewarn.models.history import load_mapping, profiles_beside, read_history, read_profiles
+
+    mapping = load_mapping(args.mapping) if args.mapping else None
+    events = read_history(args.events, mapping)
+    profiles_path = getattr(args, "profiles", None) or profiles_beside(args.events)
+    profiles = read_profiles(profiles_path) if profiles_path else None
+    print(
+        f"read {len(events):,} events from {args.events}"
+        + (f" and {len(profiles):,} profiles from {profiles_path}" if profiles is not None else "")
+        + (" (no profiles: every channel counts as consented)" if profiles is None else ""),
+        file=sys.stderr,
+    )
+    return events, profiles
+
+
+def _model(path: Path | None) -> ChurnModel | None:
+    from forewarn.models.churn import default_model_path, load_churn_model
+
+    if path is not None and str(path) == "none":
+        return None
+    chosen = path or default_model_path()
+    return load_churn_model(chosen) if (chosen / "card.json").exists() or path else None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from forewarn.models.churn import save_churn_model
+    from forewarn.models.friction import FrictionConfig
+    from forewarn.models.history import file_sha256, read_labels
+    from forewarn.models.training import (
+        CHURN_EVENT,
+        default_version,
+        fit_churn_model,
+        period_of,
+        snapshot_dataset,
+    )
+
+    events, _ = _history(args)
+    labels = read_labels(args.labels) if args.labels else None
+    friction = FrictionConfig.default()
+    data = snapshot_dataset(
+        events,
+        friction=friction,
+        horizon_days=args.horizon_days,
+        every_hours=args.snapshot_hours,
+        churned_at=labels,
+    )
+    source = f"labels file {args.labels.name}" if args.labels else f"first {CHURN_EVENT} event"
+    pipeline, card = fit_churn_model(
+        data,
+        source_sha256=file_sha256(args.events),
+        period=period_of(events),
+        events=len(events),
+        version=args.version or default_version(),
+        horizon_days=args.horizon_days,
+        every_hours=args.snapshot_hours,
+        friction_version=friction.version,
+        label_definition=(
+            f"churned ({source}) within {args.horizon_days:g} days after a snapshot taken "
+            f"every {args.snapshot_hours:g} h"
+        ),
+    )
+    save_churn_model(args.out, pipeline, card)
+    h = card.held_out
+    print(
+        f"model {card.model_version} -> {args.out}\n"
+        f"  {len(data.y):,} snapshots of {card.training_data.customers:,} customers, "
+        f"{card.class_balance.rate:.1%} churn within {args.horizon_days:g} days\n"
+        f"  held out ({h.rows:,} rows): ROC AUC {h.roc_auc:.3f}, PR AUC {h.pr_auc:.3f}, "
+        f"Brier {h.brier:.4f}; at threshold {h.operating_threshold:.2f}: precision "
+        f"{h.precision:.1%}, recall {h.recall:.1%}"
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from forewarn.rules.rulebook import load_rulebook
+    from forewarn.streams.offline import evaluate, format_report
+
+    events, profiles = _history(args)
+    report = evaluate(
+        events,
+        profiles,
+        rulebook=load_rulebook(args.rules),
+        churn=_model(args.model),
+        window_hours=args.window_hours,
+        plot=args.plot,
+    )
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text(json.dumps(report, indent=2) + "\n")
+    print(format_report(report))
+    print(f"\nreport: {args.report}" + (f", plot: {args.plot}" if args.plot else ""))
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from forewarn.rules.rulebook import load_rulebook
+    from forewarn.streams.offline import replay, write_replay
+
+    events, profiles = _history(args)
+    out = replay(events, profiles, rulebook=load_rulebook(args.rules), churn=_model(args.model))
+    actions, decisions = write_replay(out, args.out)
+    print(
+        f"{out.events:,} events -> {len(out.actions):,} actions ({actions}), "
+        f"{len(out.decisions):,} decisions ({decisions}), {out.dead_letters} dead letters"
+    )
+    return 0
+
+
 def _aware(text: str) -> datetime:
     at = datetime.fromisoformat(text)
     if at.tzinfo is None:
@@ -184,6 +296,40 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--bad-rate", type=float, default=0.002)
     d.set_defaults(func=cmd_demo)
 
+    def history_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--events", type=Path, required=True, help="history: JSON Lines or CSV")
+        p.add_argument("--mapping", type=Path, help="column mapping YAML for your own format")
+        p.add_argument(
+            "--profiles",
+            type=Path,
+            help="CustomerProfiles as JSON Lines (default: HISTORY.profiles.jsonl if present)",
+        )
+
+    tr = sub.add_parser("train", help="train the churn-risk model from history")
+    history_args(tr)
+    tr.add_argument("--out", type=Path, required=True, help="artifact directory to write")
+    tr.add_argument("--labels", type=Path, help="churn dates: CSV/JSONL customer_id,churned_at")
+    tr.add_argument("--horizon-days", type=float, default=14.0)
+    tr.add_argument("--snapshot-hours", type=float, default=24.0)
+    tr.add_argument("--version", help="model version (default: churn-<timestamp>)")
+    tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("evaluate", help="replay history offline and measure proactive service")
+    history_args(ev)
+    ev.add_argument("--model", type=Path, help="artifact directory ('none': friction only)")
+    ev.add_argument("--rules", type=Path, help="rulebook (default: the shipped one)")
+    ev.add_argument("--report", type=Path, required=True, help="JSON report to write")
+    ev.add_argument("--plot", type=Path, help="PNG plot to write")
+    ev.add_argument("--window-hours", type=float, default=24.0)
+    ev.set_defaults(func=cmd_evaluate)
+
+    rp = sub.add_parser("replay", help="run history through the streaming code path to files")
+    history_args(rp)
+    rp.add_argument("--out", type=Path, required=True, help="directory for the JSON Lines")
+    rp.add_argument("--model", type=Path, help="artifact directory ('none': friction only)")
+    rp.add_argument("--rules", type=Path, help="rulebook (default: the shipped one)")
+    rp.set_defaults(func=cmd_replay)
+
     sc = sub.add_parser("schemas", help="write the contracts' JSON Schemas")
     sc.add_argument("--out", type=Path, default=Path("schemas"))
     sc.set_defaults(func=cmd_schemas)
@@ -204,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ValidationError as e:
         print(f"forewarn: invalid settings:\n{e}", file=sys.stderr)
+        return 2
+    except (HistoryError, ArtifactError, TrainingError) as e:
+        print(f"forewarn: {e}", file=sys.stderr)
         return 2
     return rc
 

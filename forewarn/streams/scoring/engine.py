@@ -161,6 +161,9 @@ class ScoringEngine:
         self.churn = churn
         #: the churn feature rows of the last batch's scored events (for parity checks)
         self.last_features: NDArray[np.float64] = np.zeros((0, len(CHURN_FEATURES)))
+        #: offline evaluation asks for every scored event: (customer, time, friction, churn)
+        self.keep_scores = False
+        self.scored: list[tuple[str, float, float, float | None]] = []
         #: partition -> latest event time seen (the clock idle expiry runs on); the worker
         #: sets it when it restores a partition
         self.stream_times: dict[int, float] = {}
@@ -251,6 +254,11 @@ class ScoringEngine:
             features[:, 0] = scores
             risks = churn.score(features)  # the whole batch at once
         self.last_features = features
+        if self.keep_scores:
+            self.scored += [
+                (e.customer_id, at, float(scores[i]), None if risks is None else float(risks[i]))
+                for i, (e, at, *_rest) in enumerate(kept)
+            ]
         version = churn.version if churn is not None else self.friction.version
         maker = DecisionMaker(self.rulebook, self.friction, now, version)
         book = self.rulebook
