@@ -23,6 +23,8 @@ import pytest
 from forewarn.models.contracts import JourneyEvent
 
 ROOT = Path(__file__).resolve().parent.parent
+#: the rulebook policy and plumbing tests run on (frozen; the shipped one gets tuned)
+POLICIES_RULEBOOK = ROOT / "tests" / "data" / "policies_rulebook.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +54,7 @@ def new_settings(bootstrap: str, partitions: int = 2, **overrides: Any) -> Any:
         http_port=0,
         batch_timeout_seconds=0.2,
         instance_id=f"test-{tag}",
-        **overrides,
+        **{"rules_path": POLICIES_RULEBOOK, **overrides},
     )
     assert all(r.ok for r in create_topics(settings))
     return settings
@@ -83,6 +85,8 @@ def settings_env(s: Any, **extra: str) -> dict[str, str]:
         "FOREWARN_TOPICS__STATE": t.state,
         "FOREWARN_TOPICS__OUTCOMES": t.outcomes,
     }
+    if s.rules_path is not None:
+        env["FOREWARN_RULES_PATH"] = str(s.rules_path)
     env.update(extra)
     return env
 

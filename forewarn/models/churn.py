@@ -131,6 +131,11 @@ class ChurnModel:
     def version(self) -> str:
         return self.card.model_version
 
+    @property
+    def threshold(self) -> float:
+        """The operating threshold chosen at training (maximum F1)."""
+        return self.card.held_out.operating_threshold
+
     def score(self, rows: NDArray[np.float64]) -> NDArray[np.float64]:
         """Churn risk 0-1 for every row of a feature matrix (one call per batch)."""
         if not len(rows):

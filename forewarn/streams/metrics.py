@@ -151,6 +151,18 @@ class ScoringMetrics:
             buckets=_STATE_BYTES,
             registry=r,
         )
+        self.model_info = Gauge(
+            "forewarn_model_info",
+            "The churn model in use (1), by version",
+            ["version"],
+            registry=r,
+        )
+        self.model_reloads = Counter(
+            "forewarn_model_reloads_total",
+            "Attempts to load a changed churn model, by outcome (loaded or refused)",
+            ["outcome"],
+            registry=r,
+        )
         self.expired = Counter(
             "forewarn_state_expired_total",
             "Idle customers whose activity state expired",
@@ -186,6 +198,12 @@ class ScoringMetrics:
             self.event_age.observe(age)
         if stats.expired:
             self.expired.inc(stats.expired)
+
+    def model_in_use(self, old: str | None, new: str | None) -> None:
+        if old is not None:
+            self.model_info.remove(old)
+        if new is not None:
+            self.model_info.labels(new).set(1)
 
     def serve(self, host: str, port: int, health: Health | None = None) -> ThreadingHTTPServer:
         """Serve ``/metrics``, and ``/healthz`` and ``/readyz`` from ``health``, in a thread."""

@@ -97,7 +97,11 @@ class Settings(BaseSettings):
 
     #: the rulebook; empty means the default shipped in forewarn/rules/default.yaml
     rules_path: Path | None = None
+    #: the churn model's artifact directory (default: the shipped one; "none": friction only).
+    #: Replace the directory's files, or point a symlink elsewhere: the worker picks the new
+    #: model up between batches, and keeps the last good one if the new one is refused.
     model_path: Path | None = None
+    model_check_seconds: float = Field(default=5.0, gt=0)
     state_dir: Path | None = None
 
     #: Prometheus metrics; 0 turns the HTTP endpoint off

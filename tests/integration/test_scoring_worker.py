@@ -77,9 +77,13 @@ def test_simulated_events_in_explained_actions_out(
         assert a.reasons[0].signal == "trigger"
         assert a.reasons[0].detail.startswith(("triggered by", "friction rose"))
         assert len(a.reasons) >= 2, "every action says which signals drove it"
-        points = [r.contribution for r in a.reasons[1:]]
+        points = [r.contribution for r in a.reasons[1:] if r.signal != "churn_risk"]
         assert points == sorted(points, reverse=True), "strongest reason first"
         assert 0 < sum(points) <= a.scores.friction + 0.5
+        assert a.scores.churn_risk is not None and a.model_version == "churn-sim-2026.11"
+        churn_reasons = [r for r in a.reasons if r.signal == "churn_risk"]
+        if churn_reasons:  # only where the risk is material
+            assert a.scores.churn_risk >= 0.23
         assert profiles[a.customer_id].consent.allows(a.channel)
         assert not profiles[a.customer_id].do_not_contact
     assert len({a.action_id for a in actions}) == len(actions)

@@ -21,7 +21,8 @@ from forewarn.models.state_codec import encode_state
 from forewarn.rules.decide import action_id
 from forewarn.streams.codecs import RawRecord, encode
 from forewarn.streams.scoring.engine import BatchResult, ScoringEngine
-from tests.conftest import T0, event
+from forewarn.rules.rulebook import load_rulebook
+from tests.conftest import POLICIES_RULEBOOK, T0, event
 
 ALL = Consent(email=True, sms=True, push=True, in_app=True, phone=True)
 
@@ -31,7 +32,9 @@ class Scenario:
         self.clock = ManualClock(T0)
         self.stores = MemoryStateStores()
         self.store = self.stores.partition(0)
-        self.engine = ScoringEngine(clock=self.clock, stores=self.stores)
+        self.engine = ScoringEngine(
+            clock=self.clock, stores=self.stores, rulebook=load_rulebook(POLICIES_RULEBOOK)
+        )
         self.offset = 0
 
     def profile(self, cid: str, **kw: object) -> None:
@@ -274,7 +277,8 @@ class _BrokenStore(MemoryStateStore):
 def test_a_record_that_makes_scoring_raise_is_dead_lettered_and_the_batch_goes_on() -> None:
     stores = MemoryStateStores()
     stores.stores[0] = _BrokenStore()
-    engine = ScoringEngine(clock=ManualClock(T0), stores=stores)
+    rules = load_rulebook(POLICIES_RULEBOOK)
+    engine = ScoringEngine(clock=ManualClock(T0), stores=stores, rulebook=rules)
     for cid in ("ok1", "ok2"):
         p = CustomerProfile(customer_id=cid, consent=ALL)
         engine.process([RawRecord("customer-profiles", 0, 0, cid.encode(), encode(p))])

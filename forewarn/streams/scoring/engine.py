@@ -272,7 +272,9 @@ class ScoringEngine:
             rules = book.rules_for(e.type, derived, prev, friction, prev_risk, risk)
             if rules:  # about 1% of events: only these pay for a Moment
                 why: tuple[tuple[str, float], ...] = ()
-                if churn is not None:
+                # Churn reasons only where the risk is material (the model's operating
+                # threshold): "raises the churn risk" would mislead at 0.1%.
+                if churn is not None and risk is not None and risk >= churn.threshold:
                     lo, _ = churn.contributions(features[row : row + 1])
                     why = tuple(explain_churn(lo[0]))
                 moment = Moment(

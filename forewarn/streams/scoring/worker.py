@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import ThreadingHTTPServer
+from pathlib import Path
 from types import FrameType
 
 from confluent_kafka import (
@@ -37,6 +38,14 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from forewarn.models.churn import (
+    CARD_FILE,
+    MODEL_FILE,
+    ArtifactError,
+    ChurnModel,
+    default_model_path,
+    load_churn_model,
+)
 from forewarn.models.ports import Clock
 from forewarn.models.state_codec import encode_state
 from forewarn.rules.rulebook import load_rulebook
@@ -182,6 +191,53 @@ class ProfileGate:
         return released + kept
 
 
+class ModelWatch:
+    """The churn model's artifact directory, loaded at start and again when it changes.
+
+    A change is a different resolved path (a symlink pointed elsewhere) or different files
+    (size or modification time of the card or the model).
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.version: str | None = None
+        self._stamp: tuple[object, ...] | None = None
+
+    def _where(self) -> Path | None:
+        if self.path is not None and str(self.path) == "none":
+            return None
+        return self.path or default_model_path()
+
+    def _stamp_of(self, where: Path) -> tuple[object, ...]:
+        files = [where / CARD_FILE, where / MODEL_FILE]
+        stats = [(f.stat().st_mtime_ns, f.stat().st_size) if f.exists() else None for f in files]
+        return (where.resolve(), *stats)
+
+    def load_first(self) -> ChurnModel | None:
+        """The model to start with; ``ArtifactError`` stops the worker before it starts."""
+        where = self._where()
+        if where is None:
+            return None
+        self._stamp = self._stamp_of(where)
+        model = load_churn_model(where)
+        self.version = model.version
+        log.info("churn model %s from %s", model.version, where)
+        return model
+
+    def changed(self) -> ChurnModel | None:
+        """A newly loaded model if the artifact changed, else None (raises if refused)."""
+        where = self._where()
+        if where is None:
+            return None
+        stamp = self._stamp_of(where)
+        if stamp == self._stamp:
+            return None
+        self._stamp = stamp  # a refused artifact is not retried until it changes again
+        model = load_churn_model(where)
+        self.version = model.version
+        return model
+
+
 class WorkerFenced(RuntimeError):
     """Another worker started with this worker's transactional id and took over."""
 
@@ -198,7 +254,9 @@ class ScoringWorker:
         self.metrics = metrics or ScoringMetrics()
         self.health = Health(settings.liveness_timeout_seconds)
         self.stores = WorkerStores(settings.state_dir, settings.topics.state)
+        self.models = ModelWatch(settings.model_path)
         self.engine = ScoringEngine(
+            churn=self.models.load_first(),
             rulebook=load_rulebook(settings.rules_path),
             decode=settings.decode_settings(),
             stores=self.stores,
@@ -410,6 +468,20 @@ class ScoringWorker:
             self.stores.partition(p).commit(states, self._changelog_next.get(p), st)
         return True
 
+    def _reload_model(self) -> None:
+        old = self.models.version
+        try:
+            changed = self.models.changed()
+        except ArtifactError as e:
+            self.metrics.model_reloads.labels("refused").inc()
+            log.error("refused the new churn model, keeping %s: %s", old, e)
+            return
+        if changed is not None:
+            self.engine.churn = changed
+            self.metrics.model_reloads.labels("loaded").inc()
+            self.metrics.model_in_use(old, changed.version)
+            log.info("churn model %s replaced %s", changed.version, old)
+
     def _abort(
         self, consumer: Consumer, producer: Producer, records: list[RawRecord], why: str
     ) -> bool:
@@ -460,9 +532,14 @@ class ScoringWorker:
             s.bootstrap_servers,
         )
         self.metrics.up.set(1)
+        self.metrics.model_in_use(None, self.models.version)
+        next_model_check = time.monotonic() + s.model_check_seconds
         try:
             while not self._stop.is_set():
                 self.health.beat()
+                if time.monotonic() >= next_model_check:  # between batches, never inside one
+                    next_model_check = time.monotonic() + s.model_check_seconds
+                    self._reload_model()
                 msgs = consumer.consume(s.batch_size, s.batch_timeout_seconds)
                 started = time.perf_counter()
                 if self._to_restore:
