@@ -179,8 +179,12 @@ def feature_difference(found: list[str]) -> str | None:
     return "; ".join(parts)
 
 
-def load_churn_model(path: Path) -> ChurnModel:
-    """Load an artifact directory; ``ArtifactError`` (naming the file) when it cannot be used."""
+def load_churn_model(path: Path, friction_version: str | None = None) -> ChurnModel:
+    """Load an artifact directory; ``ArtifactError`` (naming the file) when it cannot be used.
+
+    ``friction_version``: the friction config the caller scores with; a model trained on
+    another one is refused (friction is one of its features).
+    """
     card_path = path / CARD_FILE
     try:
         card = ModelCard.model_validate_json(card_path.read_bytes())
@@ -195,6 +199,11 @@ def load_churn_model(path: Path) -> ChurnModel:
         raise ArtifactError(
             f"{card_path}: features: the model was trained on other features than this "
             f"worker computes: {diff}"
+        )
+    if friction_version is not None and card.friction_version != friction_version:
+        raise ArtifactError(
+            f"{card_path}: friction_version: the model was trained with "
+            f"{card.friction_version!r}, this worker scores friction {friction_version!r}"
         )
     model_path = path / MODEL_FILE
     try:

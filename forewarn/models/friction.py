@@ -22,16 +22,19 @@ from __future__ import annotations
 
 import math
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
+from forewarn.models.config_file import load_yaml_file
+
 HOUR = 3600.0
 
 
 class Signal(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
     label: str = Field(description="plural noun a marketer reads, e.g. 'failed payments'")
@@ -52,7 +55,7 @@ class Signal(BaseModel):
 class FrictionConfig(BaseModel):
     """Weights and half-lives of the friction score; versioned because actions cite it."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     version: str
     scale: float = Field(gt=0)
@@ -112,40 +115,14 @@ def friction_scores(
     return scores, share * scores[:, None]
 
 
-_S = Signal
-DEFAULT_FRICTION = FrictionConfig(
-    version="friction-v1",
-    scale=2.0,
-    signals=(
-        _S(name="payment_trouble", label="failed payments", weight=1.0,
-           half_life_seconds=6 * HOUR, fed_by={"payment_failed": 1.0},
-           resolved_by=("payment_succeeded", "purchase")),
-        _S(name="checkout_trouble", label="checkout errors", weight=0.8,
-           half_life_seconds=2 * HOUR, fed_by={"checkout_error": 1.0},
-           resolved_by=("purchase",)),
-        _S(name="search_dead_end", label="searches with no results", weight=0.25,
-           half_life_seconds=1 * HOUR, fed_by={"search_no_results": 1.0}),
-        _S(name="ui_frustration", label="rage clicks", weight=0.5,
-           half_life_seconds=1 * HOUR, fed_by={"rage_click": 0.5, "rage_burst": 1.5},
-           counts=("rage_click",)),
-        _S(name="navigation_loop", label="pages visited in a loop", weight=0.6,
-           half_life_seconds=1 * HOUR, fed_by={"page_loop": 1.0}),
-        _S(name="errors", label="errors, crashes and slow pages", weight=0.6,
-           half_life_seconds=2 * HOUR,
-           fed_by={"error_page": 1.0, "app_crash": 1.5, "slow_page": 0.3}),
-        _S(name="access_trouble", label="failed logins and password resets", weight=0.6,
-           half_life_seconds=6 * HOUR, fed_by={"login_failed": 1.0, "password_reset": 0.5}),
-        _S(name="fulfilment_trouble", label="delayed, cancelled or refunded orders", weight=1.2,
-           half_life_seconds=48 * HOUR,
-           fed_by={"delivery_delayed": 1.0, "order_cancelled": 1.0, "refund_requested": 0.5}),
-        _S(name="help_seeking", label="visits to help pages and contact forms", weight=0.7,
-           half_life_seconds=4 * HOUR,
-           fed_by={"help_center_view": 0.5, "contact_form_opened": 1.5},
-           resolved_by=("support_contact",)),
-        _S(name="bad_feedback", label="poor survey scores", weight=1.0,
-           half_life_seconds=7 * 24 * HOUR, fed_by={"poor_survey": 1.0}),
-        _S(name="cancellation_intent", label="downgrades and cancellation attempts", weight=1.5,
-           half_life_seconds=7 * 24 * HOUR,
-           fed_by={"plan_downgraded": 1.0, "subscription_cancel_started": 1.5}),
-    ),
-)  # fmt: skip
+def friction_path() -> Path:
+    """The friction config shipped with Forewarn (``forewarn/models/friction.yaml``)."""
+    return Path(__file__).parent / "friction.yaml"
+
+
+def load_friction(path: Path | None = None) -> FrictionConfig:
+    """A friction config file; ``ConfigFileError`` naming file, line and field if it is wrong."""
+    return load_yaml_file(path or friction_path(), FrictionConfig)
+
+
+DEFAULT_FRICTION = load_friction()

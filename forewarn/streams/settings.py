@@ -102,6 +102,8 @@ class Settings(BaseSettings):
     #: model up between batches, and keeps the last good one if the new one is refused.
     model_path: Path | None = None
     model_check_seconds: float = Field(default=5.0, gt=0)
+    #: the friction score's versioned config (default: forewarn/models/friction.yaml)
+    friction_path: Path | None = None
     state_dir: Path | None = None
 
     #: Prometheus metrics; 0 turns the HTTP endpoint off

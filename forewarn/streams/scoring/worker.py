@@ -46,6 +46,7 @@ from forewarn.models.churn import (
     default_model_path,
     load_churn_model,
 )
+from forewarn.models.friction import load_friction
 from forewarn.models.ports import Clock
 from forewarn.models.state_codec import encode_state
 from forewarn.rules.rulebook import load_rulebook
@@ -198,8 +199,9 @@ class ModelWatch:
     (size or modification time of the card or the model).
     """
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, friction_version: str) -> None:
         self.path = path
+        self.friction_version = friction_version
         self.version: str | None = None
         self._stamp: tuple[object, ...] | None = None
 
@@ -219,7 +221,7 @@ class ModelWatch:
         if where is None:
             return None
         self._stamp = self._stamp_of(where)
-        model = load_churn_model(where)
+        model = load_churn_model(where, self.friction_version)
         self.version = model.version
         log.info("churn model %s from %s", model.version, where)
         return model
@@ -233,7 +235,7 @@ class ModelWatch:
         if stamp == self._stamp:
             return None
         self._stamp = stamp  # a refused artifact is not retried until it changes again
-        model = load_churn_model(where)
+        model = load_churn_model(where, self.friction_version)
         self.version = model.version
         return model
 
@@ -254,9 +256,11 @@ class ScoringWorker:
         self.metrics = metrics or ScoringMetrics()
         self.health = Health(settings.liveness_timeout_seconds)
         self.stores = WorkerStores(settings.state_dir, settings.topics.state)
-        self.models = ModelWatch(settings.model_path)
+        friction = load_friction(settings.friction_path)
+        self.models = ModelWatch(settings.model_path, friction.version)
         self.engine = ScoringEngine(
             churn=self.models.load_first(),
+            friction=friction,
             rulebook=load_rulebook(settings.rules_path),
             decode=settings.decode_settings(),
             stores=self.stores,
