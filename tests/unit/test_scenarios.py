@@ -19,9 +19,9 @@ from forewarn.models.ports import ManualClock, MemoryStateStore, MemoryStateStor
 from forewarn.models.state import CustomerState
 from forewarn.models.state_codec import encode_state
 from forewarn.rules.decide import action_id
+from forewarn.rules.rulebook import load_rulebook
 from forewarn.streams.codecs import RawRecord, encode
 from forewarn.streams.scoring.engine import BatchResult, ScoringEngine
-from forewarn.rules.rulebook import load_rulebook
 from tests.conftest import POLICIES_RULEBOOK, T0, event
 
 ALL = Consent(email=True, sms=True, push=True, in_app=True, phone=True)
