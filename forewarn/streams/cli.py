@@ -215,12 +215,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from forewarn.rules.rulebook import load_rulebook
     from forewarn.streams.offline import evaluate, format_report
 
+    churn, rulebook = _model(args.model), load_rulebook(args.rules)  # refuse before reading
     events, profiles = _history(args)
     report = evaluate(
         events,
         profiles,
-        rulebook=load_rulebook(args.rules),
-        churn=_model(args.model),
+        rulebook=rulebook,
+        churn=churn,
         window_hours=args.window_hours,
         plot=args.plot,
     )
@@ -235,8 +236,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from forewarn.rules.rulebook import load_rulebook
     from forewarn.streams.offline import replay, write_replay
 
+    churn, rulebook = _model(args.model), load_rulebook(args.rules)  # refuse before reading
     events, profiles = _history(args)
-    out = replay(events, profiles, rulebook=load_rulebook(args.rules), churn=_model(args.model))
+    out = replay(events, profiles, rulebook=rulebook, churn=churn)
     actions, decisions = write_replay(out, args.out)
     print(
         f"{out.events:,} events -> {len(out.actions):,} actions ({actions}), "

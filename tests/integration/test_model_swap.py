@@ -1,0 +1,74 @@
+"""The churn model is replaced in a running worker, and a broken one is refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+
+from forewarn.models.churn import CARD_FILE, default_model_path
+from forewarn.models.contracts import Consent, CustomerProfile, OutreachAction
+from forewarn.streams.codecs import encode
+from forewarn.streams.settings import Settings, kafka_config
+from tests.conftest import event, read_topic
+
+pytestmark = pytest.mark.integration
+
+
+def _set_card(model: Path, **changes: object) -> None:
+    card = json.loads((model / CARD_FILE).read_text())
+    card.update(changes)
+    tmp = model / "card.tmp"
+    tmp.write_text(json.dumps(card))
+    tmp.replace(model / CARD_FILE)  # atomic, as a deploy should do it
+
+
+def test_a_new_model_is_picked_up_between_batches_and_a_broken_one_refused(
+    make_settings: Callable[..., Settings], start_worker: Callable[[Settings], Any], tmp_path: Path
+) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(default_model_path(), model)
+    s = make_settings(partitions=1, model_path=model, model_check_seconds=0.2)
+    p = Producer(kafka_config(s, "producer"))
+    for cid in ("a1", "a2", "a3"):
+        prof = CustomerProfile(customer_id=cid, consent=Consent(email=True))
+        p.produce(s.topics.customer_profiles, key=cid.encode(), value=encode(prof))
+    p.flush(10)
+    running = start_worker(s)
+    metrics = running.worker.metrics
+
+    def delayed(cid: str) -> OutreachAction:
+        e = event(cid, "delivery_delayed", datetime.now(UTC) - timedelta(minutes=1), n=1)
+        p.produce(s.topics.journey_events, key=cid.encode(), value=encode(e))
+        p.flush(10)
+        values = read_topic(
+            s, s.topics.actions, until=lambda vs: any(cid.encode() in v for v in vs), timeout=30
+        )
+        (a,) = [OutreachAction.model_validate_json(v) for v in values if cid.encode() in v]
+        return a
+
+    assert delayed("a1").model_version == "churn-sim-2026.11"
+
+    _set_card(model, model_version="churn-hot-2")
+    deadline = time.monotonic() + 20
+    while running.worker.models.version != "churn-hot-2":
+        assert time.monotonic() < deadline, "the new model was never picked up"
+        time.sleep(0.1)
+    a2 = delayed("a2")
+    assert a2.model_version == "churn-hot-2" and a2.scores.churn_risk is not None
+    assert metrics.model_info.labels("churn-hot-2")._value.get() == 1
+
+    _set_card(model, model_version="churn-bad-3", features=["friction"])
+    deadline = time.monotonic() + 20
+    while metrics.model_reloads.labels("refused")._value.get() < 1:
+        assert time.monotonic() < deadline, "the broken model was never looked at"
+        time.sleep(0.1)
+    assert delayed("a3").model_version == "churn-hot-2", "the last good model stays"
+    running.stop()

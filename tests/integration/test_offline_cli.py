@@ -1,0 +1,77 @@
+"""train -> evaluate -> replay from the command line, on small generated histories."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from forewarn.models.churn import load_churn_model
+from forewarn.models.contracts import Decision, OutreachAction
+
+pytestmark = pytest.mark.integration
+
+
+def forewarn(*args: str | Path | int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "forewarn.streams.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_train_then_evaluate_then_replay(tmp_path: Path) -> None:
+    train, held = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+    for path, seed, days, n in ((train, 41, 18, 500), (held, 43, 5, 300)):
+        r = forewarn("simulate", "--out", path, "--days", days, "--customers", n, "--seed", seed,
+                     "--start", "2026-05-01T00:00:00+00:00")  # fmt: skip
+        assert r.returncode == 0, r.stderr
+
+    model = tmp_path / "model"
+    r = forewarn("train", "--events", train, "--out", model, "--horizon-days", 7,
+                 "--version", "churn-e2e")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "held out" in r.stdout and "ROC AUC" in r.stdout
+    assert load_churn_model(model).version == "churn-e2e"
+
+    report, plot = tmp_path / "report.json", tmp_path / "plot.png"
+    r = forewarn("evaluate", "--events", held, "--model", model, "--report", report,
+                 "--plot", plot)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(report.read_text())
+    measures = ("contact_coverage", "lead_time_minutes", "outreach_precision",
+                "actions_per_1000_customers_per_day", "churn_capture")  # fmt: skip
+    for section in (rep, *rep["by_rule"].values(), *rep["baselines"].values()):
+        assert all(k in section for k in measures)
+        assert set(section["lead_time_minutes"]) == {"median", "p10", "p90"}
+    assert set(rep["baselines"]) == {"on_errors", "random"}
+    assert rep["model_version"] == "churn-e2e"
+    assert rep["baselines"]["random"]["actions"] == rep["actions"] > 0
+    assert rep["history"]["support_contacts"] > 0
+    assert 0.5 < rep["friction_alone"]["roc_auc_contact_within_window"] <= 1
+    assert sum(r["actions"] for r in rep["by_rule"].values()) == rep["actions"]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "baseline on_errors" in r.stdout and "coverage" in r.stdout
+
+    out = tmp_path / "replay"
+    r = forewarn("replay", "--events", held, "--model", model, "--out", out)
+    assert r.returncode == 0, r.stderr
+    actions = [OutreachAction.model_validate_json(x) for x in (out / "actions.jsonl").open("rb")]
+    decisions = [Decision.model_validate_json(x) for x in (out / "decisions.jsonl").open("rb")]
+    assert len(actions) == rep["actions"], "replay and evaluate run the same path"
+    assert len(decisions) >= len(actions)
+    assert {a.model_version for a in actions} == {"churn-e2e"}
+
+
+def test_bad_history_and_bad_models_are_refused_with_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"event_id": "e1", "customer_id": "c", "type": "page_view"}\n')
+    r = forewarn("replay", "--events", bad, "--out", tmp_path / "o")
+    assert r.returncode == 2 and f"{bad}:1: occurred_at: Field required" in r.stderr
+    r = forewarn("evaluate", "--events", bad, "--model", tmp_path, "--report", tmp_path / "r")
+    assert r.returncode == 2 and "no model card" in r.stderr
