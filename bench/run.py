@@ -4,7 +4,8 @@ One run, one data set, baselines measured in the same run on the same broker:
 
 * ``raw consume``          confluent-kafka ``consume(500)`` loop that touches nothing: the ceiling;
 * ``consume + json.loads`` the same loop decoding every value (a floor for any JSON pipeline);
-* ``engine only``          the pure scoring engine on in-memory records (no Kafka);
+* ``engine only``          the pure scoring engine on in-memory records (no Kafka), with
+                           friction alone and with the shipped churn model (CPU µs per event);
 * ``scoring worker, at-least-once`` the real worker (default rulebook): consume, decode,
                            state, score, decide, produce outputs and the state changelog,
                            flush, commit offsets;
@@ -36,6 +37,7 @@ from typing import Any
 
 from confluent_kafka import Consumer
 
+from forewarn.models.churn import default_model_path, load_churn_model
 from forewarn.models.ports import ManualClock
 from forewarn.models.simulator import JourneySimulator, span_for
 from forewarn.models.state_codec import encode_state
@@ -164,25 +166,36 @@ def main() -> int:
         rows["scoring worker, exactly-once"] = n / run_worker(s, n + len(profiles))
         restored, restore_records, restore_s = restore(s)
 
-    engine = ScoringEngine(clock=ManualClock(now))
-    engine.process(
-        [
-            RawRecord("customer-profiles", 0, i, pr.customer_id.encode(), encode(pr))
-            for i, pr in enumerate(profiles)
-        ]
-    )
     records = [RawRecord("journey-events", 0, i, k, v) for i, (k, v) in enumerate(values)]
-    t = time.perf_counter()
-    for i in range(0, n, 500):
-        engine.process(records[i : i + 500])
-    rows["engine only (no Kafka)"] = n / (time.perf_counter() - t)
+    profile_records = [
+        RawRecord("customer-profiles", 0, i, pr.customer_id.encode(), encode(pr))
+        for i, pr in enumerate(profiles)
+    ]
+    per_event_us: dict[str, float] = {}
+    shipped = load_churn_model(default_model_path())
+    for name, churn in (("engine only, friction (no Kafka)", None),
+                        ("engine only, friction + churn model", shipped)):  # fmt: skip
+        engine = ScoringEngine(clock=ManualClock(now), churn=churn)
+        engine.process(profile_records)
+        t, cpu = time.perf_counter(), time.process_time()
+        for i in range(0, n, 500):
+            engine.process(records[i : i + 500])
+        rows[name] = n / (time.perf_counter() - t)
+        per_event_us[name] = (time.process_time() - cpu) / n * 1e6
     sizes = sorted(len(encode_state(st)) for st in engine.stores.partition(0))
+    model_cost = (
+        per_event_us["engine only, friction + churn model"]
+        - per_event_us["engine only, friction (no Kafka)"]
+    )
     eos_cost = 1 - rows["scoring worker, exactly-once"] / rows["scoring worker, at-least-once"]
 
     ceiling = rows["raw consume"]
     print(f"\n{'run':<34}{'events/s':>12}{'vs raw consume':>16}")
     for name, rate in rows.items():
         print(f"{name:<34}{rate:>12,.0f}{rate / ceiling:>15.2f}x")
+    for name, us in per_event_us.items():
+        print(f"{name}: {us:.1f} µs CPU per event")
+    print(f"the churn model adds {model_cost:.1f} µs per event (features + batch scoring)")
     print(f"\nexactly-once costs {eos_cost:.1%} of at-least-once throughput (goal: < 25%)")
     print(
         f"restore: {restored:,} customers from {restore_records:,} changelog records in "
@@ -200,6 +213,8 @@ def main() -> int:
         "events_per_second": {k: round(v) for k, v in rows.items()},
         "ratio_to_raw_consume": {k: round(v / ceiling, 3) for k, v in rows.items()},
         "exactly_once_cost": round(eos_cost, 3),
+        "cpu_microseconds_per_event": {k: round(v, 1) for k, v in per_event_us.items()},
+        "churn_model_microseconds_per_event": round(model_cost, 1),
         "restore_customers_per_second": round(restored / restore_s),
         "restore_records_per_second": round(restore_records / restore_s),
         "state_bytes": {

@@ -262,9 +262,11 @@ def plot_report(
     for thr, x, c in zip(sweep.thresholds, sweep.actions_per_customer, sweep.coverage, strict=True):
         if thr % 20 == 0:
             ax.annotate(f"{thr:g}", (x, c), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    for name, (x, c) in points.items():
+    for k, (name, (x, c)) in enumerate(points.items()):
         ax.scatter([x], [c], s=40, zorder=3)
-        ax.annotate(name, (x, c), textcoords="offset points", xytext=(5, -10), fontsize=9)
+        # alternate the labels above and below: points often sit close together
+        ax.annotate(name, (x, c), textcoords="offset points", xytext=(6, 8 - 18 * (k % 2)),
+                    fontsize=9)  # fmt: skip
     ax.set(
         title="Contact coverage vs outreach volume",
         xlabel="actions per customer over the history",
