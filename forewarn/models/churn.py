@@ -47,8 +47,6 @@ FEATURE_WORDS = {
     "sessions_7d": "visits this week",
     "purchases_7d": "purchases this week",
     "days_since_support_contact": "days since the last support contact",
-    "days_active": "days active",
-    "log_events_seen": "activity so far",
 }
 
 
@@ -145,18 +143,33 @@ class ChurnModel:
 
     def contributions(self, rows: NDArray[np.float64]) -> tuple[NDArray[np.float64], float]:
         """Each feature's signed contribution to the log-odds, and the intercept."""
-        scaler, clf = self.pipeline[0], self.pipeline[-1]
-        z = (rows - scaler.mean_) / scaler.scale_
-        return z * clf.coef_[0], float(clf.intercept_[0])
+        clf = self.pipeline[-1]
+        return self.standardized(rows) * clf.coef_[0], float(clf.intercept_[0])
+
+    def standardized(self, rows: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Features in training standard deviations from the training mean."""
+        scaler = self.pipeline[0]
+        z: NDArray[np.float64] = (rows - scaler.mean_) / scaler.scale_
+        return z
 
 
 def explain_churn(
-    contributions: NDArray[np.float64] | list[float], top: int = 3
+    contributions: NDArray[np.float64] | list[float],
+    above_usual: NDArray[np.bool_] | list[bool],
+    top: int = 3,
 ) -> list[tuple[str, float]]:
-    """The features that raise the risk most, as (words, log-odds), largest first."""
+    """The features that raise the risk most, as (words, log-odds), largest first.
+
+    ``above_usual``: whether each feature is above its training mean, so that the words say
+    which way it pushes ("failed payments this week above usual").
+    """
     ranked = sorted(range(len(contributions)), key=lambda i: -float(contributions[i]))
     return [
-        (FEATURE_WORDS.get(CHURN_FEATURES[i], CHURN_FEATURES[i]), float(contributions[i]))
+        (
+            f"{FEATURE_WORDS.get(CHURN_FEATURES[i], CHURN_FEATURES[i])} "
+            f"{'above' if above_usual[i] else 'below'} usual",
+            float(contributions[i]),
+        )
         for i in ranked[:top]
         if float(contributions[i]) > 0.05
     ]

@@ -15,8 +15,6 @@ a model trained on other features.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numpy.typing import NDArray
 
@@ -43,9 +41,11 @@ CHURN_FEATURES: tuple[str, ...] = (
     "friction",
     *(name for name, _, _ in _COUNTS),
     "days_since_support_contact",
-    "days_active",
-    "log_events_seen",
 )
+# Deliberately absent: how long Forewarn has seen the customer, or how many events. Both grow
+# with the time a worker has been running, not with the customer, so a freshly started
+# worker would see everyone as new (measured: the demo's compressed day made them dominate
+# every explanation).
 
 #: a customer who never contacted support counts as this many days ago
 _NEVER_DAYS = 30.0
@@ -62,5 +62,3 @@ def churn_features(
         i += 1
     last = state.last_support_contact
     out[i] = _NEVER_DAYS if last is None or last > at else min(_NEVER_DAYS, (at - last) / DAY)
-    out[i + 1] = max(0.0, at - state.first_seen) / DAY if state.active else 0.0
-    out[i + 2] = math.log1p(state.events_seen)

@@ -115,7 +115,7 @@ def explain(rule: Rule, m: Moment, config: FrictionConfig) -> list[Reason]:
     elif (
         churn_at is not None and m.churn is not None and (m.prev_churn or 0.0) < churn_at <= m.churn
     ):
-        what = f"churn risk rose from {m.prev_churn or 0.0:.0%} to {m.churn:.0%}"
+        what = f"churn risk rose from {m.prev_churn or 0.0:.1%} to {m.churn:.1%}"
     else:  # a friction crossing
         what = f"friction rose from {m.prev_friction:.0f} to {m.friction:.0f}"
     reasons = [Reason(signal="trigger", contribution=0.0, detail=what)]
@@ -134,7 +134,7 @@ def explain(rule: Rule, m: Moment, config: FrictionConfig) -> list[Reason]:
             Reason(
                 signal="churn_risk",
                 contribution=round(log_odds, 2),
-                detail=f"{words} raise the churn risk",
+                detail=f"churn risk raised: {words} ({log_odds:+.2f} log-odds)",
             )
         )
     return reasons

@@ -275,8 +275,9 @@ class ScoringEngine:
                 # Churn reasons only where the risk is material (the model's operating
                 # threshold): "raises the churn risk" would mislead at 0.1%.
                 if churn is not None and risk is not None and risk >= churn.threshold:
-                    lo, _ = churn.contributions(features[row : row + 1])
-                    why = tuple(explain_churn(lo[0]))
+                    one = features[row : row + 1]
+                    lo, _ = churn.contributions(one)
+                    why = tuple(explain_churn(lo[0], churn.standardized(one)[0] > 0))
                 moment = Moment(
                     e, at, state, derived, in_checkout, friction, prev, contributions[row],
                     risk, prev_risk, why,
