@@ -18,6 +18,7 @@ True
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ WINDOW_HORIZON_SECONDS = 7 * 24 * 3600.0
 DEDUP_DEPTH = 16
 #: emitted action ids remembered per customer (the duplicate-trigger policy)
 ACTION_MEMORY = 8
+#: marketing contacts remembered for the contact budget (its longest window's cap is less)
+CONTACT_MEMORY = 32
 #: bytes of the hash an id is remembered by: a false "duplicate" needs a 48-bit collision
 #: among one customer's last 16 ids (about 1 in 10^13 per event)
 ID_HASH_BYTES = 6
@@ -93,6 +96,8 @@ class CustomerState:
     last_contact_by_channel: dict[str, float] = field(default_factory=dict)
     #: hashes of the last ACTION_MEMORY emitted action ids
     recent_actions: list[int] = field(default_factory=list)
+    #: event times of the last non-transactional actions (the contact budget), ascending
+    contact_times: list[float] = field(default_factory=list)
     #: offset (in the customer's journey-events partition) of the last record applied: a
     #: record at or below it was already applied (a replay) and is skipped
     last_offset: int = -1
@@ -133,9 +138,15 @@ class CustomerState:
         for i, (value, when) in self.signals.items():
             out[i] = value * math.exp(-rates[i] * max(0.0, at - when))
 
-    def remember_action(self, action_id: str, rule_id: str, channel: str, at: float) -> None:
+    def remember_action(
+        self, action_id: str, rule_id: str, channel: str, at: float, *, counts: bool = True
+    ) -> None:
+        """An action was emitted; ``counts``: it is charged to the contact budget."""
         self.recent_actions.append(id_hash(action_id))
         del self.recent_actions[:-ACTION_MEMORY]
+        if counts:
+            bisect.insort(self.contact_times, at)
+            del self.contact_times[:-CONTACT_MEMORY]
         self.last_contact_by_rule[rule_id] = max(self.last_contact_by_rule.get(rule_id, at), at)
         prev = self.last_contact_by_channel.get(channel, at)
         self.last_contact_by_channel[channel] = max(prev, at)

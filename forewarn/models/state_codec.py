@@ -4,7 +4,7 @@ MessagePack (binary, fast, readable from any language) of a positional array, ve
 
 ``[1, customer_id, profile, base, first, events_seen, signals, occurrences, seen_events,
 session, last_support_contact, last_friction, last_contact_by_rule, last_contact_by_channel,
-recent_actions, last_offset, last_churn_risk]``
+recent_actions, last_offset, last_churn_risk, contact_times]``
 
 Times are event times kept to the millisecond (``state.event_seconds``), so they travel as
 integer milliseconds *before* ``base`` (the customer's last event): small integers that
@@ -128,6 +128,7 @@ def encode_state(s: CustomerState) -> bytes:
         _hashes(s.recent_actions),
         s.last_offset,
         s.last_churn_risk,
+        _before(base, s.contact_times),
     ]
     return msgpack.packb(wire, use_bin_type=True)  # type: ignore[no-any-return]
 
@@ -139,7 +140,7 @@ def decode_state(data: bytes) -> CustomerState:
         if not isinstance(w, list) or w[0] != VERSION:
             raise StateDecodeError(f"not a version-{VERSION} customer state")
         (_, cid, profile, base, first, n, signals, occ, seen, sess, support, friction, by_rule,
-         by_channel, actions, last_offset, churn) = w  # fmt: skip
+         by_channel, actions, last_offset, churn, contacts) = w  # fmt: skip
         b = base / 1000
 
         def t(delta: int) -> float:
@@ -170,6 +171,7 @@ def decode_state(data: bytes) -> CustomerState:
             recent_actions=_unhash(actions),
             last_offset=last_offset,
             last_churn_risk=churn,
+            contact_times=[t(d) for d in contacts],
         )
     except StateDecodeError:
         raise

@@ -5,10 +5,20 @@ Policies run in this order, and the first that says no is recorded as the decisi
 
 1. ``do_not_contact`` - the profile forbids any contact;
 2. ``consent`` - none of the rule's channels is consented to (no profile: no consent);
-3. ``duplicate`` - this exact action (same deterministic id) was already emitted;
-4. ``cooldown`` - the rule reached this customer too recently;
-5. ``arbitration`` - another rule fired on the same trigger event and won (highest
+3. ``expired`` - the trigger is older than the action's time-to-live, measured against the
+   partition's stream time (a late or backlogged event: too late to act on);
+4. ``duplicate`` - this exact action (same deterministic id) was already emitted;
+5. ``cooldown`` - the rule reached this customer too recently;
+6. ``frequency_cap`` - the customer-wide contact budget is spent in one of its rolling
+   event-time windows (transactional actions are exempt and not charged);
+7. ``quiet_hours`` - the trigger falls in the rule's quiet hours in the customer's time
+   zone and the rule drops (a deferring rule emits with ``not_before`` instead);
+8. ``holdout`` - the customer is in the global or the rule's holdout group (sticky hash);
+9. ``arbitration`` - another rule fired on the same trigger event and won (highest
    priority first, then rulebook order).
+
+A rule in **shadow mode** goes through the same policies; what would have been emitted is
+recorded with status ``shadow`` and nothing is sent, charged or remembered.
 
 Every rule whose requirements hold yields exactly one Decision: emitted, or suppressed with
 its reason. A rule whose requirements do not hold yields nothing: it did not fire.
@@ -21,10 +31,12 @@ crashed and replayed decides exactly what an uninterrupted one did (docs/decisio
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 from numpy.typing import NDArray
@@ -42,7 +54,7 @@ from forewarn.models.contracts import (
 )
 from forewarn.models.friction import FrictionConfig
 from forewarn.models.state import CustomerState
-from forewarn.rules.rulebook import Rule, Rulebook
+from forewarn.rules.rulebook import QuietHours, Rule, Rulebook
 
 _IDS = uuid.UUID("6f1c2a9e-3b1d-4f7a-9d0e-6a4b8f2c1e55")
 
@@ -74,6 +86,8 @@ class Moment:
     prev_churn: float | None = None
     #: what raises the churn risk most, as (words, log-odds), largest first
     churn_reasons: tuple[tuple[str, float], ...] = ()
+    #: the partition's stream time when the event was processed (None: the event's own)
+    stream_time: float | None = None
 
 
 def requirements_met(rule: Rule, m: Moment) -> bool:
@@ -152,6 +166,44 @@ def _ts(at: float) -> datetime:
     return datetime.fromtimestamp(at, tz=UTC)
 
 
+def in_holdout(customer_id: str, group: str, percent: float) -> bool:
+    """Whether a customer is in a holdout group: sticky, the same answer every time.
+
+    >>> in_holdout("c1", "r", 0.0), in_holdout("c1", "r", 100.0)
+    (False, True)
+    """
+    if percent <= 0:
+        return False
+    digest = hashlib.blake2b(f"{group}\x1f{customer_id}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") % 10_000 < percent * 100
+
+
+def quiet_until(quiet: QuietHours, at: float, timezone: str) -> datetime | None:
+    """When the quiet hours around ``at`` end (UTC), or None outside them.
+
+    >>> from forewarn.rules.rulebook import QuietHours
+    >>> q = QuietHours(start="21:00", end="08:00")
+    >>> at = datetime(2026, 1, 1, 22, 30, tzinfo=UTC).timestamp()  # 23:30 in Berlin
+    >>> quiet_until(q, at, "Europe/Berlin").isoformat()
+    '2026-01-02T07:00:00+00:00'
+    >>> quiet_until(q, at, "America/New_York") is None  # 17:30 there
+    True
+    """
+    try:
+        zone = ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        zone = ZoneInfo("UTC")
+    local = datetime.fromtimestamp(at, tz=zone)
+    minute = local.hour * 60 + local.minute
+    start, end = quiet.start, quiet.end
+    inside = start <= minute < end if start < end else (minute >= start or minute < end)
+    if not inside:
+        return None
+    day = local.date() if minute < end else local.date() + timedelta(days=1)
+    ends = datetime(day.year, day.month, day.day, end // 60, end % 60, tzinfo=zone)
+    return ends.astimezone(UTC)
+
+
 @dataclass(slots=True)
 class _Proposal:
     rule: Rule
@@ -179,8 +231,12 @@ class DecisionMaker:
         proposals = [
             p for rule in rules if requirements_met(rule, m) for p in self._decide(rule, m)
         ]
-        if proposals:
-            self._settle(proposals)
+        live = [p for p in proposals if not p.rule.policies.shadow]
+        if live:
+            self._settle(live)
+        for p in proposals:
+            if p.rule.policies.shadow:  # never competes with, or blocks, a live rule
+                self._record(p.action, shadow=True)
 
     def _action(self, rule: Rule, m: Moment, channel: ActionChannel) -> OutreachAction:
         e = m.event
@@ -217,13 +273,16 @@ class DecisionMaker:
         action: OutreachAction,
         why: SuppressionReason | None = None,
         detail: str | None = None,
+        *,
+        shadow: bool = False,
     ) -> None:
+        status = DecisionStatus.emitted if why is None else DecisionStatus.suppressed
         self.decisions.append(
             Decision(
                 decision_id=decision_id(action.action_id),
                 customer_id=action.customer_id,
                 rule_id=action.rule_id,
-                status=DecisionStatus.emitted if why is None else DecisionStatus.suppressed,
+                status=DecisionStatus.shadow if shadow and why is None else status,
                 suppressed_by=why,
                 detail=detail,
                 action=action,
@@ -245,6 +304,15 @@ class DecisionMaker:
             why = "no profile yet" if profile is None else f"no consent for any of {wanted}"
             self._record(action, SuppressionReason.consent, why)
             return []
+        ttl = rule.action.ttl
+        age = (m.stream_time if m.stream_time is not None else m.at) - m.at
+        if age > ttl:
+            self._record(
+                action,
+                SuppressionReason.expired,
+                f"trigger arrived {_ago(age)} behind the stream; the action lives {_ago(ttl)}",
+            )
+            return []
         if state.sent(action.action_id):
             self._record(action, SuppressionReason.duplicate, "this action was already sent")
             return []
@@ -257,6 +325,41 @@ class DecisionMaker:
                 f"rule reached this customer {_ago(m.at - last)} ago",
             )
             return []
+        if not rule.action.transactional:
+            for w in self.rulebook.budget:
+                # Every window of this length that holds m.at lies inside (at - w, at + w):
+                # counting there keeps the budget even when events arrive out of order.
+                used = sum(1 for t in state.contact_times if abs(t - m.at) < w.within)
+                if used >= w.at_most:
+                    self._record(
+                        action,
+                        SuppressionReason.frequency_cap,
+                        f"contact budget spent: {used} of {w.at_most} in {_ago(w.within)}",
+                    )
+                    return []
+        quiet = rule.policies.quiet_hours
+        if quiet is not None:
+            ends = quiet_until(quiet, m.at, profile.timezone if profile else "UTC")
+            if ends is not None:
+                if quiet.mode == "drop":
+                    self._record(
+                        action, SuppressionReason.quiet_hours, "in the customer's quiet hours"
+                    )
+                    return []
+                if ends > action.expires_at:
+                    self._record(
+                        action,
+                        SuppressionReason.quiet_hours,
+                        "quiet hours outlast the action's time-to-live",
+                    )
+                    return []
+                action = action.model_copy(update={"not_before": ends})
+        cid = m.event.customer_id
+        if in_holdout(cid, "global", self.rulebook.holdout_percent) or in_holdout(
+            cid, rule.id, rule.policies.holdout_percent
+        ):
+            self._record(action, SuppressionReason.holdout, "customer is in the holdout group")
+            return []
         return [_Proposal(rule, m, action)]
 
     def _settle(self, proposals: list[_Proposal]) -> None:
@@ -264,7 +367,9 @@ class DecisionMaker:
         order = self.rulebook.rules.index
         best = max(proposals, key=lambda p: (p.rule.action.priority, -order(p.rule)))
         a = best.action
-        best.moment.state.remember_action(a.action_id, a.rule_id, a.channel.value, best.moment.at)
+        best.moment.state.remember_action(
+            a.action_id, a.rule_id, a.channel.value, best.moment.at, counts=not a.transactional
+        )
         self.actions.append(a)
         self._record(a)
         for p in proposals:

@@ -23,7 +23,7 @@ import re
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
@@ -113,8 +113,50 @@ class ActionTemplate(_Part):
     attributes: tuple[str, ...] = ()
 
 
+_CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+def parse_clock(value: Any) -> int:
+    """Minutes after midnight from ``"21:30"``.
+
+    >>> parse_clock("21:30")
+    1290
+    """
+    if isinstance(value, str) and (m := _CLOCK.match(value.strip())):
+        return int(m.group(1)) * 60 + int(m.group(2))
+    raise ValueError(f"expected a time of day such as '21:00', got {value!r}")
+
+
+ClockTime = Annotated[int, BeforeValidator(parse_clock)]
+
+
+class QuietHours(_Part):
+    """No contact between ``start`` and ``end`` in the customer's own time zone."""
+
+    start: ClockTime
+    end: ClockTime
+    #: defer: send when the quiet hours end (the action's ``not_before``); drop: suppress
+    mode: Literal["defer", "drop"] = "defer"
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> QuietHours:
+        if self.start == self.end:
+            raise ValueError("quiet hours need different start and end times")
+        return self
+
+
+class BudgetWindow(_Part):
+    within: Duration
+    at_most: int = Field(ge=1)
+
+
 class Policies(_Part):
     cooldown: Duration = 24 * 3600.0
+    quiet_hours: QuietHours | None = None
+    #: share of customers (a sticky hash of their id) who never get this rule's action
+    holdout_percent: float = Field(default=0.0, ge=0, le=100)
+    #: decisions are recorded with status ``shadow``; no action is emitted
+    shadow: bool = False
 
 
 class Rule(_Part):
@@ -132,6 +174,11 @@ class Rulebook(BaseModel):
     version: str = Field(min_length=1)
     #: event types from upstream systems that rules may name besides the vocabulary
     custom_event_types: tuple[str, ...] = ()
+    #: the customer-wide contact budget, across all rules and channels, on rolling
+    #: event-time windows; transactional actions are exempt and do not count
+    budget: tuple[BudgetWindow, ...] = ()
+    #: share of all customers held out of every rule (a sticky hash of their id)
+    holdout_percent: float = Field(default=0.0, ge=0, le=100)
     rules: tuple[Rule, ...]
 
     @model_validator(mode="after")

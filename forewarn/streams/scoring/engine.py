@@ -221,7 +221,9 @@ class ScoringEngine:
         # Churn features are read at the moment of each event (later events of the batch
         # must not leak in); friction, the first feature, is filled in once it is scored.
         features = np.zeros((len(events) if churn else 0, len(CHURN_FEATURES)))
-        kept: list[tuple[JourneyEvent, float, CustomerState, tuple[str, ...], bool, RawRecord]] = []
+        kept: list[
+            tuple[JourneyEvent, float, CustomerState, tuple[str, ...], bool, RawRecord, float]
+        ] = []
         for e, rec in events:
             # A record that makes scoring raise is a bug's victim, not bad data: it goes to
             # the DLQ as processing_error and the rest of the batch carries on.
@@ -244,7 +246,8 @@ class ScoringEngine:
             state.signal_row(self.friction, applied.at, signals[len(kept)])
             if churn is not None:
                 churn_features(state, applied.at, 0.0, features[len(kept)])
-            kept.append((e, applied.at, state, applied.derived, state.session.in_checkout, rec))
+            st = stream_times[rec.partition]  # stream time at this record, for "too old"
+            kept.append((e, applied.at, state, applied.derived, state.session.in_checkout, rec, st))
 
         n = len(kept)
         scores, contributions = friction_scores(self.friction, signals[:n])
@@ -262,7 +265,7 @@ class ScoringEngine:
         version = churn.version if churn is not None else self.friction.version
         maker = DecisionMaker(self.rulebook, self.friction, now, version)
         book = self.rulebook
-        for row, (e, at, state, derived, in_checkout, rec) in enumerate(kept):
+        for row, (e, at, state, derived, in_checkout, rec, st) in enumerate(kept):
             friction = float(scores[row])
             prev, state.last_friction = state.last_friction, friction
             risk = prev_risk = None
@@ -280,7 +283,7 @@ class ScoringEngine:
                     why = tuple(explain_churn(lo[0], churn.standardized(one)[0] > 0))
                 moment = Moment(
                     e, at, state, derived, in_checkout, friction, prev, contributions[row],
-                    risk, prev_risk, why,
+                    risk, prev_risk, why, st,
                 )  # fmt: skip
                 try:
                     maker.consider(moment, rules)

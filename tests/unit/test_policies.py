@@ -1,0 +1,200 @@
+"""Contact policies: expiry, budget, quiet hours, holdouts, shadow mode, and their order."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from forewarn.models.contracts import (
+    ALL_CONSENT,
+    CustomerProfile,
+    JourneyEvent,
+    SuppressionReason,
+)
+from forewarn.models.ports import ManualClock, MemoryStateStores
+from forewarn.rules.decide import in_holdout
+from forewarn.rules.rulebook import Rulebook, load_rulebook_text
+from forewarn.streams.codecs import RawRecord, encode
+from forewarn.streams.scoring.engine import BatchResult, ScoringEngine
+from tests.conftest import event
+
+T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)  # 13:00 in Berlin
+
+BOOK = """
+version: "t"
+budget: [{within: 6h, at_most: 1}, {within: 7d, at_most: 3}]
+rules:
+  - id: on_delay
+    triggers: {events: [delivery_delayed]}
+    action: {playbook: delay, channels: [email], template: t, priority: 50, ttl: 12h}
+    policies: {cooldown: 0s}
+  - id: on_search
+    triggers: {events: [search_no_results]}
+    action: {playbook: search, channels: [email], template: t, priority: 40, ttl: 12h}
+    policies: {cooldown: 0s}
+  - id: receipt
+    triggers: {events: [payment_failed]}
+    action: {playbook: pay, channels: [email], template: t, priority: 90, ttl: 2h,
+             transactional: true}
+    policies: {cooldown: 0s}
+"""
+
+
+class Engine:
+    def __init__(self, book: str = BOOK, **policies: str) -> None:
+        # the policies given apply to the first rule (on_delay) only
+        extra = "".join(f", {k}: {v}" for k, v in policies.items())
+        text = book.replace("policies: {cooldown: 0s}", f"policies: {{cooldown: 0s{extra}}}", 1)
+        self.book: Rulebook = load_rulebook_text(text)
+        self.engine = ScoringEngine(
+            rulebook=self.book,
+            clock=ManualClock(T0 + timedelta(days=30)),
+            stores=MemoryStateStores(),
+        )
+        self.offset = 0
+
+    def profile(self, cid: str, tz: str = "Europe/Berlin") -> None:
+        p = CustomerProfile(customer_id=cid, consent=ALL_CONSENT, timezone=tz)
+        self.engine.process([RawRecord("customer-profiles", 0, 0, cid.encode(), encode(p))])
+
+    def feed(self, *events: JourneyEvent) -> BatchResult:
+        recs = []
+        for e in events:
+            self.offset += 1
+            recs.append(
+                RawRecord("journey-events", 0, self.offset, e.customer_id.encode(), encode(e))
+            )
+        return self.engine.process(recs)
+
+
+def reasons(res: BatchResult) -> list[tuple[str, str]]:
+    return [(d.rule_id, d.suppressed_by.value if d.suppressed_by else d.status.value)
+            for d in res.decisions]  # fmt: skip
+
+
+def test_the_contact_budget_caps_marketing_and_spares_transactional_messages() -> None:
+    e = Engine()
+    e.profile("ann")
+    res = e.feed(
+        event("ann", "delivery_delayed", T0, n=1),
+        event("ann", "search_no_results", T0 + timedelta(hours=1), n=2),
+        event("ann", "payment_failed", T0 + timedelta(hours=2), n=3),
+        event("ann", "search_no_results", T0 + timedelta(hours=7), n=4),
+    )
+    assert reasons(res) == [("on_delay", "emitted"), ("on_search", "frequency_cap"),
+                            ("receipt", "emitted"), ("on_search", "emitted")]  # fmt: skip
+    capped = [d for d in res.decisions if d.suppressed_by is SuppressionReason.frequency_cap]
+    assert capped[0].detail == "contact budget spent: 1 of 1 in 6 h"
+    later = e.feed(event("ann", "delivery_delayed", T0 + timedelta(hours=14), n=5),
+                   event("ann", "delivery_delayed", T0 + timedelta(hours=21), n=6))  # fmt: skip
+    assert reasons(later) == [("on_delay", "emitted"), ("on_delay", "frequency_cap")]  # 3 in 7 d
+
+
+def test_quiet_hours_defer_to_the_local_morning_or_drop() -> None:
+    night = datetime(2026, 3, 2, 21, 30, tzinfo=UTC)  # 22:30 in Berlin, 16:30 in New York
+    e = Engine(quiet_hours='{start: "21:00", end: "08:00", mode: defer}')
+    e.profile("ber")
+    e.profile("nyc", tz="America/New_York")
+    res = e.feed(
+        event("ber", "delivery_delayed", night, n=1), event("nyc", "delivery_delayed", night, n=1)
+    )
+    by = {a.customer_id: a for a in res.actions}
+    assert by["ber"].not_before == datetime(2026, 3, 3, 7, 0, tzinfo=UTC)  # 08:00 Berlin
+    assert by["nyc"].not_before is None
+    d = Engine(quiet_hours='{start: "21:00", end: "08:00", mode: drop}')
+    d.profile("ber")
+    assert reasons(d.feed(event("ber", "delivery_delayed", night, n=1))) == [
+        ("on_delay", "quiet_hours")
+    ]
+    # deferring past the action's time-to-live (12 h) is no use: suppressed too
+    long = Engine(quiet_hours='{start: "19:00", end: "12:00", mode: defer}')
+    long.profile("ber")
+    (dec,) = long.feed(event("ber", "delivery_delayed", night, n=1)).decisions
+    assert dec.suppressed_by is SuppressionReason.quiet_hours and "outlast" in (dec.detail or "")
+
+
+def test_a_trigger_too_far_behind_the_stream_has_expired() -> None:
+    e = Engine()
+    e.profile("cy")
+    e.feed(event("cy", "page_view", T0 + timedelta(days=1), n=1))
+    late = e.feed(event("cy", "delivery_delayed", T0, n=2))  # 24 h behind; lives 12 h
+    assert reasons(late) == [("on_delay", "expired")]
+    fresh = e.feed(event("cy", "delivery_delayed", T0 + timedelta(hours=20), n=3))
+    assert reasons(fresh) == [("on_delay", "emitted")]
+
+
+def test_shadow_rules_record_decisions_but_send_and_charge_nothing() -> None:
+    e = Engine(shadow="true")
+    e.profile("dee")
+    res = e.feed(event("dee", "delivery_delayed", T0, n=1),
+                 event("dee", "search_no_results", T0 + timedelta(minutes=5), n=2))  # fmt: skip
+    assert reasons(res) == [("on_delay", "shadow"), ("on_search", "emitted")]
+    assert [a.rule_id for a in res.actions] == ["on_search"], "the shadow did not use the budget"
+
+
+def test_holdouts_are_sticky_per_rule_and_global() -> None:
+    e = Engine(holdout_percent="100")
+    e.profile("eve")
+    assert reasons(e.feed(event("eve", "delivery_delayed", T0, n=1))) == [("on_delay", "holdout")]
+    assert in_holdout("eve", "r", 37.5) == in_holdout("eve", "r", 37.5)
+    share = sum(in_holdout(f"c{i}", "global", 10.0) for i in range(20_000)) / 20_000
+    assert 0.09 < share < 0.11
+    g = Engine(BOOK.replace('version: "t"', 'version: "t"\nholdout_percent: 100'))
+    g.profile("fay")
+    assert reasons(g.feed(event("fay", "payment_failed", T0, n=1))) == [("receipt", "holdout")]
+
+
+def test_policies_apply_in_the_documented_order() -> None:
+    # expired before duplicate: a replayed late trigger says expired
+    e = Engine(holdout_percent="100", quiet_hours='{start: "00:00", end: "23:59", mode: drop}')
+    e.profile("gus")
+    e.feed(event("gus", "page_view", T0 + timedelta(days=1), n=1))
+    assert reasons(e.feed(event("gus", "delivery_delayed", T0, n=2))) == [("on_delay", "expired")]
+    # frequency_cap before quiet_hours before holdout
+    e.feed(event("gus", "search_no_results", T0 + timedelta(days=1, minutes=1), n=3))
+    capped = e.feed(event("gus", "delivery_delayed", T0 + timedelta(days=1, minutes=2), n=4))
+    assert reasons(capped) == [("on_delay", "frequency_cap")]
+    quiet = e.feed(event("gus", "delivery_delayed", T0 + timedelta(days=1, hours=7), n=5))
+    assert reasons(quiet) == [("on_delay", "quiet_hours")]
+
+
+kinds = st.sampled_from(["delivery_delayed", "search_no_results", "payment_failed", "page_view"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b"]), kinds, st.integers(0, 3 * 24 * 60)),
+                max_size=30))  # fmt: skip
+def test_no_customer_ever_exceeds_the_budget_in_any_window_whatever_the_order(
+    steps: list[tuple[str, str, int]],
+) -> None:
+    e = Engine()
+    e.profile("a")
+    e.profile("b", tz="Asia/Tokyo")
+    evs = [event(c, k, T0 + timedelta(minutes=m), n=i) for i, (c, k, m) in enumerate(steps)]
+    actions = []
+    for i in range(0, len(evs), 3):  # out of order in time, in small batches
+        actions += e.feed(*evs[i : i + 3]).actions
+    for cid in ("a", "b"):
+        times = sorted(
+            a.triggered_at for a in actions if a.customer_id == cid and not a.transactional
+        )
+        for w in e.book.budget:
+            for t in times:
+                inside = [x for x in times if t <= x < t + timedelta(seconds=w.within)]
+                assert len(inside) <= w.at_most
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 600)), min_size=1, max_size=25))
+def test_a_holdout_customer_never_receives_that_rules_action(steps: list[tuple[int, int]]) -> None:
+    e = Engine(holdout_percent="50")
+    for c in {c for c, _ in steps}:
+        e.profile(f"c{c}")
+    res = e.feed(*[event(f"c{c}", "delivery_delayed", T0 + timedelta(minutes=m), n=i)
+                   for i, (c, m) in enumerate(steps)])  # fmt: skip
+    for a in res.actions:
+        assert not in_holdout(a.customer_id, "on_delay", 50.0)
+    held = [d for d in res.decisions if d.suppressed_by is SuppressionReason.holdout]
+    assert all(in_holdout(d.customer_id, "on_delay", 50.0) for d in held)
