@@ -36,9 +36,11 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
+from google.protobuf.struct_pb2 import Struct
 from numpy.typing import NDArray
 
 from forewarn.models.contracts import (
@@ -54,6 +56,7 @@ from forewarn.models.contracts import (
 )
 from forewarn.models.friction import FrictionConfig
 from forewarn.models.state import CustomerState
+from forewarn.rules.conditions import evaluate, message_class
 from forewarn.rules.rulebook import QuietHours, Rule, Rulebook
 
 _IDS = uuid.UUID("6f1c2a9e-3b1d-4f7a-9d0e-6a4b8f2c1e55")
@@ -90,7 +93,60 @@ class Moment:
     stream_time: float | None = None
 
 
-def requirements_met(rule: Rule, m: Moment) -> bool:
+def condition_data(m: Moment) -> dict[str, Any]:
+    """What a rule's CEL ``when`` sees of this moment (built once per moment)."""
+    e, state, profile = m.event, m.state, m.state.profile
+    props = Struct()
+    props.update(e.properties)
+    last = state.last_support_contact
+    counts: dict[str, dict[str, int]] = {"counts_24h": {}, "counts_7d": {}}
+    for kind, times in state.occurrences.items():
+        for key, window in (("counts_24h", 86400.0), ("counts_7d", 7 * 86400.0)):
+            n = sum(1 for t in times if m.at - window < t <= m.at)
+            if n:
+                counts[key][kind] = n
+    return {
+        "event": message_class("Event")(
+            type=e.type,
+            customer_id=e.customer_id,
+            channel=e.channel.value if e.channel else "",
+            session_id=e.session_id or "",
+            value=e.value or 0.0,
+            properties=props,
+        ),
+        "customer": message_class("Customer")(
+            tier=(profile.tier or "") if profile else "",
+            timezone=profile.timezone if profile else "",
+            locale=(profile.locale or "") if profile else "",
+            preferred_channel=(
+                profile.preferred_channel.value if profile and profile.preferred_channel else ""
+            ),
+            do_not_contact=bool(profile and profile.do_not_contact),
+            has_profile=profile is not None,
+            in_checkout=m.in_checkout,
+            events_seen=state.events_seen,
+            hours_since_support_contact=-1.0 if last is None else max(0.0, m.at - last) / 3600,
+            **counts,
+        ),
+        "scores": message_class("Scores")(
+            friction=m.friction,
+            friction_before=m.prev_friction,
+            churn_risk=-1.0 if m.churn is None else m.churn,
+            churn_risk_before=-1.0 if m.prev_churn is None else m.prev_churn,
+        ),
+    }
+
+
+def requirements_met(rule: Rule, m: Moment, data: dict[str, Any] | None = None) -> bool:
+    """The rule's structured requirements, then its CEL condition (``data``: its inputs)."""
+    if not _structured(rule, m):
+        return False
+    if rule.when is None:
+        return True
+    return evaluate(rule.when, data if data is not None else condition_data(m))
+
+
+def _structured(rule: Rule, m: Moment) -> bool:
     req = rule.require
     if m.friction < req.friction_at_least:
         return False
@@ -228,8 +284,9 @@ class DecisionMaker:
             rules = self.rulebook.rules_for(
                 m.event.type, m.derived, m.prev_friction, m.friction, m.prev_churn, m.churn
             )
+        data = condition_data(m) if any(r.when for r in rules) else None
         proposals = [
-            p for rule in rules if requirements_met(rule, m) for p in self._decide(rule, m)
+            p for rule in rules if requirements_met(rule, m, data) for p in self._decide(rule, m)
         ]
         live = [p for p in proposals if not p.rule.policies.shadow]
         if live:

@@ -25,12 +25,21 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from forewarn.models.config_file import load_yaml_file, load_yaml_text
 from forewarn.models.contracts import VOCABULARY, ActionChannel
 from forewarn.models.session import DERIVED_TRIGGERS
 from forewarn.models.state import POOR_SURVEY
+from forewarn.rules.conditions import check
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -164,8 +173,20 @@ class Rule(_Part):
     description: str = ""
     triggers: Triggers
     require: Requirements = Field(default_factory=Requirements)
+    #: a CEL condition over event, customer and scores (forewarn/rules/conditions.py)
+    when: str | None = None
     action: ActionTemplate
     policies: Policies = Field(default_factory=Policies)
+
+    @field_validator("when")
+    @classmethod
+    def _checked(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None:
+            try:
+                check(v)
+            except ValueError as e:
+                raise ValueError(f"rule {info.data.get('id', '?')!r}: {e}") from None
+        return v
 
 
 class Rulebook(BaseModel):
