@@ -127,10 +127,9 @@ def compile_condition(expression: str) -> Any:
         compiled = _env().compile(expression)
     except Exception as e:
         raise ValueError(_explain(e)) from None
-    if compiled.return_type() != cel.Type.BOOL:
-        raise ValueError(
-            f"a condition must be true or false, this one is {compiled.return_type().name().lower()}"
-        )
+    kind = compiled.return_type()
+    if kind != cel.Type.BOOL:
+        raise ValueError(f"a condition must be true or false, this one is {kind.name().lower()}")
     return compiled
 
 

@@ -18,6 +18,7 @@ from forewarn.models.config_file import ConfigFileError
 from forewarn.models.contracts import CustomerProfile, JourneyEvent, write_json_schemas
 from forewarn.models.history import HistoryError
 from forewarn.models.training import TrainingError
+from forewarn.rules.rulebook import Rulebook
 
 log = logging.getLogger("forewarn")
 
@@ -247,6 +248,58 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rules(args: argparse.Namespace) -> int:
+    from forewarn.rules.rulebook import load_rulebook
+
+    try:
+        book = load_rulebook(args.path)
+    except ConfigFileError as e:
+        print(f"{args.path}: {len(e.problems)} problem(s)", file=sys.stderr)
+        for p in e.problems:
+            print(f"  {p}", file=sys.stderr)
+        return 1
+    if args.action == "lint":
+        print(f"{args.path}: rulebook {book.version}, {len(book.rules)} rules, no problems")
+        return 0
+    if args.action == "test":
+        return _rules_test(args, book)
+    return _rules_backtest(args, book)
+
+
+def _rules_test(args: argparse.Namespace, book: Rulebook) -> int:
+    from forewarn.streams.rulebook_tools import cases_beside, run_cases
+
+    cases = args.cases or cases_beside(args.path)
+    if not cases.exists():
+        print(f"no test cases: {cases} does not exist", file=sys.stderr)
+        return 1
+    results = run_cases(book, cases, _model(args.model))
+    for r in results:
+        print(f"{'ok  ' if r.ok else 'FAIL'} {r.name}")
+        for line in r.failures:
+            print(f"       {line}")
+    failed = sum(not r.ok for r in results)
+    print(f"\n{len(results) - failed} passed, {failed} failed ({cases})")
+    return 1 if failed else 0
+
+
+def _rules_backtest(args: argparse.Namespace, book: Rulebook) -> int:
+    from forewarn.rules.rulebook import load_rulebook
+    from forewarn.streams.rulebook_tools import backtest, format_backtest
+
+    if args.events is None:
+        print("rules backtest needs --events HISTORY", file=sys.stderr)
+        return 2
+    churn = _model(args.model)
+    deployed = load_rulebook(args.deployed) if args.deployed else None
+    events, profiles = _history(args)
+    result = backtest(book, events, profiles, churn=churn, deployed=deployed)
+    if args.report:
+        args.report.write_text(json.dumps(result, indent=2) + "\n")
+    print(format_backtest(result))
+    return 0
+
+
 def _aware(text: str) -> datetime:
     at = datetime.fromisoformat(text)
     if at.tzinfo is None:
@@ -331,6 +384,18 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--model", type=Path, help="artifact directory ('none': friction only)")
     rp.add_argument("--rules", type=Path, help="rulebook (default: the shipped one)")
     rp.set_defaults(func=cmd_replay)
+
+    ru = sub.add_parser("rules", help="lint, test or backtest a rulebook")
+    ru.add_argument("action", choices=["lint", "test", "backtest"])
+    ru.add_argument("path", type=Path, help="the rulebook YAML")
+    ru.add_argument("--cases", type=Path, help="test cases (default: PATH's .tests.yaml)")
+    ru.add_argument("--events", type=Path, help="history for backtest")
+    ru.add_argument("--mapping", type=Path, help="column mapping YAML for your own format")
+    ru.add_argument("--profiles", type=Path, help="CustomerProfiles as JSON Lines")
+    ru.add_argument("--deployed", type=Path, help="the rulebook in production, to compare")
+    ru.add_argument("--model", type=Path, help="churn model directory ('none': friction only)")
+    ru.add_argument("--report", type=Path, help="write the backtest as JSON too")
+    ru.set_defaults(func=cmd_rules)
 
     sc = sub.add_parser("schemas", help="write the contracts' JSON Schemas")
     sc.add_argument("--out", type=Path, default=Path("schemas"))

@@ -16,6 +16,7 @@ True
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,7 +166,22 @@ def evaluate(
         "model_version": churn.version if churn else None,
         "window_hours": window_hours,
         **m(acts),
-        "by_rule": {r.id: m([a for a in acts if a[2] == r.id]) for r in book.rules},
+        "by_rule": {
+            r.id: {
+                **m([a for a in acts if a[2] == r.id]),
+                "customers_reached": len({a[0] for a in acts if a[2] == r.id}),
+                "suppressed": dict(
+                    sorted(
+                        Counter(
+                            d.suppressed_by.value
+                            for d in out.decisions
+                            if d.rule_id == r.id and d.suppressed_by is not None
+                        ).items()
+                    )
+                ),
+            }
+            for r in book.rules
+        },
         "baselines": {
             "on_errors": m(on_errors_baseline(flat), any_retains=True),
             "random": m(random_baseline(flat, len(acts), seed), any_retains=True),
