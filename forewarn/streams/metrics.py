@@ -163,6 +163,18 @@ class ScoringMetrics:
             ["outcome"],
             registry=r,
         )
+        self.rulebook_info = Gauge(
+            "forewarn_rulebook_info",
+            "The rulebook in use (1), by version",
+            ["version"],
+            registry=r,
+        )
+        self.rulebook_reloads = Counter(
+            "forewarn_rulebook_reloads_total",
+            "Attempts to load a changed rulebook, by outcome (loaded or refused)",
+            ["outcome"],
+            registry=r,
+        )
         self.expired = Counter(
             "forewarn_state_expired_total",
             "Idle customers whose activity state expired",
@@ -200,10 +212,10 @@ class ScoringMetrics:
             self.expired.inc(stats.expired)
 
     def model_in_use(self, old: str | None, new: str | None) -> None:
-        if old is not None:
-            self.model_info.remove(old)
-        if new is not None:
-            self.model_info.labels(new).set(1)
+        _swap(self.model_info, old, new)
+
+    def rulebook_in_use(self, old: str | None, new: str) -> None:
+        _swap(self.rulebook_info, old, new)
 
     def serve(self, host: str, port: int, health: Health | None = None) -> ThreadingHTTPServer:
         """Serve ``/metrics``, and ``/healthz`` and ``/readyz`` from ``health``, in a thread."""
@@ -240,6 +252,14 @@ class ScoringMetrics:
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, name="forewarn-http", daemon=True).start()
         return server
+
+
+def _swap(info: Gauge, old: str | None, new: str | None) -> None:
+    """An info metric moves from one version to the next (the same one: stays at 1)."""
+    if old is not None and old != new:
+        info.remove(old)
+    if new is not None:
+        info.labels(new).set(1)
 
 
 class Health:

@@ -14,9 +14,10 @@ tests for rules::
           suppressed: []
 
 Each case runs through the real engine (the exact streaming path, no broker), with the
-shipped churn model unless another is given (``--model none``: friction only). ``actions`` lists every action expected, in order; ``suppressed``
-lists every expected suppression as ``{rule, reason}``. Omit a key to leave it unchecked. A
-failing case prints what was expected and what happened, line by line.
+shipped churn model unless another is given (``--model none``: friction only).
+``actions`` lists every action expected, in order; ``suppressed`` lists every expected
+suppression as ``{rule, reason}``. Omit a key to leave it unchecked. A failing case prints
+what was expected and what happened, line by line.
 """
 
 from __future__ import annotations

@@ -95,12 +95,15 @@ class Settings(BaseSettings):
     topics: TopicNames = Field(default_factory=TopicNames)
     kafka: KafkaSecurity = Field(default_factory=KafkaSecurity)
 
-    #: the rulebook; empty means the default shipped in forewarn/rules/default.yaml
+    #: the rulebook; empty means the default shipped in forewarn/rules/default.yaml. A
+    #: changed file is picked up between batches; one that fails lint is refused and the
+    #: worker keeps the last good rulebook.
     rules_path: Path | None = None
     #: the churn model's artifact directory (default: the shipped one; "none": friction only).
     #: Replace the directory's files, or point a symlink elsewhere: the worker picks the new
     #: model up between batches, and keeps the last good one if the new one is refused.
     model_path: Path | None = None
+    #: how often the worker looks for a changed model or rulebook (between batches)
     model_check_seconds: float = Field(default=5.0, gt=0)
     #: the friction score's versioned config (default: forewarn/models/friction.yaml)
     friction_path: Path | None = None

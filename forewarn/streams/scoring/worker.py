@@ -46,10 +46,11 @@ from forewarn.models.churn import (
     default_model_path,
     load_churn_model,
 )
+from forewarn.models.config_file import ConfigFileError
 from forewarn.models.friction import load_friction
 from forewarn.models.ports import Clock
 from forewarn.models.state_codec import encode_state
-from forewarn.rules.rulebook import load_rulebook
+from forewarn.rules.rulebook import Rulebook, default_rulebook_path, load_rulebook
 from forewarn.streams.codecs import Headers, RawRecord, encode
 from forewarn.streams.metrics import Health, ScoringMetrics
 from forewarn.streams.scoring.engine import BatchResult, ScoringEngine
@@ -211,9 +212,7 @@ class ModelWatch:
         return self.path or default_model_path()
 
     def _stamp_of(self, where: Path) -> tuple[object, ...]:
-        files = [where / CARD_FILE, where / MODEL_FILE]
-        stats = [(f.stat().st_mtime_ns, f.stat().st_size) if f.exists() else None for f in files]
-        return (where.resolve(), *stats)
+        return file_stamp(where, where / CARD_FILE, where / MODEL_FILE)
 
     def load_first(self) -> ChurnModel | None:
         """The model to start with; ``ArtifactError`` stops the worker before it starts."""
@@ -240,6 +239,33 @@ class ModelWatch:
         return model
 
 
+def file_stamp(*paths: Path) -> tuple[object, ...]:
+    """What tells a changed file: resolved path (symlinks), modification time and size."""
+    out: list[object] = []
+    for f in paths:
+        out.append(f.resolve())
+        out.append((f.stat().st_mtime_ns, f.stat().st_size) if f.exists() else None)
+    return tuple(out)
+
+
+class RulebookWatch:
+    """The rulebook file, loaded at start and again when it changes (between batches)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path or default_rulebook_path()
+        self._stamp = file_stamp(self.path)
+        self.book = load_rulebook(self.path)
+
+    def changed(self) -> Rulebook | None:
+        """A newly loaded rulebook if the file changed; ``ConfigFileError`` if refused."""
+        stamp = file_stamp(self.path)
+        if stamp == self._stamp:
+            return None
+        self._stamp = stamp  # a refused file is not retried until it changes again
+        self.book = load_rulebook(self.path)
+        return self.book
+
+
 class WorkerFenced(RuntimeError):
     """Another worker started with this worker's transactional id and took over."""
 
@@ -258,10 +284,11 @@ class ScoringWorker:
         self.stores = WorkerStores(settings.state_dir, settings.topics.state)
         friction = load_friction(settings.friction_path)
         self.models = ModelWatch(settings.model_path, friction.version)
+        self.rules = RulebookWatch(settings.rules_path)
         self.engine = ScoringEngine(
             churn=self.models.load_first(),
             friction=friction,
-            rulebook=load_rulebook(settings.rules_path),
+            rulebook=self.rules.book,
             decode=settings.decode_settings(),
             stores=self.stores,
             clock=clock,
@@ -486,6 +513,20 @@ class ScoringWorker:
             self.metrics.model_in_use(old, changed.version)
             log.info("churn model %s replaced %s", changed.version, old)
 
+    def _reload_rulebook(self) -> None:
+        old = self.engine.rulebook.version
+        try:
+            book = self.rules.changed()
+        except ConfigFileError as e:
+            self.metrics.rulebook_reloads.labels("refused").inc()
+            log.error("refused the changed rulebook, keeping %s:\n%s", old, e)
+            return
+        if book is not None:
+            self.engine.rulebook = book
+            self.metrics.rulebook_reloads.labels("loaded").inc()
+            self.metrics.rulebook_in_use(old, book.version)
+            log.info("rulebook %s (%d rules) replaced %s", book.version, len(book.rules), old)
+
     def _abort(
         self, consumer: Consumer, producer: Producer, records: list[RawRecord], why: str
     ) -> bool:
@@ -537,6 +578,7 @@ class ScoringWorker:
         )
         self.metrics.up.set(1)
         self.metrics.model_in_use(None, self.models.version)
+        self.metrics.rulebook_in_use(None, self.rules.book.version)
         next_model_check = time.monotonic() + s.model_check_seconds
         try:
             while not self._stop.is_set():
@@ -544,6 +586,7 @@ class ScoringWorker:
                 if time.monotonic() >= next_model_check:  # between batches, never inside one
                     next_model_check = time.monotonic() + s.model_check_seconds
                     self._reload_model()
+                    self._reload_rulebook()
                 msgs = consumer.consume(s.batch_size, s.batch_timeout_seconds)
                 started = time.perf_counter()
                 if self._to_restore:
