@@ -6,6 +6,9 @@ One run, one data set, baselines measured in the same run on the same broker:
 * ``consume + json.loads`` the same loop decoding every value (a floor for any JSON pipeline);
 * ``engine only``          the pure scoring engine on in-memory records (no Kafka), with
                            friction alone and with the shipped churn model (CPU µs per event);
+* ``engine only, 5 / 200 rules`` the default rulebook, then with 195 more (shadow rules with
+                           CEL conditions on trouble events): the trigger index keeps the
+                           cost nearly flat; and CEL µs per condition evaluated;
 * ``scoring worker, at-least-once`` the real worker (default rulebook): consume, decode,
                            state, score, decide, produce outputs and the state changelog,
                            flush, commit offsets;
@@ -41,6 +44,13 @@ from forewarn.models.churn import default_model_path, load_churn_model
 from forewarn.models.ports import ManualClock
 from forewarn.models.simulator import JourneySimulator, span_for
 from forewarn.models.state_codec import encode_state
+from forewarn.rules.conditions import compile_condition, evaluate
+from forewarn.rules.rulebook import (
+    Rulebook,
+    default_rulebook_path,
+    load_rulebook,
+    load_rulebook_text,
+)
 from forewarn.streams.broker import EmbeddedBroker
 from forewarn.streams.codecs import RawRecord, encode
 from forewarn.streams.scoring.engine import ScoringEngine
@@ -133,6 +143,70 @@ def restore(settings: Settings) -> tuple[int, int, float]:
     return sum(r.customers for r in rs), sum(r.records for r in rs), sum(r.seconds for r in rs)
 
 
+TROUBLE = (
+    "payment_failed",
+    "checkout_error",
+    "delivery_delayed",
+    "error_page",
+    "app_crash",
+    "login_failed",
+    "search_no_results",
+    "rage_burst",
+    "help_center_view",
+    "slow_page",
+)
+
+
+def many_rules(n: int) -> Rulebook:
+    """The default rulebook plus ``n - 5`` shadow rules with CEL conditions on trouble events."""
+    base = default_rulebook_path().read_text()
+    extra = ["", "  # generated for the benchmark"]
+    for i in range(n - 5):
+        kind = TROUBLE[i % len(TROUBLE)]
+        extra += [
+            f"  - id: generated_{i}",
+            f"    triggers: {{events: [{kind}]}}",
+            f"    when: \"scores.friction > {i % 90}.0 && customer.tier == 'tier{i % 7}'\"",
+            "    action: {playbook: bench, channels: [email], template: t, priority: 10}",
+            "    policies: {shadow: true}",
+        ]
+    return load_rulebook_text(base + "\n".join(extra) + "\n", f"generated-{n}.yaml")
+
+
+def rulebook_scaling(
+    records: list[RawRecord], profile_records: list[RawRecord], now: datetime
+) -> tuple[dict[str, float], float]:
+    """Engine events/s with 5 and 200 rules, and CEL µs per rule condition evaluated."""
+    out: dict[str, float] = {}
+    for n in (5, 200):
+        book = load_rulebook() if n == 5 else many_rules(n)
+        engine = ScoringEngine(clock=ManualClock(now), rulebook=book)
+        engine.process(profile_records)
+        t = time.perf_counter()
+        for i in range(0, len(records), 500):
+            engine.process(records[i : i + 500])
+        out[f"engine only, {n} rules"] = len(records) / (time.perf_counter() - t)
+    expr = "scores.friction > 40.0 && customer.tier == 'tier3'"
+    compile_condition(expr)
+    from forewarn.models.contracts import JourneyEvent
+    from forewarn.models.state import CustomerState
+    from forewarn.rules.decide import Moment, condition_data
+
+    e = JourneyEvent(event_id="b", customer_id="c", type="payment_failed", occurred_at=now)
+    m = Moment(e, now.timestamp(), CustomerState("c"), (), False, 50.0, 10.0, [0.0])
+    data = condition_data(m)
+    reps = 20_000
+    t = time.perf_counter()
+    for _ in range(reps):
+        evaluate(expr, data)
+    per_eval = (time.perf_counter() - t) / reps * 1e6
+    t = time.perf_counter()
+    for _ in range(2_000):
+        condition_data(m)
+    per_moment = (time.perf_counter() - t) / 2_000 * 1e6
+    return out, per_eval + per_moment / 5  # inputs are built once per moment, for ~5 rules
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--events", type=int, default=200_000)
@@ -183,6 +257,8 @@ def main() -> int:
         rows[name] = n / (time.perf_counter() - t)
         per_event_us[name] = (time.process_time() - cpu) / n * 1e6
     sizes = sorted(len(encode_state(st)) for st in engine.stores.partition(0))
+    rule_rows, cel_us = rulebook_scaling(records, profile_records, now)
+    rows.update(rule_rows)
     model_cost = (
         per_event_us["engine only, friction + churn model"]
         - per_event_us["engine only, friction (no Kafka)"]
@@ -196,6 +272,12 @@ def main() -> int:
     for name, us in per_event_us.items():
         print(f"{name}: {us:.1f} µs CPU per event")
     print(f"the churn model adds {model_cost:.1f} µs per event (features + batch scoring)")
+    print(
+        f"rules: {rows['engine only, 200 rules']:,.0f} events/s with 200 rules against "
+        f"{rows['engine only, 5 rules']:,.0f} with 5 "
+        f"({rows['engine only, 200 rules'] / rows['engine only, 5 rules']:.2f}x); CEL "
+        f"{cel_us:.1f} µs per rule condition evaluated (with its share of the inputs)"
+    )
     print(f"\nexactly-once costs {eos_cost:.1%} of at-least-once throughput (goal: < 25%)")
     print(
         f"restore: {restored:,} customers from {restore_records:,} changelog records in "
@@ -215,6 +297,7 @@ def main() -> int:
         "exactly_once_cost": round(eos_cost, 3),
         "cpu_microseconds_per_event": {k: round(v, 1) for k, v in per_event_us.items()},
         "churn_model_microseconds_per_event": round(model_cost, 1),
+        "cel_microseconds_per_condition": round(cel_us, 1),
         "restore_customers_per_second": round(restored / restore_s),
         "restore_records_per_second": round(restore_records / restore_s),
         "state_bytes": {
