@@ -421,8 +421,8 @@ class DecisionMaker:
 
     def _settle(self, proposals: list[_Proposal]) -> None:
         """One action per trigger: the highest priority, then the earliest in the rulebook."""
-        order = self.rulebook.rules.index
-        best = max(proposals, key=lambda p: (p.rule.action.priority, -order(p.rule)))
+        order = self.rulebook.position
+        best = max(proposals, key=lambda p: (p.rule.action.priority, -order[p.rule.id]))
         a = best.action
         best.moment.state.remember_action(
             a.action_id, a.rule_id, a.channel.value, best.moment.at, counts=not a.transactional

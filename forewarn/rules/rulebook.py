@@ -248,20 +248,28 @@ class Rulebook(BaseModel):
         prev_churn: float | None = None,
         churn: float | None = None,
     ) -> list[Rule]:
-        """The rules this event can fire, each once, in rulebook order."""
+        """The rules this event can fire, each once: event triggers first, then crossings."""
         found: list[Rule] = []
+        seen: set[str] = set()  # by id: comparing rules themselves is a deep, slow __eq__
         for kind in (event_type, *derived):
             for r in self.by_event.get(kind, ()):
-                if r not in found:
+                if r.id not in seen:
+                    seen.add(r.id)
                     found.append(r)
         for score, threshold, r in self.crossings:
             if score == "friction":
                 crossed = prev_friction < threshold <= friction
             else:
                 crossed = churn is not None and (prev_churn or 0.0) < threshold <= churn
-            if crossed and r not in found:
+            if crossed and r.id not in seen:
+                seen.add(r.id)
                 found.append(r)
         return found
+
+    @cached_property
+    def position(self) -> dict[str, int]:
+        """Rule id -> place in the rulebook (the arbitration tie-break)."""
+        return {r.id: i for i, r in enumerate(self.rules)}
 
 
 DEFAULT_RULEBOOK = "default.yaml"
