@@ -27,8 +27,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median, quantiles
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 HOUR = 3600.0
 DAY = 24 * HOUR
@@ -241,22 +243,11 @@ def plot_report(
     y = np.array(contact_label, dtype=bool)
     has_churn = any(s[3] is not None for s in scored)
     fig, axes = plt.subplots(1, 3 if has_churn else 2, figsize=(15 if has_churn else 10, 4.2))
-    ax = axes[0]
-    bins = np.linspace(0, 100, 41)
-    ax.hist(friction[~y], bins=bins, density=True, alpha=0.6, label="no contact within 24 h")
-    ax.hist(friction[y], bins=bins, density=True, alpha=0.6, label="contact within 24 h")
-    ax.set(title="Friction at each event", xlabel="friction score", ylabel="density")
-    ax.set_yscale("log")
-    ax.legend()
+    friction_bins = np.linspace(0, 100, 41)
+    _split_histogram(axes[0], friction, y, friction_bins, "Friction", "friction score")
     if has_churn:
-        ax = axes[1]
         churn = np.array([s[3] or 0.0 for s in scored])
-        cb = np.linspace(0, 1, 41)
-        ax.hist(churn[~y], bins=cb, density=True, alpha=0.6, label="no contact within 24 h")
-        ax.hist(churn[y], bins=cb, density=True, alpha=0.6, label="contact within 24 h")
-        ax.set(title="Churn risk at each event", xlabel="churn risk", ylabel="density")
-        ax.set_yscale("log")
-        ax.legend()
+        _split_histogram(axes[1], churn, y, np.linspace(0, 1, 41), "Churn risk", "churn risk")
     ax = axes[-1]
     ax.plot(sweep.actions_per_customer, sweep.coverage, marker=".", label="friction threshold")
     for thr, x, c in zip(sweep.thresholds, sweep.actions_per_customer, sweep.coverage, strict=True):
@@ -276,3 +267,18 @@ def plot_report(
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _split_histogram(
+    ax: Any,
+    values: NDArray[np.float64],
+    contact: NDArray[np.bool_],
+    bins: Any,
+    what: str,
+    unit: str,
+) -> None:
+    ax.hist(values[~contact], bins=bins, density=True, alpha=0.6, label="no contact within 24 h")
+    ax.hist(values[contact], bins=bins, density=True, alpha=0.6, label="contact within 24 h")
+    ax.set(title=f"{what} at each event", xlabel=unit, ylabel="density")
+    ax.set_yscale("log")
+    ax.legend()

@@ -30,6 +30,18 @@ def _set_card(model: Path, **changes: object) -> None:
     tmp.replace(model / CARD_FILE)  # atomic, as a deploy should do it
 
 
+def delayed(p: Producer, s: Settings, cid: str) -> OutreachAction:
+    """Publish a delivery delay for ``cid`` and return the action the worker sends for it."""
+    e = event(cid, "delivery_delayed", datetime.now(UTC) - timedelta(minutes=1), n=1)
+    p.produce(s.topics.journey_events, key=cid.encode(), value=encode(e))
+    p.flush(10)
+    values = read_topic(
+        s, s.topics.actions, until=lambda vs: any(cid.encode() in v for v in vs), timeout=30
+    )
+    (a,) = [OutreachAction.model_validate_json(v) for v in values if cid.encode() in v]
+    return a
+
+
 def test_a_new_model_is_picked_up_between_batches_and_a_broken_one_refused(
     make_settings: Callable[..., Settings], start_worker: Callable[[Settings], Any], tmp_path: Path
 ) -> None:
@@ -44,24 +56,14 @@ def test_a_new_model_is_picked_up_between_batches_and_a_broken_one_refused(
     running = start_worker(s)
     metrics = running.worker.metrics
 
-    def delayed(cid: str) -> OutreachAction:
-        e = event(cid, "delivery_delayed", datetime.now(UTC) - timedelta(minutes=1), n=1)
-        p.produce(s.topics.journey_events, key=cid.encode(), value=encode(e))
-        p.flush(10)
-        values = read_topic(
-            s, s.topics.actions, until=lambda vs: any(cid.encode() in v for v in vs), timeout=30
-        )
-        (a,) = [OutreachAction.model_validate_json(v) for v in values if cid.encode() in v]
-        return a
-
-    assert delayed("a1").model_version == "churn-sim-2026.11"
+    assert delayed(p, s, "a1").model_version == "churn-sim-2026.11"
 
     _set_card(model, model_version="churn-hot-2")
     deadline = time.monotonic() + 20
     while running.worker.models.version != "churn-hot-2":
         assert time.monotonic() < deadline, "the new model was never picked up"
         time.sleep(0.1)
-    a2 = delayed("a2")
+    a2 = delayed(p, s, "a2")
     assert a2.model_version == "churn-hot-2" and a2.scores.churn_risk is not None
     assert metrics.model_info.labels("churn-hot-2")._value.get() == 1
 
@@ -70,7 +72,7 @@ def test_a_new_model_is_picked_up_between_batches_and_a_broken_one_refused(
     while metrics.model_reloads.labels("refused")._value.get() < 1:
         assert time.monotonic() < deadline, "the broken model was never looked at"
         time.sleep(0.1)
-    assert delayed("a3").model_version == "churn-hot-2", "the last good model stays"
+    assert delayed(p, s, "a3").model_version == "churn-hot-2", "the last good model stays"
     running.stop()
 
 
@@ -91,17 +93,7 @@ def test_a_changed_rulebook_takes_effect_without_restart_and_a_broken_one_is_ref
     running = start_worker(s)
     metrics = running.worker.metrics
 
-    def delayed(cid: str) -> OutreachAction:
-        e = event(cid, "delivery_delayed", datetime.now(UTC) - timedelta(minutes=1), n=1)
-        p.produce(s.topics.journey_events, key=cid.encode(), value=encode(e))
-        p.flush(10)
-        values = read_topic(
-            s, s.topics.actions, until=lambda vs: any(cid.encode() in v for v in vs), timeout=30
-        )
-        (a,) = [OutreachAction.model_validate_json(v) for v in values if cid.encode() in v]
-        return a
-
-    first = delayed("r1")
+    first = delayed(p, s, "r1")
     assert (first.channel.value, first.rulebook_version) == ("email", "2026.11-1")
 
     edited = original.replace('version: "2026.11-1"', 'version: "2026.11-hot"').replace(
@@ -116,7 +108,7 @@ def test_a_changed_rulebook_takes_effect_without_restart_and_a_broken_one_is_ref
     while running.worker.engine.rulebook.version != "2026.11-hot":
         assert time.monotonic() < deadline, "the changed rulebook was never picked up"
         time.sleep(0.1)
-    second = delayed("r2")
+    second = delayed(p, s, "r2")
     assert (second.channel.value, second.template) == ("sms", "delivery_delay_v2")
     assert metrics.rulebook_info.labels("2026.11-hot")._value.get() == 1
 
@@ -126,6 +118,6 @@ def test_a_changed_rulebook_takes_effect_without_restart_and_a_broken_one_is_ref
     while metrics.rulebook_reloads.labels("refused")._value.get() < 1:
         assert time.monotonic() < deadline, "the broken rulebook was never looked at"
         time.sleep(0.1)
-    third = delayed("r3")
+    third = delayed(p, s, "r3")
     assert (third.rulebook_version, third.template) == ("2026.11-hot", "delivery_delay_v2")
     running.stop()

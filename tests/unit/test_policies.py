@@ -9,16 +9,14 @@ from hypothesis import strategies as st
 
 from forewarn.models.contracts import (
     ALL_CONSENT,
-    CustomerProfile,
-    JourneyEvent,
     SuppressionReason,
 )
-from forewarn.models.ports import ManualClock, MemoryStateStores
+from forewarn.models.ports import ManualClock
 from forewarn.rules.decide import in_holdout
-from forewarn.rules.rulebook import Rulebook, load_rulebook_text
-from forewarn.streams.codecs import RawRecord, encode
-from forewarn.streams.scoring.engine import BatchResult, ScoringEngine
+from forewarn.rules.rulebook import load_rulebook_text
+from forewarn.streams.scoring.engine import BatchResult
 from tests.conftest import event
+from tests.unit.test_scenarios import Scenario
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)  # 13:00 in Berlin
 
@@ -42,31 +40,16 @@ rules:
 """
 
 
-class Engine:
+class Engine(Scenario):
+    """A scenario on the rulebook above; ``policies`` are added to its first rule only."""
+
     def __init__(self, book: str = BOOK, **policies: str) -> None:
-        # the policies given apply to the first rule (on_delay) only
         extra = "".join(f", {k}: {v}" for k, v in policies.items())
         text = book.replace("policies: {cooldown: 0s}", f"policies: {{cooldown: 0s{extra}}}", 1)
-        self.book: Rulebook = load_rulebook_text(text)
-        self.engine = ScoringEngine(
-            rulebook=self.book,
-            clock=ManualClock(T0 + timedelta(days=30)),
-            stores=MemoryStateStores(),
-        )
-        self.offset = 0
+        super().__init__(load_rulebook_text(text), ManualClock(T0 + timedelta(days=30)))
 
-    def profile(self, cid: str, tz: str = "Europe/Berlin") -> None:
-        p = CustomerProfile(customer_id=cid, consent=ALL_CONSENT, timezone=tz)
-        self.engine.process([RawRecord("customer-profiles", 0, 0, cid.encode(), encode(p))])
-
-    def feed(self, *events: JourneyEvent) -> BatchResult:
-        recs = []
-        for e in events:
-            self.offset += 1
-            recs.append(
-                RawRecord("journey-events", 0, self.offset, e.customer_id.encode(), encode(e))
-            )
-        return self.engine.process(recs)
+    def profile(self, cid: str, tz: str = "Europe/Berlin", **kw: object) -> None:  # type: ignore[override]
+        super().profile(cid, consent=ALL_CONSENT, timezone=tz, **kw)
 
 
 def reasons(res: BatchResult) -> list[tuple[str, str]]:

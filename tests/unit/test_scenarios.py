@@ -19,7 +19,7 @@ from forewarn.models.ports import ManualClock, MemoryStateStore, MemoryStateStor
 from forewarn.models.state import CustomerState
 from forewarn.models.state_codec import encode_state
 from forewarn.rules.decide import action_id
-from forewarn.rules.rulebook import load_rulebook
+from forewarn.rules.rulebook import Rulebook, load_rulebook
 from forewarn.streams.codecs import RawRecord, encode
 from forewarn.streams.scoring.engine import BatchResult, ScoringEngine
 from tests.conftest import POLICIES_RULEBOOK, T0, event
@@ -28,13 +28,14 @@ ALL = Consent(email=True, sms=True, push=True, in_app=True, phone=True)
 
 
 class Scenario:
-    def __init__(self) -> None:
-        self.clock = ManualClock(T0)
+    """Feed events to a real engine (no broker) and look at what it decided."""
+
+    def __init__(self, rulebook: Rulebook | None = None, clock: ManualClock | None = None) -> None:
+        self.clock = clock or ManualClock(T0)
         self.stores = MemoryStateStores()
         self.store = self.stores.partition(0)
-        self.engine = ScoringEngine(
-            clock=self.clock, stores=self.stores, rulebook=load_rulebook(POLICIES_RULEBOOK)
-        )
+        self.book = rulebook or load_rulebook(POLICIES_RULEBOOK)
+        self.engine = ScoringEngine(clock=self.clock, stores=self.stores, rulebook=self.book)
         self.offset = 0
 
     def profile(self, cid: str, **kw: object) -> None:
