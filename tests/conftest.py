@@ -135,6 +135,16 @@ def sigterm(proc: subprocess.Popen[str], timeout: float = 30) -> str:
             proc.kill()
 
 
+def sigterm_once_committed(proc: subprocess.Popen[str], s: Any, n: int, timeout: float = 90) -> str:
+    """Wait until the worker process committed ``n`` events, then SIGTERM it; its output."""
+    try:
+        wait_committed(s, n, timeout=timeout)
+    except AssertionError:
+        proc.kill()
+        raise
+    return sigterm(proc)
+
+
 def read_all(s: Any, topic: str) -> list[tuple[bytes | None, bytes | None]]:
     """Every (key, value) of ``topic`` to its end, read_committed, in partition order."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition

@@ -27,6 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from forewarn.models.config_file import first_error
 from forewarn.models.features import CHURN_FEATURES
 
 MODEL_FILE = "model.joblib"
@@ -146,6 +147,11 @@ class ChurnModel:
         clf = self.pipeline[-1]
         return self.standardized(rows) * clf.coef_[0], float(clf.intercept_[0])
 
+    def explain(self, row: NDArray[np.float64], top: int = 3) -> list[tuple[str, float]]:
+        """What raises one row's risk most, in words with log-odds (``explain_churn``)."""
+        z = self.standardized(row)
+        return explain_churn(z * self.pipeline[-1].coef_[0], z > 0, top)
+
     def standardized(self, rows: NDArray[np.float64]) -> NDArray[np.float64]:
         """Features in training standard deviations from the training mean."""
         scaler = self.pipeline[0]
@@ -204,9 +210,7 @@ def load_churn_model(path: Path, friction_version: str | None = None) -> ChurnMo
     except FileNotFoundError as e:
         raise ArtifactError(f"{card_path}: no model card") from e
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise ArtifactError(f"{card_path}: {where}: {err['msg']}") from e
+        raise ArtifactError(f"{card_path}: {first_error(e)}") from e
     diff = feature_difference(card.features)
     if diff is not None:
         raise ArtifactError(

@@ -76,6 +76,12 @@ def problems_from(
     return out
 
 
+def first_error(error: ValidationError) -> str:
+    """The first problem of a validation error as ``field.path: message``."""
+    err = error.errors()[0]
+    return f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+
+
 def parse_yaml(text: str, file: str) -> tuple[Any, yaml.Node | None]:
     """The data and the node tree (for positions) of a YAML document."""
     try:

@@ -34,7 +34,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from forewarn.models.config_file import load_yaml_file
+from forewarn.models.config_file import first_error, load_yaml_file
 from forewarn.models.contracts import CustomerProfile, JourneyEvent
 
 
@@ -127,9 +127,7 @@ def _event(path: Path, line: int, row: dict[str, Any], m: Mapping, tz: ZoneInfo)
     try:
         return JourneyEvent.model_validate(fields)
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise HistoryError(f"{path}:{line}: {where}: {err['msg']}") from e
+        raise HistoryError(f"{path}:{line}: {first_error(e)}") from e
 
 
 def read_history(path: Path, mapping: Mapping | None = None) -> list[JourneyEvent]:
@@ -140,9 +138,7 @@ def read_history(path: Path, mapping: Mapping | None = None) -> list[JourneyEven
             try:
                 events.append(JourneyEvent.model_validate(row))
             except ValidationError as e:
-                err = e.errors()[0]
-                where = ".".join(str(p) for p in err["loc"])
-                raise HistoryError(f"{path}:{line}: {where}: {err['msg']}") from e
+                raise HistoryError(f"{path}:{line}: {first_error(e)}") from e
     else:
         m = mapping or Mapping()
         tz = ZoneInfo(m.timezone)
@@ -158,16 +154,18 @@ def read_profiles(path: Path) -> list[CustomerProfile]:
         try:
             out.append(CustomerProfile.model_validate(row))
         except ValidationError as e:
-            err = e.errors()[0]
-            raise HistoryError(
-                f"{path}:{line}: {'.'.join(map(str, err['loc']))}: {err['msg']}"
-            ) from e
+            raise HistoryError(f"{path}:{line}: {first_error(e)}") from e
     return out
 
 
+def profiles_file_for(history: Path) -> Path:
+    """Where the profiles of ``history.jsonl`` live: ``history.profiles.jsonl`` beside it."""
+    return history.with_name(history.stem + ".profiles.jsonl")
+
+
 def profiles_beside(history: Path) -> Path | None:
-    """``history.profiles.jsonl`` next to ``history.jsonl``, as ``simulate --out`` writes."""
-    candidate = history.with_name(history.stem + ".profiles.jsonl")
+    """The profiles file next to a history file, if there is one (``simulate --out``)."""
+    candidate = profiles_file_for(history)
     return candidate if candidate.exists() else None
 
 

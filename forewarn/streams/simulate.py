@@ -22,6 +22,7 @@ from pathlib import Path
 from confluent_kafka import Producer
 
 from forewarn.models.contracts import CustomerProfile, DeadLetterReason, JourneyEvent
+from forewarn.models.history import profiles_file_for
 from forewarn.models.simulator import JourneySimulator, span_for
 from forewarn.streams.codecs import CLOUDEVENTS_JSON, Headers, encode
 from forewarn.streams.settings import Settings, kafka_config
@@ -210,7 +211,7 @@ def write_history(
         for e in sim.events():
             f.write(encode(e) + b"\n")
             n += 1
-    profiles = path.with_name(path.stem + ".profiles.jsonl")
+    profiles = profiles_file_for(path)
     with profiles.open("wb") as f:
         for p in sim.profiles():
             f.write(encode(p) + b"\n")

@@ -17,7 +17,7 @@ from confluent_kafka import Producer
 from forewarn.models.contracts import Consent, CustomerProfile
 from forewarn.streams.codecs import encode
 from forewarn.streams.settings import Settings, kafka_config
-from tests.conftest import event, score_process, settings_env, sigterm, wait_committed
+from tests.conftest import event, score_process, settings_env, sigterm_once_committed
 
 pytestmark = pytest.mark.integration
 
@@ -50,12 +50,7 @@ def test_score_stops_cleanly_on_sigterm_after_committing(
         p.produce(s.topics.journey_events, key=e.customer_id.encode(), value=encode(e))
     p.flush(10)
     proc = score_process(_env(s))
-    try:
-        wait_committed(s, 50, timeout=60)
-    except AssertionError:
-        proc.kill()
-        raise
-    out = sigterm(proc)
+    out = sigterm_once_committed(proc, s, 50, timeout=60)
     assert proc.returncode == 0, out
     assert "received SIGTERM" in out
     assert "stopped after" in out

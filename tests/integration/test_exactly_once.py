@@ -37,7 +37,7 @@ from tests.conftest import (
     read_all,
     score_process,
     settings_env,
-    sigterm,
+    sigterm_once_committed,
     wait_committed,
 )
 
@@ -153,12 +153,7 @@ def test_a_worker_killed_mid_transaction_is_replaced_without_loss_or_duplicates(
     assert 0 < committed_events(s) < n, "killed mid-stream"
 
     second = score_process(env)  # the same id: fences the dead one, aborts its transaction
-    try:
-        wait_committed(s, n)
-    except AssertionError:
-        second.kill()
-        raise
-    out = sigterm(second)
+    out = sigterm_once_committed(second, s, n)
     assert second.returncode == 0, out
     assert "restored partition" in out
     assert_same(outcome(s), reference)

@@ -31,7 +31,7 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from forewarn.models.churn import ChurnModel, explain_churn
+from forewarn.models.churn import ChurnModel
 from forewarn.models.contracts import (
     VOCABULARY,
     DeadLetter,
@@ -278,9 +278,7 @@ class ScoringEngine:
                 # Churn reasons only where the risk is material (the model's operating
                 # threshold): "raises the churn risk" would mislead at 0.1%.
                 if churn is not None and risk is not None and risk >= churn.threshold:
-                    one = features[row : row + 1]
-                    lo, _ = churn.contributions(one)
-                    why = tuple(explain_churn(lo[0], churn.standardized(one)[0] > 0))
+                    why = tuple(churn.explain(features[row]))
                 moment = Moment(
                     e, at, state, derived, in_checkout, friction, prev, contributions[row],
                     risk, prev_risk, why, st,
