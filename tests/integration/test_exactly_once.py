@@ -255,6 +255,7 @@ def test_rocksdb_state_restarts_from_its_checkpoint_and_rebuilds_without_it(
     restores = same_disk.worker.restores
     assert restores and all(r.from_checkpoint is not None for r in restores)
     assert sum(r.records for r in restores) == 0, "nothing to read past the checkpoint"
+    assert 100 <= same_disk.worker.stores.customers() <= 140, "the gauge sees RocksDB too"
     same_disk.stop()
 
     new_disk = again(s.model_copy(update={"state_dir": tmp_path / "b"}), instance_id="new-disk")
