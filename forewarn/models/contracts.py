@@ -13,9 +13,12 @@ True
 from __future__ import annotations
 
 import json
+import math
 from enum import StrEnum
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
 
 from pydantic import (
     AwareDatetime,
@@ -30,6 +33,8 @@ from pydantic import (
 
 CustomerId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
 MAX_PROPERTIES = 64
+#: longest text an action copies from an event property into its attributes
+MAX_ATTRIBUTE_CHARS = 1024
 
 #: The canonical event vocabulary (design section 4). Types outside it are accepted and
 #: counted as ``other`` unless strict mode is on.
@@ -106,7 +111,8 @@ class JourneyEvent(_Contract):
     source: str | None = None
     channel: EventChannel | None = None
     session_id: Annotated[str, StringConstraints(max_length=256)] | None = None
-    value: float | None = None
+    #: e.g. an order amount; NaN and infinities are refused (JSON has no such numbers)
+    value: Annotated[float, Field(allow_inf_nan=False)] | None = None
     properties: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("type", mode="before")
@@ -122,6 +128,10 @@ class JourneyEvent(_Contract):
         # Bytes are bounded by the decoder's record size limit; keys are bounded here.
         if len(v) > MAX_PROPERTIES:
             raise ValueError(f"at most {MAX_PROPERTIES} properties, got {len(v)}")
+        for k, item in v.items():
+            # 1e400 parses as infinity: refused where rules and attributes can read it.
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ValueError(f"property {k!r} must be a finite number, got {item}")
         return v
 
 
@@ -141,19 +151,48 @@ class Consent(_Contract):
 ALL_CONSENT = Consent(email=True, sms=True, push=True, in_app=True, phone=True)
 
 
+@lru_cache(maxsize=4096)
+def usable_time_zone(name: str) -> bool:
+    """Whether ``name`` is an IANA time zone this machine can load.
+
+    >>> usable_time_zone("Europe/Berlin"), usable_time_zone("America"), usable_time_zone("x" * 300)
+    (True, False, False)
+    """
+    try:
+        ZoneInfo(name)
+    except Exception:  # ZoneInfoNotFoundError, ValueError, IsADirectoryError, name too long
+        return False
+    return True
+
+
+#: an IANA time zone name that loads (checked when a profile is decoded)
+TimeZoneName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
 class CustomerProfile(_Contract):
-    """What the CRM/CDP knows about a customer (v1). A tombstone deletes it."""
+    """What the CRM/CDP knows about a customer (v1). A tombstone deletes it.
+
+    Every text field is bounded, so a customer's state (which holds the profile) always
+    fits in one Kafka record.
+    """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     customer_id: CustomerId
     consent: Consent = Field(default_factory=Consent)
     do_not_contact: bool = False
-    timezone: str = "UTC"
+    timezone: TimeZoneName = "UTC"
     preferred_channel: ActionChannel | None = None
-    locale: str | None = None
-    tier: str | None = None
+    locale: Annotated[str, StringConstraints(max_length=64)] | None = None
+    tier: Annotated[str, StringConstraints(max_length=64)] | None = None
     signed_up_at: AwareDatetime | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _usable(cls, v: str) -> str:
+        if not usable_time_zone(v):
+            raise ValueError(f"unknown time zone {v!r}: expected an IANA name, e.g. Europe/Berlin")
+        return v
 
 
 class Reason(_Contract):
@@ -247,12 +286,19 @@ class Decision(_Contract):
 class DeadLetterReason(StrEnum):
     not_utf8 = "not_utf8"
     malformed_json = "malformed_json"
+    #: JSON nested deeper than the parser allows (200 levels)
+    nesting_too_deep = "nesting_too_deep"
+    #: a number JSON allows but no machine number holds (e.g. an integer of 5,000 digits)
+    number_out_of_range = "number_out_of_range"
     schema_violation = "schema_violation"
     invalid_customer_id = "invalid_customer_id"
     too_large = "too_large"
     future_timestamp = "future_timestamp"
     unsupported_content_type = "unsupported_content_type"
     unknown_event_type = "unknown_event_type"
+    #: the record was applied without one field, which ``error_detail`` names (a profile's
+    #: unusable time zone: the customer counts as being in UTC)
+    field_ignored = "field_ignored"
     processing_error = "processing_error"
 
 
@@ -261,8 +307,23 @@ class Header(_Contract):
     value_base64: str | None
 
 
+class Truncation(_Contract):
+    """A part of the original record cut to keep the dead letter within Kafka's limits."""
+
+    #: ``key``, ``value``, ``header:<name>`` or ``headers`` (headers beyond the count kept)
+    part: str
+    original_bytes: int
+    kept_bytes: int
+    #: SHA-256 (hex) of the part's original bytes in full, to match it with the source
+    sha256: str
+
+
 class DeadLetter(_Contract):
-    """A record Forewarn could not use, with the original bytes and why (v1)."""
+    """A record Forewarn could not use, with the original bytes and why (v1).
+
+    The original bytes are kept up to a bound (``FOREWARN_DEAD_LETTER_KEEP_BYTES``) so that a
+    dead letter always fits in a Kafka record; what was cut is listed in ``truncated``.
+    """
 
     schema_version: Literal[1] = 1
     source_topic: str
@@ -274,6 +335,9 @@ class DeadLetter(_Contract):
     error_type: DeadLetterReason
     error_detail: str
     failed_at: AwareDatetime
+    #: size of the original record (key, value and headers) in bytes
+    original_bytes: int | None = None
+    truncated: list[Truncation] = Field(default_factory=list)
 
 
 #: File name in ``schemas/`` for each exported contract.

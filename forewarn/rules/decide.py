@@ -10,7 +10,8 @@ Policies run in this order, and the first that says no is recorded as the decisi
 4. ``duplicate`` - this exact action (same deterministic id) was already emitted;
 5. ``cooldown`` - the rule reached this customer too recently;
 6. ``frequency_cap`` - the customer-wide contact budget is spent in one of its rolling
-   event-time windows (transactional actions are exempt and not charged);
+   event-time windows around the moment the action would reach the customer (the end of
+   its quiet hours when deferred); transactional actions are exempt and not charged;
 7. ``quiet_hours`` - the trigger falls in the rule's quiet hours in the customer's time
    zone and the rule drops (a deferring rule emits with ``not_before`` instead);
 8. ``holdout`` - the customer is in the global or the rule's holdout group (sticky hash);
@@ -36,14 +37,16 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import numpy as np
 from google.protobuf.struct_pb2 import Struct
 from numpy.typing import NDArray
 
 from forewarn.models.contracts import (
+    MAX_ATTRIBUTE_CHARS,
     ActionChannel,
     AttributeValue,
     Decision,
@@ -234,6 +237,20 @@ def in_holdout(customer_id: str, group: str, percent: float) -> bool:
     return int.from_bytes(digest, "big") % 10_000 < percent * 100
 
 
+@lru_cache(maxsize=1024)
+def customer_zone(name: str) -> ZoneInfo:
+    """The customer's time zone; UTC for a name that does not load (profiles are checked
+    when decoded, but a state written by an older version may hold anything).
+
+    >>> customer_zone("Europe/Berlin").key, customer_zone("America").key
+    ('Europe/Berlin', 'UTC')
+    """
+    try:
+        return ZoneInfo(name)
+    except Exception:
+        return ZoneInfo("UTC")
+
+
 def quiet_until(quiet: QuietHours, at: float, timezone: str) -> datetime | None:
     """When the quiet hours around ``at`` end (UTC), or None outside them.
 
@@ -245,10 +262,7 @@ def quiet_until(quiet: QuietHours, at: float, timezone: str) -> datetime | None:
     >>> quiet_until(q, at, "America/New_York") is None  # 17:30 there
     True
     """
-    try:
-        zone = ZoneInfo(timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        zone = ZoneInfo("UTC")
+    zone = customer_zone(timezone)
     local = datetime.fromtimestamp(at, tz=zone)
     minute = local.hour * 60 + local.minute
     start, end = quiet.start, quiet.end
@@ -297,10 +311,12 @@ class DecisionMaker:
 
     def _action(self, rule: Rule, m: Moment, channel: ActionChannel) -> OutreachAction:
         e = m.event
+        # Only short scalar values: an action must stay small whatever upstream sends.
         attrs: dict[str, AttributeValue] = {
-            k: e.properties[k]
+            k: v
             for k in rule.action.attributes
-            if isinstance(e.properties.get(k), str | int | float | bool)
+            if isinstance(v := e.properties.get(k), str | int | float | bool)
+            and not (isinstance(v, str) and len(v) > MAX_ATTRIBUTE_CHARS)
         }
         return OutreachAction(
             action_id=action_id(rule.id, e.customer_id, e.event_id),
@@ -382,11 +398,19 @@ class DecisionMaker:
                 f"rule reached this customer {_ago(m.at - last)} ago",
             )
             return []
+        quiet = rule.policies.quiet_hours
+        tz = profile.timezone if profile else "UTC"
+        ends = quiet_until(quiet, m.at, tz) if quiet is not None else None
+        # A deferred action reaches the customer when the quiet hours end: that is when it
+        # counts against the budget, and what it is charged at (``_settle``).
+        deferred = ends is not None and quiet is not None and quiet.mode == "defer"
+        deliver_at = ends.timestamp() if deferred and ends is not None else m.at
         if not rule.action.transactional:
             for w in self.rulebook.budget:
-                # Every window of this length that holds m.at lies inside (at - w, at + w):
-                # counting there keeps the budget even when events arrive out of order.
-                used = sum(1 for t in state.contact_times if abs(t - m.at) < w.within)
+                # Every window of this length that holds the delivery lies inside
+                # (t - w, t + w): counting there keeps the budget even when events arrive
+                # out of order.
+                used = sum(1 for t in state.contact_times if abs(t - deliver_at) < w.within)
                 if used >= w.at_most:
                     self._record(
                         action,
@@ -394,23 +418,18 @@ class DecisionMaker:
                         f"contact budget spent: {used} of {w.at_most} in {_ago(w.within)}",
                     )
                     return []
-        quiet = rule.policies.quiet_hours
-        if quiet is not None:
-            ends = quiet_until(quiet, m.at, profile.timezone if profile else "UTC")
-            if ends is not None:
-                if quiet.mode == "drop":
-                    self._record(
-                        action, SuppressionReason.quiet_hours, "in the customer's quiet hours"
-                    )
-                    return []
-                if ends > action.expires_at:
-                    self._record(
-                        action,
-                        SuppressionReason.quiet_hours,
-                        "quiet hours outlast the action's time-to-live",
-                    )
-                    return []
-                action = action.model_copy(update={"not_before": ends})
+        if quiet is not None and ends is not None:
+            if quiet.mode == "drop":
+                self._record(action, SuppressionReason.quiet_hours, "in the customer's quiet hours")
+                return []
+            if ends > action.expires_at:
+                self._record(
+                    action,
+                    SuppressionReason.quiet_hours,
+                    "quiet hours outlast the action's time-to-live",
+                )
+                return []
+            action = action.model_copy(update={"not_before": ends})
         cid = m.event.customer_id
         if in_holdout(cid, "global", self.rulebook.holdout_percent) or in_holdout(
             cid, rule.id, rule.policies.holdout_percent
@@ -425,7 +444,12 @@ class DecisionMaker:
         best = max(proposals, key=lambda p: (p.rule.action.priority, -order[p.rule.id]))
         a = best.action
         best.moment.state.remember_action(
-            a.action_id, a.rule_id, a.channel.value, best.moment.at, counts=not a.transactional
+            a.action_id,
+            a.rule_id,
+            a.channel.value,
+            best.moment.at,
+            delivered_at=a.not_before.timestamp() if a.not_before else None,
+            counts=not a.transactional,
         )
         self.actions.append(a)
         self._record(a)

@@ -19,13 +19,14 @@ the original bytes.
 from __future__ import annotations
 
 import base64
-import json
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import ValidationError
+from pydantic_core import from_json
 
 from forewarn.models.contracts import (
     VOCABULARY,
@@ -34,13 +35,25 @@ from forewarn.models.contracts import (
     DeadLetterReason,
     Header,
     JourneyEvent,
+    Truncation,
 )
 
 Headers = tuple[tuple[str, bytes | None], ...]
 KeyStatus = Literal["ok", "missing", "mismatch"]
 
 CLOUDEVENTS_JSON = "application/cloudevents+json"
+CLOUDEVENTS_VERSION = "1.0"
 _JSON_TYPES = ("application/json", "text/json")
+#: largest profile record accepted (profiles are small; the bound keeps state records small)
+MAX_PROFILE_BYTES = 64 * 1024
+
+#: original bytes a dead letter keeps of a record's value (64 KiB: every event small enough
+#: to be accepted is kept whole); a quarter of it for the headers together, and a little
+#: for the key. Base64 makes that about 110 KB at most, far below Kafka's 1 MB default.
+DEAD_LETTER_KEEP_BYTES = 64 * 1024
+_KEY_KEEP_BYTES = 1024
+_HEADERS_KEPT = 64
+_HEADER_NAME_CHARS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +78,8 @@ class DecodeSettings:
     #: them as ``other``
     strict_types: bool = False
     custom_types: frozenset[str] = frozenset()
+    #: original bytes a dead letter keeps of the value (see ``DEAD_LETTER_KEEP_BYTES``)
+    dead_letter_keep_bytes: int = DEAD_LETTER_KEEP_BYTES
     #: handed to pydantic on every validation (built once here, not per record)
     validation_context: dict[str, Any] = field(init=False, compare=False, repr=False)
 
@@ -94,24 +109,89 @@ def _b64(data: bytes | None) -> str | None:
     return None if data is None else base64.b64encode(data).decode("ascii")
 
 
-def dead_letter(rec: RawRecord, reason: DeadLetterReason, detail: str, at: datetime) -> DeadLetter:
+class _Keeper:
+    """Cuts the parts of a record to a byte budget, noting each cut as a ``Truncation``."""
+
+    def __init__(self) -> None:
+        self.cuts: list[Truncation] = []
+
+    def keep(self, part: str, data: bytes | None, budget: int) -> bytes | None:
+        if data is None or len(data) <= budget:
+            return data
+        kept = max(0, budget)
+        self.cuts.append(
+            Truncation(
+                part=part,
+                original_bytes=len(data),
+                kept_bytes=kept,
+                sha256=hashlib.sha256(data).hexdigest(),
+            )
+        )
+        return data[:kept]
+
+
+def dead_letter(
+    rec: RawRecord,
+    reason: DeadLetterReason,
+    detail: str,
+    at: datetime,
+    keep_bytes: int = DEAD_LETTER_KEEP_BYTES,
+) -> DeadLetter:
+    """A dead letter for ``rec`` that always fits in a Kafka record.
+
+    The value is kept up to ``keep_bytes``, the headers up to a quarter of that together
+    (at most 64 of them), the key up to 1 KiB; every cut is listed with the part's original
+    size and SHA-256, so the record can still be found and matched at its source.
+
+    >>> from datetime import UTC, datetime
+    >>> big = RawRecord("journey-events", 0, 9, b"c1", b"x" * 100_000)
+    >>> dl = dead_letter(big, DeadLetterReason.too_large, "too big", datetime.now(UTC), 1000)
+    >>> dl.original_bytes, [(t.part, t.original_bytes, t.kept_bytes) for t in dl.truncated]
+    (100002, [('value', 100000, 1000)])
+    """
+    keeper = _Keeper()
+    value = keeper.keep("value", rec.value, keep_bytes)
+    key = keeper.keep("key", rec.key, _KEY_KEEP_BYTES)
+    headers, budget = [], keep_bytes // 4
+    for name, v in rec.headers[:_HEADERS_KEPT]:
+        kept = keeper.keep(f"header:{name[:_HEADER_NAME_CHARS]}", v, budget)
+        budget -= len(kept or b"")
+        headers.append(Header(key=name[:_HEADER_NAME_CHARS], value_base64=_b64(kept)))
+    dropped = rec.headers[_HEADERS_KEPT:]
+    if dropped:
+        keeper.keep("headers", b"".join(k.encode() + (v or b"") for k, v in dropped), 0)
+    size = len(rec.key or b"") + len(rec.value or b"")
+    size += sum(len(k.encode()) + len(v or b"") for k, v in rec.headers)
     return DeadLetter(
         source_topic=rec.topic,
         partition=rec.partition,
         offset=rec.offset,
-        key_base64=_b64(rec.key),
-        value_base64=_b64(rec.value),
-        headers=[Header(key=k, value_base64=_b64(v)) for k, v in rec.headers],
+        key_base64=_b64(key),
+        value_base64=_b64(value),
+        headers=headers,
         error_type=reason,
         error_detail=detail[:2000],
         failed_at=at,
+        original_bytes=size,
+        truncated=keeper.cuts,
     )
+
+
+def _text(data: bytes, what: str) -> str:
+    """UTF-8 text, or a ``not_utf8`` rejection naming ``what``: never a guess.
+
+    Decoding with replacement characters would make two different ids equal.
+    """
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise Rejected(DeadLetterReason.not_utf8, f"{what} is not UTF-8: {e}") from e
 
 
 def _header(headers: Headers, name: str) -> str | None:
     for k, v in headers:
         if k.lower() == name and v is not None:
-            return v.decode("utf-8", errors="replace")
+            return _text(v, f"header {k!r}")
     return None
 
 
@@ -132,14 +212,18 @@ def _json_object(rec: RawRecord, max_bytes: int) -> dict[str, Any]:
         raise Rejected(
             DeadLetterReason.too_large, f"value is {len(value)} bytes, limit is {max_bytes}"
         )
+    text = _text(value, "value")
     try:
-        text = value.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise Rejected(DeadLetterReason.not_utf8, f"value is not UTF-8: {e}") from e
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise Rejected(DeadLetterReason.malformed_json, f"not JSON: {e}") from e
+        # The same parser as the fast path, so both refuse the same things: NaN and
+        # Infinity (not JSON), nesting past 200 levels, numbers no machine number holds.
+        data = from_json(text, allow_inf_nan=False)
+    except ValueError as e:
+        message = str(e)
+        if message.startswith("recursion limit exceeded"):
+            raise Rejected(DeadLetterReason.nesting_too_deep, f"JSON {message}") from e
+        if message.startswith("number out of range"):
+            raise Rejected(DeadLetterReason.number_out_of_range, f"JSON {message}") from e
+        raise Rejected(DeadLetterReason.malformed_json, f"not JSON: {message}") from e
     if not isinstance(data, dict):
         raise Rejected(
             DeadLetterReason.schema_violation, f"expected a JSON object, got {type(data).__name__}"
@@ -167,22 +251,34 @@ def _from_cloudevent(attrs: Mapping[str, Any], data: Any, key: str | None) -> di
     return out
 
 
+def _specversion(spec: Any, where: str) -> None:
+    if spec != CLOUDEVENTS_VERSION:
+        raise Rejected(
+            DeadLetterReason.schema_violation,
+            f"{where}: only CloudEvents {CLOUDEVENTS_VERSION} is supported, got {str(spec)[:32]!r}",
+        )
+
+
+def _key_text(rec: RawRecord) -> str | None:
+    return _text(rec.key, "key") if rec.key else None
+
+
 def _fields(rec: RawRecord, settings: DecodeSettings) -> dict[str, Any]:
     ct = _content_type(rec.headers)
     spec = _header(rec.headers, "ce_specversion")
     if spec is not None:  # binary mode: attributes in headers, the value is the data
+        _specversion(spec, "ce_specversion")
         if ct is not None and not _is_json_type(ct):
             raise Rejected(
                 DeadLetterReason.unsupported_content_type,
                 f"content-type {ct!r}: only JSON data is supported",
             )
         attrs = {
-            k[3:].lower(): (v.decode("utf-8", errors="replace") if v is not None else None)
+            k[3:].lower(): (_text(v, f"header {k!r}") if v is not None else None)
             for k, v in rec.headers
             if k.lower().startswith("ce_")
         }
-        key = rec.key.decode("utf-8", errors="replace") if rec.key else None
-        return _from_cloudevent(attrs, _json_object(rec, settings.max_bytes), key)
+        return _from_cloudevent(attrs, _json_object(rec, settings.max_bytes), _key_text(rec))
     if ct is not None and ct != CLOUDEVENTS_JSON and not _is_json_type(ct):
         raise Rejected(
             DeadLetterReason.unsupported_content_type,
@@ -190,8 +286,8 @@ def _fields(rec: RawRecord, settings: DecodeSettings) -> dict[str, Any]:
         )
     data = _json_object(rec, settings.max_bytes)
     if ct == CLOUDEVENTS_JSON or "specversion" in data:  # structured mode
-        key = rec.key.decode("utf-8", errors="replace") if rec.key else None
-        return _from_cloudevent(data, data.get("data"), key)
+        _specversion(data.get("specversion"), "specversion")
+        return _from_cloudevent(data, data.get("data"), _key_text(rec))
     return data
 
 
@@ -255,7 +351,7 @@ def decode_event(
                 f"type {event.type!r} is not in the vocabulary; map it with an alias",
             )
     except Rejected as r:
-        return dead_letter(rec, r.reason, r.detail, now)
+        return dead_letter(rec, r.reason, r.detail, now, settings.dead_letter_keep_bytes)
     if rec.key is None:
         status: KeyStatus = "missing"
     elif rec.key != event.customer_id.encode("utf-8"):
@@ -265,22 +361,45 @@ def decode_event(
     return DecodedEvent(event, status)
 
 
+@dataclass(frozen=True, slots=True)
+class PartialProfile:
+    """A profile applied without a field it could not use; ``ignored`` says which and why."""
+
+    profile: CustomerProfile
+    ignored: DeadLetter
+
+
 def decode_profile(
-    rec: RawRecord, now: datetime
-) -> CustomerProfile | ProfileTombstone | DeadLetter:
-    """A compacted-topic profile record; a null value deletes the profile of its key."""
-    if rec.value is None:
-        if not rec.key:
-            return dead_letter(rec, DeadLetterReason.schema_violation, "tombstone without key", now)
-        return ProfileTombstone(rec.key.decode("utf-8", errors="replace"))
+    rec: RawRecord, now: datetime, keep_bytes: int = DEAD_LETTER_KEEP_BYTES
+) -> CustomerProfile | PartialProfile | ProfileTombstone | DeadLetter:
+    """A compacted-topic profile record; a null value deletes the profile of its key.
+
+    An unusable time zone does not cost the customer the rest of the profile (its consent
+    and do-not-contact above all): the profile is kept without it, the customer counts as
+    being in UTC, and a ``field_ignored`` dead letter says so.
+    """
     try:
-        data = _json_object(rec, 64 * 1024)
+        if rec.value is None:
+            if not rec.key:
+                raise Rejected(DeadLetterReason.schema_violation, "tombstone without key")
+            return ProfileTombstone(_text(rec.key, "key"))
+        data = _json_object(rec, MAX_PROFILE_BYTES)
         try:
             return CustomerProfile.model_validate(data)
         except ValidationError as e:
-            raise Rejected(*_describe(e)) from e
+            if not all(err["loc"][:1] == ("timezone",) for err in e.errors()):
+                raise Rejected(*_describe(e)) from e
+            try:
+                kept = CustomerProfile.model_validate({**data, "timezone": "UTC"})
+            except ValidationError as e2:
+                raise Rejected(*_describe(e2)) from e2
+            _, detail = _describe(e)
+            why = f"{detail} (profile applied without it: quiet hours in UTC)"
+            return PartialProfile(
+                kept, dead_letter(rec, DeadLetterReason.field_ignored, why, now, keep_bytes)
+            )
     except Rejected as r:
-        return dead_letter(rec, r.reason, r.detail, now)
+        return dead_letter(rec, r.reason, r.detail, now, keep_bytes)
 
 
 def encode(model: Any) -> bytes:

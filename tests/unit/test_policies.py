@@ -148,11 +148,13 @@ kinds = st.sampled_from(["delivery_delayed", "search_no_results", "payment_faile
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["a", "b"]), kinds, st.integers(0, 3 * 24 * 60)),
-                max_size=30))  # fmt: skip
+                max_size=30), st.booleans())  # fmt: skip
 def test_no_customer_ever_exceeds_the_budget_in_any_window_whatever_the_order(
-    steps: list[tuple[str, str, int]],
+    steps: list[tuple[str, str, int]], deferring: bool
 ) -> None:
-    e = Engine()
+    # With quiet hours that defer, an action reaches the customer in the morning: the
+    # budget holds for when actions arrive, not for when they were triggered.
+    e = Engine(quiet_hours='{start: "21:00", end: "08:00", mode: defer}') if deferring else Engine()
     e.profile("a")
     e.profile("b", tz="Asia/Tokyo")
     evs = [event(c, k, T0 + timedelta(minutes=m), n=i) for i, (c, k, m) in enumerate(steps)]
@@ -161,12 +163,29 @@ def test_no_customer_ever_exceeds_the_budget_in_any_window_whatever_the_order(
         actions += e.feed(*evs[i : i + 3]).actions
     for cid in ("a", "b"):
         times = sorted(
-            a.triggered_at for a in actions if a.customer_id == cid and not a.transactional
+            a.not_before or a.triggered_at
+            for a in actions
+            if a.customer_id == cid and not a.transactional
         )
         for w in e.book.budget:
             for t in times:
                 inside = [x for x in times if t <= x < t + timedelta(seconds=w.within)]
                 assert len(inside) <= w.at_most
+
+
+def test_a_deferred_action_counts_against_the_budget_when_it_arrives() -> None:
+    # Issue 9: a replay gave one customer four marketing contacts within 7 days of delivery.
+    e = Engine(quiet_hours='{start: "21:00", end: "08:00", mode: defer}')
+    e.profile("eve")  # Berlin
+    night = datetime(2026, 3, 2, 22, 0, tzinfo=UTC)  # 23:00 in Berlin: deferred to 08:00
+    first = e.feed(event("eve", "delivery_delayed", night, n=1))
+    (a,) = first.actions
+    assert a.not_before == datetime(2026, 3, 3, 7, 0, tzinfo=UTC)
+    # 07:30 Berlin the next morning: 8.5 h after the trigger, but 30 min before the deferred
+    # action arrives, so a second contact now would mean two within the 6-hour window.
+    morning = e.feed(event("eve", "search_no_results", datetime(2026, 3, 3, 6, 30, tzinfo=UTC),
+                           n=2))  # fmt: skip
+    assert reasons(morning) == [("on_search", "frequency_cap")]
 
 
 @settings(max_examples=40, deadline=None)
