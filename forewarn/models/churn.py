@@ -1,37 +1,43 @@
-"""The churn-risk model: a scikit-learn pipeline in a directory, with its card.
+"""The churn-risk model: a standardized logistic regression in a directory, with its card.
 
-An artifact directory holds ``model.joblib`` (the fitted pipeline: a scaler and a logistic
-regression) and ``card.json`` (``ModelCard``: version, features in order, training data,
-label, class balance, held-out metrics). ``load_churn_model`` refuses an artifact whose
-features are not the ones this version computes (``features.CHURN_FEATURES``) and names the
-difference. Scoring is always a whole matrix (one row per event of a batch).
+An artifact directory holds ``model.json`` (the fitted numbers: each feature's training mean
+and scale, the coefficients and the intercept) and ``card.json`` (``ModelCard``: version,
+features in order, training data, label, class balance, held-out metrics, and the SHA-256 of
+``model.json``). ``load_churn_model`` refuses an artifact whose model file is not the one
+its card names (swapped or truncated), whose features are not the ones this version computes
+(``features.CHURN_FEATURES``), or whose numbers are not finite, and names the file and field.
+Scoring is always a whole matrix (one row per event of a batch).
 
-Explanations: for the linear model each feature's contribution to the log-odds is
-``coef * (x - mean) / scale``; the contributions and the intercept add up to the log-odds of
-the score exactly, so the reasons on an action account for the whole risk.
+Loading never runs code from the artifact: ``model.json`` is plain numbers, read with a JSON
+parser. (Pickles, which scikit-learn's own persistence uses, execute whatever they hold when
+loaded; a model file is data a deployment pipeline moves around, so it must not be code.)
 
-Loading runs the artifact's pickled code (joblib): only load artifacts you trust, as you
-would a Python package.
+Explanations: each feature's contribution to the log-odds is ``coef * (x - mean) / scale``;
+the contributions and the intercept add up to the log-odds of the score exactly, so the
+reasons on an action account for the whole risk.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Literal
 
-import joblib
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from forewarn.models.config_file import first_error
 from forewarn.models.features import CHURN_FEATURES
 
-MODEL_FILE = "model.joblib"
+MODEL_FILE = "model.json"
 CARD_FILE = "card.json"
+#: what earlier versions wrote (a pickle): named in the refusal, never loaded
+PICKLED_MODEL_FILE = "model.joblib"
 
 #: how feature names read in an action's reasons
 FEATURE_WORDS = {
@@ -104,6 +110,41 @@ class ClassBalance(BaseModel):
     rate: float
 
 
+def _finite(values: list[float]) -> list[float]:
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError("every number must be finite")
+    return values
+
+
+Numbers = Annotated[list[float], AfterValidator(_finite)]
+
+
+class LinearModel(BaseModel):
+    """``model.json``: a logistic regression on standardized features, as plain numbers.
+
+    risk = 1 / (1 + exp(-(intercept + sum(coef * (x - mean) / scale))))
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: Literal["forewarn-linear-logistic"] = "forewarn-linear-logistic"
+    format_version: Literal[1] = 1
+    features: list[str] = Field(min_length=1)
+    mean: Numbers
+    scale: Numbers
+    coef: Numbers
+    intercept: float = Field(allow_inf_nan=False)
+
+    def check_shapes(self) -> str | None:
+        n = len(self.features)
+        for name in ("mean", "scale", "coef"):
+            if len(getattr(self, name)) != n:
+                return f"{name}: {len(getattr(self, name))} numbers for {n} features"
+        if any(v <= 0 for v in self.scale):
+            return "scale: every scale must be positive"
+        return None
+
+
 class ModelCard(BaseModel):
     """What a model is, what it was trained on, and how well it did on held-out data."""
 
@@ -112,6 +153,8 @@ class ModelCard(BaseModel):
     model_version: str
     created_at: datetime
     model_kind: str
+    #: SHA-256 (hex) of ``model.json``: a swapped or truncated model file is refused
+    model_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     features: list[str] = Field(min_length=1)
     friction_version: str
     training_data: TrainingData
@@ -123,8 +166,18 @@ class ModelCard(BaseModel):
 @dataclass(frozen=True, slots=True)
 class ChurnModel:
     card: ModelCard
-    pipeline: Any
+    linear: LinearModel
     path: Path
+    # The numbers as arrays, made once (not per batch).
+    _mean: NDArray[np.float64] = field(init=False, repr=False, compare=False)
+    _scale: NDArray[np.float64] = field(init=False, repr=False, compare=False)
+    _coef: NDArray[np.float64] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        lm = self.linear
+        object.__setattr__(self, "_mean", np.asarray(lm.mean, dtype=np.float64))
+        object.__setattr__(self, "_scale", np.asarray(lm.scale, dtype=np.float64))
+        object.__setattr__(self, "_coef", np.asarray(lm.coef, dtype=np.float64))
 
     @property
     def version(self) -> str:
@@ -139,23 +192,22 @@ class ChurnModel:
         """Churn risk 0-1 for every row of a feature matrix (one call per batch)."""
         if not len(rows):
             return np.zeros(0)
-        proba: NDArray[np.float64] = self.pipeline.predict_proba(rows)[:, 1]
-        return proba
+        logit = self.standardized(rows) @ self._coef + self.linear.intercept
+        risk: NDArray[np.float64] = 1.0 / (1.0 + np.exp(-logit))
+        return risk
 
     def contributions(self, rows: NDArray[np.float64]) -> tuple[NDArray[np.float64], float]:
         """Each feature's signed contribution to the log-odds, and the intercept."""
-        clf = self.pipeline[-1]
-        return self.standardized(rows) * clf.coef_[0], float(clf.intercept_[0])
+        return self.standardized(rows) * self._coef, self.linear.intercept
 
     def explain(self, row: NDArray[np.float64], top: int = 3) -> list[tuple[str, float]]:
         """What raises one row's risk most, in words with log-odds (``explain_churn``)."""
         z = self.standardized(row)
-        return explain_churn(z * self.pipeline[-1].coef_[0], z > 0, top)
+        return explain_churn(z * self._coef, z > 0, top)
 
     def standardized(self, rows: NDArray[np.float64]) -> NDArray[np.float64]:
         """Features in training standard deviations from the training mean."""
-        scaler = self.pipeline[0]
-        z: NDArray[np.float64] = (rows - scaler.mean_) / scaler.scale_
+        z: NDArray[np.float64] = (rows - self._mean) / self._scale
         return z
 
 
@@ -201,14 +253,13 @@ def feature_difference(found: list[str]) -> str | None:
 def load_churn_model(path: Path, friction_version: str | None = None) -> ChurnModel:
     """Load an artifact directory; ``ArtifactError`` (naming the file) when it cannot be used.
 
-    ``friction_version``: the friction config the caller scores with; a model trained on
-    another one is refused (friction is one of its features).
+    Nothing in the directory is executed. ``friction_version``: the friction config the
+    caller scores with; a model trained on another one is refused (friction is one of its
+    features).
     """
-    card_path = path / CARD_FILE
+    card_path, model_path = path / CARD_FILE, path / MODEL_FILE
     try:
-        card = ModelCard.model_validate_json(card_path.read_bytes())
-    except FileNotFoundError as e:
-        raise ArtifactError(f"{card_path}: no model card") from e
+        card = ModelCard.model_validate_json(_read(card_path, "no model card"))
     except ValidationError as e:
         raise ArtifactError(f"{card_path}: {first_error(e)}") from e
     diff = feature_difference(card.features)
@@ -222,25 +273,65 @@ def load_churn_model(path: Path, friction_version: str | None = None) -> ChurnMo
             f"{card_path}: friction_version: the model was trained with "
             f"{card.friction_version!r}, this worker scores friction {friction_version!r}"
         )
-    model_path = path / MODEL_FILE
-    try:
-        pipeline = joblib.load(model_path)
-    except FileNotFoundError as e:
-        raise ArtifactError(f"{model_path}: no fitted model") from e
-    except Exception as e:
-        raise ArtifactError(f"{model_path}: unreadable: {type(e).__name__}: {e}") from e
-    n = getattr(pipeline, "n_features_in_", None)
-    if n != len(CHURN_FEATURES) or not hasattr(pipeline, "predict_proba"):
+    if not model_path.exists() and (path / PICKLED_MODEL_FILE).exists():
         raise ArtifactError(
-            f"{model_path}: expects {n} features, the card and this worker have "
-            f"{len(CHURN_FEATURES)}"
+            f"{path / PICKLED_MODEL_FILE}: a pickled model, which Forewarn no longer loads "
+            f"(loading a pickle runs whatever code it holds); retrain with `forewarn train`, "
+            f"which writes {MODEL_FILE}"
         )
-    return ChurnModel(card, pipeline, path)
+    data = _read(model_path, "no fitted model")
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != card.model_sha256:
+        raise ArtifactError(
+            f"{model_path}: model_sha256: the file's SHA-256 is {digest}, the card names "
+            f"{card.model_sha256}: the model file was replaced or cut short"
+        )
+    try:
+        linear = LinearModel.model_validate_json(data)
+    except ValidationError as e:
+        raise ArtifactError(f"{model_path}: {first_error(e)}") from e
+    problem = linear.check_shapes()
+    if problem is None and linear.features != card.features:
+        problem = "features: the model file and the card list different features"
+    if problem is not None:
+        raise ArtifactError(f"{model_path}: {problem}")
+    return ChurnModel(card, linear, path)
 
 
-def save_churn_model(path: Path, pipeline: Any, card: ModelCard) -> None:
+def _read(path: Path, missing: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as e:
+        raise ArtifactError(f"{path}: {missing}") from e
+    except OSError as e:
+        raise ArtifactError(f"{path}: unreadable: {e}") from e
+
+
+def linear_model_of(pipeline: object) -> LinearModel:
+    """The numbers of a fitted scikit-learn ``StandardScaler + LogisticRegression``."""
+    scaler, clf = pipeline[0], pipeline[-1]  # type: ignore[index]
+    return LinearModel(
+        features=list(CHURN_FEATURES),
+        mean=[float(v) for v in scaler.mean_],
+        scale=[float(v) for v in scaler.scale_],
+        coef=[float(v) for v in clf.coef_[0]],
+        intercept=float(clf.intercept_[0]),
+    )
+
+
+def model_file_bytes(linear: LinearModel) -> bytes:
+    """``model.json`` as written (the card's ``model_sha256`` is taken over these bytes)."""
+    return (json.dumps(linear.model_dump(mode="json"), indent=1) + "\n").encode()
+
+
+def save_churn_model(path: Path, linear: LinearModel, card: ModelCard) -> None:
+    """Write ``model.json``, then the card that names its SHA-256 (the card last: a worker
+    that reads the directory halfway sees an old card that refuses the new model file)."""
     path.mkdir(parents=True, exist_ok=True)
-    joblib.dump(pipeline, path / MODEL_FILE)
+    data = model_file_bytes(linear)
+    if card.model_sha256 != hashlib.sha256(data).hexdigest():
+        raise ValueError("the card's model_sha256 does not match the model file")
+    (path / MODEL_FILE).write_bytes(data)
     text = json.dumps(card.model_dump(mode="json"), indent=2)
     (path / CARD_FILE).write_text(text + "\n")
 

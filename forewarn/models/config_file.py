@@ -79,7 +79,8 @@ def problems_from(
 def first_error(error: ValidationError) -> str:
     """The first problem of a validation error as ``field.path: message``."""
     err = error.errors()[0]
-    return f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+    where = ".".join(str(p) for p in err["loc"])
+    return f"{where}: {err['msg']}" if where else str(err["msg"])
 
 
 def parse_yaml(text: str, file: str) -> tuple[Any, yaml.Node | None]:
@@ -91,6 +92,8 @@ def parse_yaml(text: str, file: str) -> tuple[Any, yaml.Node | None]:
         mark = e.problem_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         raise ConfigFileError([Problem(file, line, col, "", f"not valid YAML: {e.problem}")]) from e
+    except (yaml.YAMLError, RecursionError) as e:  # e.g. nesting deeper than Python recurses
+        raise ConfigFileError([Problem(file, 1, 1, "", f"not valid YAML: {e}")]) from e
     return data, root
 
 
@@ -104,9 +107,22 @@ def load_yaml_text(text: str, model: type[M], file: str) -> M:
         raise ConfigFileError(problems_from(e, root, file)) from e
 
 
-def load_yaml_file(path: Path, model: type[M]) -> M:
+def read_text_file(path: Path) -> str:
+    """A UTF-8 text file, or a ``ConfigFileError`` naming the file (and the line and column
+    of a byte that is not UTF-8)."""
     try:
-        text = path.read_text()
-    except OSError as e:
+        data = path.read_bytes()
+    except OSError as e:  # missing, a directory, no permission, vanished
         raise ConfigFileError([Problem(str(path), 0, 0, "", f"cannot read: {e}")]) from e
-    return load_yaml_text(text, model, str(path))
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        before = data[: e.start]
+        line = before.count(b"\n") + 1
+        col = e.start - (before.rfind(b"\n") + 1) + 1
+        why = f"not UTF-8: byte 0x{data[e.start]:02x} at offset {e.start}"
+        raise ConfigFileError([Problem(str(path), line, col, "", why)]) from e
+
+
+def load_yaml_file(path: Path, model: type[M]) -> M:
+    return load_yaml_text(read_text_file(path), model, str(path))

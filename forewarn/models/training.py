@@ -38,8 +38,11 @@ from forewarn.models.churn import (
     ClassBalance,
     HeldOutMetrics,
     LabelDefinition,
+    LinearModel,
     ModelCard,
     TrainingData,
+    linear_model_of,
+    model_file_bytes,
 )
 from forewarn.models.contracts import JourneyEvent
 from forewarn.models.features import CHURN_FEATURES, churn_features
@@ -153,8 +156,12 @@ def fit_churn_model(
     data: Snapshots, *, source_sha256: str, period: tuple[datetime, datetime], events: int,
     version: str, horizon_days: float, every_hours: float, friction_version: str,
     label_definition: str,
-) -> tuple[Pipeline, ModelCard]:  # fmt: skip
-    """Fit scaler + logistic regression; measure on the held-out customers."""
+) -> tuple[LinearModel, ModelCard]:  # fmt: skip
+    """Fit scaler + logistic regression; measure on the held-out customers.
+
+    The fitted numbers leave scikit-learn as a ``LinearModel`` (plain numbers, loaded
+    without running code), and the card names the SHA-256 of the file they are saved in.
+    """
     test = np.array([_held_out(c) for c in data.customers])
     y_train, y_test = data.y[~test], data.y[test]
     for name, y in (("training", y_train), ("held-out", y_test)):
@@ -180,10 +187,12 @@ def fit_churn_model(
         rows=len(y_test),
     )
     positives = int(data.y.sum())
+    linear = linear_model_of(pipeline)
     card = ModelCard(
         model_version=version,
         created_at=datetime.now(UTC),
-        model_kind="StandardScaler + LogisticRegression (scikit-learn)",
+        model_kind="StandardScaler + LogisticRegression (scikit-learn), as plain numbers",
+        model_sha256=hashlib.sha256(model_file_bytes(linear)).hexdigest(),
         features=list(CHURN_FEATURES),
         friction_version=friction_version,
         training_data=TrainingData(
@@ -205,7 +214,7 @@ def fit_churn_model(
         ),
         held_out=metrics,
     )
-    return pipeline, card
+    return linear, card
 
 
 def event_feature_rows(

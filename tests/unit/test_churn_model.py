@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
+import pickle
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,6 +17,7 @@ import pytest
 from forewarn.models.churn import (
     CARD_FILE,
     MODEL_FILE,
+    PICKLED_MODEL_FILE,
     ArtifactError,
     ChurnModel,
     default_model_path,
@@ -127,7 +131,7 @@ def test_broken_artifacts_are_refused_with_the_file_named(tmp_path: Path) -> Non
         load_churn_model(d)
     d = _copy(tmp_path / "2")
     (d / MODEL_FILE).write_bytes(b"not a model")
-    with pytest.raises(ArtifactError, match=r"model\.joblib: unreadable"):
+    with pytest.raises(ArtifactError, match=r"model\.json: model_sha256: .* replaced or cut short"):
         load_churn_model(d)
     with pytest.raises(ArtifactError, match="friction_version"):
         load_churn_model(_copy(tmp_path / "3"), "friction-v9")
@@ -188,3 +192,64 @@ def test_user_shaped_history_with_a_mapping_and_bad_rows(tmp_path: Path) -> None
     bad.write_text("user_id,event_name,ts\nu1,page_view,2026-01-01\nu2,page_view,yesterday\n")
     with pytest.raises(HistoryError, match=r"bad\.csv:3: ts: not a timestamp"):
         read_history(bad, m)
+
+
+def _resign(d: Path, model_text: str) -> None:
+    """Write ``model_text`` as the model file and name its SHA-256 in the card."""
+    (d / MODEL_FILE).write_text(model_text)
+    _edit_card(d, model_sha256=hashlib.sha256(model_text.encode()).hexdigest())
+
+
+class _Payload:
+    """A pickle that creates a file when it is loaded (what a malicious model would do)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_malicious_model_file_is_refused_and_nothing_in_it_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps(_Payload(marker))
+    d = _copy(tmp_path / "swapped")
+    (d / MODEL_FILE).write_bytes(payload)  # swapped in place of the shipped model
+    with pytest.raises(ArtifactError, match=r"model\.json: model_sha256"):
+        load_churn_model(d)
+    d = _copy(tmp_path / "signed")  # even when the card was edited to name it
+    (d / MODEL_FILE).write_bytes(payload)
+    _edit_card(d, model_sha256=hashlib.sha256(payload).hexdigest())
+    with pytest.raises(ArtifactError, match=r"model\.json: Invalid JSON"):
+        load_churn_model(d)
+    old = _copy(tmp_path / "old")  # an artifact of an earlier version: a pickle beside the card
+    (old / MODEL_FILE).unlink()
+    (old / PICKLED_MODEL_FILE).write_bytes(payload)
+    with pytest.raises(ArtifactError, match=r"model\.joblib: a pickled model, .* `forewarn train`"):
+        load_churn_model(old)
+    assert not marker.exists(), "loading a model executed code from the artifact"
+
+
+def test_a_truncated_or_inconsistent_model_file_is_refused_by_name(tmp_path: Path) -> None:
+    d = _copy(tmp_path / "cut")
+    text = (d / MODEL_FILE).read_text()
+    (d / MODEL_FILE).write_text(text[: len(text) // 2])
+    with pytest.raises(ArtifactError, match=r"model\.json: model_sha256"):
+        load_churn_model(d)
+    good = json.loads(text)
+    for change, problem in (
+        ({"coef": good["coef"][:-1]}, r"coef: 12 numbers for 13 features"),
+        ({"scale": [0.0] * 13}, r"scale: every scale must be positive"),
+        ({"mean": [float("nan")] * 13}, r"mean"),
+        ({"features": list(reversed(good["features"]))}, r"model file and the card list"),
+        ({"format": "pickle"}, r"format"),
+    ):
+        d = _copy(tmp_path / problem[:8].replace(" ", "_").replace(":", ""))
+        _resign(d, json.dumps({**good, **change}))
+        with pytest.raises(ArtifactError, match=problem):
+            load_churn_model(d)
+
+
+def test_the_shipped_model_file_is_what_its_card_names(shipped: ChurnModel) -> None:
+    data = (default_model_path() / MODEL_FILE).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == shipped.card.model_sha256
