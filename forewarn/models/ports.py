@@ -49,7 +49,12 @@ class ManualClock:
 
 
 class StateStore(Protocol):
-    """The per-customer state of one partition."""
+    """The per-customer state of one partition.
+
+    ``get`` hands out a private copy: changes reach the store only through ``put``, which
+    the engine calls once a batch has succeeded. So a batch that raises halfway leaves the
+    store exactly as it was, and the worker can retry parts of it without reading Kafka.
+    """
 
     def get(self, customer_id: str) -> CustomerState | None: ...
 
@@ -73,7 +78,8 @@ class MemoryStateStore:
         self._states: dict[str, CustomerState] = {}
 
     def get(self, customer_id: str) -> CustomerState | None:
-        return self._states.get(customer_id)
+        state = self._states.get(customer_id)
+        return None if state is None else state.copy()
 
     def put(self, state: CustomerState) -> None:
         self._states[state.customer_id] = state

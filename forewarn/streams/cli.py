@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,15 +23,12 @@ log = logging.getLogger("forewarn")
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from forewarn.streams.broker import broker_command, free_port
+    from forewarn.streams.broker import free_port, run_broker
 
     port = free_port() if args.port == 0 else (args.port or 9092)
     print(f"embedded broker on 127.0.0.1:{port} (memory storage; Ctrl-C stops it)", flush=True)
     print(f"export FOREWARN_BOOTSTRAP_SERVERS=127.0.0.1:{port}", flush=True)
-    try:
-        return subprocess.call(broker_command(port))
-    except KeyboardInterrupt:
-        return 0
+    return run_broker(port)
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
@@ -46,7 +42,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from forewarn.streams.scoring.worker import ScoringWorker, WorkerFenced
+    from forewarn.streams.scoring.worker import BrokerUnreachable, ScoringWorker, WorkerFenced
     from forewarn.streams.settings import Settings
 
     settings = Settings()
@@ -65,6 +61,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     except WorkerFenced as e:
         log.error("%s", e)
         return 3
+    except BrokerUnreachable as e:
+        log.error("%s", e)
+        return 1
     return 0
 
 
@@ -185,7 +184,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         churned_at=labels,
     )
     source = f"labels file {args.labels.name}" if args.labels else f"first {CHURN_EVENT} event"
-    pipeline, card = fit_churn_model(
+    linear, card = fit_churn_model(
         data,
         source_sha256=file_sha256(args.events),
         period=period_of(events),
@@ -199,7 +198,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"every {args.snapshot_hours:g} h"
         ),
     )
-    save_churn_model(args.out, pipeline, card)
+    save_churn_model(args.out, linear, card)
     h = card.held_out
     print(
         f"model {card.model_version} -> {args.out}\n"

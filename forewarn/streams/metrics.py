@@ -11,6 +11,7 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -180,6 +181,32 @@ class ScoringMetrics:
             "Idle customers whose activity state expired",
             registry=r,
         )
+        self.isolations = Counter(
+            "forewarn_batch_isolations_total",
+            "Batches whose scoring raised and were split to isolate the records at fault",
+            registry=r,
+        )
+        self.kafka_retries = Counter(
+            "forewarn_kafka_retries_total",
+            "Kafka calls retried because the broker did not answer in time, by operation",
+            ["operation"],
+            registry=r,
+        )
+        self.producer_restarts = Counter(
+            "forewarn_producer_restarts_total",
+            "Producers replaced after a fatal error (not fencing)",
+            registry=r,
+        )
+        self.rejoins = Counter(
+            "forewarn_group_rejoins_total",
+            "Times the worker left and rejoined its consumer group after going unassigned",
+            registry=r,
+        )
+        self.changelog_resets = Counter(
+            "forewarn_state_changelog_resets_total",
+            "Partition stores cleared because the changelog ended before their checkpoint",
+            registry=r,
+        )
 
     def observe_batch(self, result: BatchResult, n_records: int, seconds: float) -> None:
         stats = result.stats
@@ -248,10 +275,36 @@ class ScoringMetrics:
             def log_message(self, format: str, *args: object) -> None:
                 pass  # scrapes every few seconds would drown the worker's own log
 
-        server = ThreadingHTTPServer((host, port), Handler)
-        server.daemon_threads = True
+        server = BoundedHTTPServer((host, port), Handler)
         threading.Thread(target=server.serve_forever, name="forewarn-http", daemon=True).start()
         return server
+
+
+class BoundedHTTPServer(ThreadingHTTPServer):
+    """A threading HTTP server that cannot be held open: every connection times out after
+    ``REQUEST_TIMEOUT_SECONDS`` without a request, and beyond ``MAX_CONNECTIONS`` open at
+    once new ones are closed at once (each open connection holds a thread)."""
+
+    daemon_threads = True
+    MAX_CONNECTIONS = 32
+    REQUEST_TIMEOUT_SECONDS = 5.0
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        handler.timeout = self.REQUEST_TIMEOUT_SECONDS  # a socket timeout per connection
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(self.MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 def _swap(info: Gauge, old: str | None, new: str | None) -> None:
@@ -279,6 +332,8 @@ class Health:
         self.running = True
         self.assigned: set[int] = set()
         self.restoring: set[int] = set()
+        #: why the worker cannot recover by itself (liveness fails while set)
+        self.failing: str | None = None
         self._ready_without_work = ready_without_work
 
     def beat(self) -> None:
@@ -286,8 +341,11 @@ class Health:
 
     def live(self) -> tuple[bool, dict[str, object]]:
         idle = time.monotonic() - self.last_beat
-        ok = self.running and idle < self.liveness_timeout
-        return ok, {"seconds_since_loop_turned": round(idle, 3)}
+        ok = self.running and idle < self.liveness_timeout and self.failing is None
+        detail: dict[str, object] = {"seconds_since_loop_turned": round(idle, 3)}
+        if self.failing is not None:
+            detail["failing"] = self.failing
+        return ok, detail
 
     def ready(self) -> tuple[bool, dict[str, object]]:
         ok = (

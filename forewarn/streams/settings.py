@@ -13,7 +13,9 @@ Environment variables use the prefix ``FOREWARN_`` and ``__`` for nesting, e.g.
 
 from __future__ import annotations
 
+import re
 import socket
+from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +23,22 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from forewarn.streams.codecs import DecodeSettings
+from forewarn.streams.codecs import DEAD_LETTER_KEEP_BYTES, DecodeSettings
+
+MASK = "**********"
+#: librdkafka properties whose values are secrets (passwords, OAuth client secrets, tokens,
+#: keys): never printed, whatever the property is called exactly
+_SECRET_PROPERTY = re.compile(r"secret|passw|key|token|credential|jaas|oauthbearer\.config", re.I)
+
+
+def masked_properties(properties: dict[str, str]) -> dict[str, str]:
+    """librdkafka properties as they may be printed.
+
+    >>> masked_properties({"client.rack": "a", "sasl.oauthbearer.client.secret": "s3"})
+    {'client.rack': 'a', 'sasl.oauthbearer.client.secret': '**********'}
+    """
+    return {k: MASK if _SECRET_PROPERTY.search(k) else v for k, v in properties.items()}
+
 
 Role = Literal["consumer", "producer", "transactional_producer", "restore", "admin"]
 
@@ -80,8 +97,13 @@ class KafkaSecurity(BaseModel):
     ssl_certificate_location: str | None = None
     ssl_key_location: str | None = None
     ssl_key_password: SecretStr | None = None
-    #: any other librdkafka property, e.g. {"client.rack": "eu-west-1a"}
+    #: any other librdkafka property, e.g. {"client.rack": "eu-west-1a"}; values of
+    #: properties whose names say secret, password, key or token are masked when printed
     extra: dict[str, str] = Field(default_factory=dict)
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, masked_properties(value) if name == "extra" else value
 
 
 class Settings(BaseSettings):
@@ -124,8 +146,19 @@ class Settings(BaseSettings):
     transaction_timeout_ms: int = Field(default=60_000, ge=1000)
     #: customers with no event for this long (in stream time) keep only their profile
     idle_ttl_days: float = Field(default=30.0, gt=0)
-    #: liveness fails when the loop has not turned for this long
-    liveness_timeout_seconds: float = Field(default=60.0, gt=0)
+    #: liveness fails when the loop has not turned for this long. Waiting for the broker
+    #: counts as turning; the longest single wait is librdkafka's request timeout
+    #: (``socket.timeout.ms``, 60 s), so keep this well above it
+    liveness_timeout_seconds: float = Field(default=120.0, gt=0)
+    #: a worker without partitions while records wait unread and the group's offsets have not
+    #: moved for this long (a broker that came back empty) leaves and rejoins the group; if
+    #: that does not help within the same time, liveness fails so the process restarts.
+    #: A spare worker in a working group is never affected.
+    rejoin_after_seconds: float = Field(default=30.0, gt=0)
+    #: how long ``forewarn score`` waits for Kafka at start before it exits (code 1)
+    startup_timeout_seconds: float = Field(default=60.0, gt=0)
+    #: events wait for their partition's profiles to be read at most this long
+    profile_wait_seconds: float = Field(default=120.0, gt=0)
     #: fault injection for chaos drills: after this many committed batches, produce the
     #: next batch and then hold its transaction open (logging "fault injection: holding")
     #: until stopped, so a kill lands mid-transaction. Never set in production.
@@ -140,6 +173,12 @@ class Settings(BaseSettings):
     #: refuse (dead-letter) event types outside the vocabulary instead of counting them
     strict_event_types: bool = False
     max_event_bytes: int = Field(default=64 * 1024, ge=256)
+    #: original bytes a dead letter keeps of a record's value (the rest is cut, with its size
+    #: and SHA-256 recorded): a dead letter always fits in a Kafka record
+    dead_letter_keep_bytes: int = Field(default=DEAD_LETTER_KEEP_BYTES, ge=1024, le=256 * 1024)
+    #: the largest record the worker produces; keep it at or below the output topics'
+    #: ``max.message.bytes`` (the worker also reads that where the broker reports it)
+    max_record_bytes: int = Field(default=1_000_000, ge=64 * 1024)
     #: events stamped further than this in the future are dead-lettered
     future_tolerance_seconds: float = Field(default=300.0, ge=0)
 
@@ -151,6 +190,7 @@ class Settings(BaseSettings):
             max_bytes=self.max_event_bytes,
             future_tolerance=timedelta(seconds=self.future_tolerance_seconds),
             strict_types=self.strict_event_types,
+            dead_letter_keep_bytes=self.dead_letter_keep_bytes,
         )
 
     @property
@@ -159,7 +199,9 @@ class Settings(BaseSettings):
 
     def masked(self) -> dict[str, Any]:
         """Settings as logged at start: secrets shown as asterisks."""
-        return self.model_dump(mode="json")
+        data = self.model_dump(mode="json")
+        data["kafka"]["extra"] = masked_properties(data["kafka"]["extra"])
+        return data
 
 
 def kafka_config(settings: Settings, role: Role, **overrides: Any) -> dict[str, Any]:
@@ -190,6 +232,11 @@ def kafka_config(settings: Settings, role: Role, **overrides: Any) -> dict[str, 
                 "auto.offset.reset": "earliest",
                 "isolation.level": "read_committed",
                 "session.timeout.ms": settings.session_timeout_ms,
+                # the profile gate waits for the end of each profiles partition
+                "enable.partition.eof": True,
+                # see topics created (or recreated) within seconds, not librdkafka's 5 min:
+                # a group is only assigned partitions its members know of
+                "topic.metadata.refresh.interval.ms": 10_000,
                 # range gives partition i of journey-events and customer-profiles to the same
                 # worker when both have the same partition count (co-partitioning); sticky
                 # assignors do not promise that.

@@ -26,7 +26,6 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -49,6 +48,7 @@ from forewarn.rules.rulebook import Rulebook, load_rulebook
 from forewarn.streams.codecs import (
     DecodedEvent,
     DecodeSettings,
+    PartialProfile,
     ProfileTombstone,
     RawRecord,
     dead_letter,
@@ -131,12 +131,6 @@ class BatchResult:
         a.decision_event_ages += b.decision_event_ages
 
 
-class OutputSink(Protocol):
-    """Where a batch's results go: Kafka in the worker, memory or files elsewhere."""
-
-    def publish(self, result: BatchResult) -> None: ...
-
-
 class ScoringEngine:
     def __init__(
         self,
@@ -185,12 +179,16 @@ class ScoringEngine:
         touched: dict[tuple[int, str], CustomerState] = {}
         events: list[tuple[JourneyEvent, RawRecord]] = []
 
+        keep = self.decode.dead_letter_keep_bytes
         for rec in records:
             if rec.topic == self.profiles_topic:
-                p = decode_profile(rec, now)
+                p = decode_profile(rec, now, keep)
                 if isinstance(p, DeadLetter):
                     dead.append(p)
                     continue
+                if isinstance(p, PartialProfile):
+                    dead.append(p.ignored)
+                    p = p.profile
                 try:
                     state = self._state((rec.partition, p.customer_id), touched)
                 except Exception as error:
@@ -213,7 +211,9 @@ class ScoringEngine:
 
         # Offset order, not a sort by event time: sorting within a batch would make the
         # result depend on where batches are cut. Late events are handled by the state.
-        stream_times = self.stream_times
+        # Nothing the engine keeps changes before the batch has gone through: states are
+        # copies until saved, and stream times are the engine's only once the batch is done.
+        stream_times = dict(self.stream_times)
         before = {p: stream_times.get(p, -math.inf) for p in {r.partition for _, r in events}}
         n_signals = len(self.friction.signals)
         signals = np.zeros((len(events), n_signals), dtype=np.float64)
@@ -292,6 +292,7 @@ class ScoringEngine:
             (now - d.action.triggered_at).total_seconds() for d in maker.decisions
         ]
 
+        self.stream_times = stream_times
         changes = self._save(touched)
         for part, was in before.items():
             now_st = stream_times.get(part, -math.inf)
@@ -340,4 +341,39 @@ class ScoringEngine:
     def processing_error(self, rec: RawRecord, error: Exception) -> DeadLetter:
         """A record that made scoring raise, as a dead letter (used by the worker)."""
         detail = f"{type(error).__name__}: {error}"
-        return dead_letter(rec, DeadLetterReason.processing_error, detail, self.clock.now())
+        return dead_letter(
+            rec,
+            DeadLetterReason.processing_error,
+            detail,
+            self.clock.now(),
+            self.decode.dead_letter_keep_bytes,
+        )
+
+
+def process_isolating(
+    engine: ScoringEngine, records: Sequence[RawRecord]
+) -> tuple[BatchResult, int]:
+    """``engine.process``, splitting the batch when a pass raises; and how many passes did.
+
+    Bad data is dead-lettered inside the engine; a pass that raises meets a bug. A failed
+    pass leaves no trace (the engine saves state and stream time only when a pass succeeds,
+    and hands out copies until then), so the batch is cut in halves, and halves of halves,
+    until each record at fault stands alone and goes to the DLQ as ``processing_error``.
+    Decisions do not depend on where a batch is cut, so the rest comes out as it would have.
+    One bad record costs about two passes over the batch, not one pass per record.
+    """
+    try:
+        return engine.process(records), 0
+    except Exception as error:
+        if len(records) == 1:
+            result = BatchResult.empty()
+            result.dead_letters.append(engine.processing_error(records[0], error))
+            result.stats.dead_letters_by_reason[DeadLetterReason.processing_error.value] += 1
+            return result, 1
+    merged, failed = BatchResult.empty(), 1
+    half = len(records) // 2
+    for part in (records[:half], records[half:]):
+        got, n = process_isolating(engine, part)
+        merged.extend(got)
+        failed += n
+    return merged, failed

@@ -7,9 +7,9 @@ recoverable from Kafka. A store remembers its **checkpoint**: the changelog offs
 which it already holds what the changelog says. Restoring a partition reads the changelog
 from that checkpoint (from the beginning when there is none) to its end.
 
-The store only ever holds committed state: the engine's writes of a batch are the batch's
-own until its transaction commits (RocksDB keeps them pending; the in-memory store cannot
-take them back, so after an abort its partition is dropped and restored from Kafka).
+The store only ever holds committed state: the engine's writes of a batch wait in a pending
+layer until its transaction commits, and an aborted batch's writes are discarded, in memory
+as in RocksDB. Nothing is read back from Kafka to undo a batch.
 """
 
 from __future__ import annotations
@@ -28,21 +28,25 @@ from rocksdict import Options, Rdict, WriteBatch
 from forewarn.models.ports import MemoryStateStore
 from forewarn.models.state import CustomerState
 from forewarn.models.state_codec import StateDecodeError, decode_state
+from forewarn.streams.scoring.outputs import STREAM_TIME_HEADER
 
 log = logging.getLogger("forewarn.state")
-
-#: header on every changelog record: the partition's stream time after the batch
-STREAM_TIME_HEADER = "forewarn-stream-time"
 
 #: customer id -> encoded state, or None for a deletion (what a batch commits)
 Encoded = dict[str, bytes | None]
 
 
 class PartitionStore(MemoryStateStore):
-    """One partition's customers in memory."""
+    """One partition's customers in memory.
+
+    Writes wait in a pending layer until the batch's transaction commits (``commit``) or
+    is aborted (``discard``), as in the RocksDB store: the committed layer only ever holds
+    what the changelog holds.
+    """
 
     def __init__(self) -> None:
         super().__init__()
+        self._pending: dict[str, CustomerState | None] = {}
         #: the changelog offset this store is complete up to (None: never restored)
         self.checkpoint: int | None = None
         self.stream_time = -math.inf
@@ -50,6 +54,9 @@ class PartitionStore(MemoryStateStore):
         self.unreadable: dict[str, str] = {}
 
     def get(self, customer_id: str) -> CustomerState | None:
+        if customer_id in self._pending:
+            pending = self._pending[customer_id]
+            return None if pending is None else pending.copy()
         if customer_id in self.unreadable:
             # Raised to the engine, which dead-letters the customer's records with it: an
             # operator sees it and can delete the record (a tombstone) to start afresh.
@@ -57,22 +64,36 @@ class PartitionStore(MemoryStateStore):
         return super().get(customer_id)
 
     def put(self, state: CustomerState) -> None:
-        self.unreadable.pop(state.customer_id, None)
-        super().put(state)
+        self._pending[state.customer_id] = state
 
     def delete(self, customer_id: str) -> None:
-        self.unreadable.pop(customer_id, None)
-        super().delete(customer_id)
+        self._pending[customer_id] = None
+
+    def __len__(self) -> int:
+        n = super().__len__()
+        for cid, pending in self._pending.items():
+            held = cid in self._states
+            n += (pending is not None and not held) - (pending is None and held)
+        return n
+
+    def __iter__(self) -> Iterator[CustomerState]:
+        for state in super().__iter__():
+            if state.customer_id not in self._pending:
+                yield state
+        for pending in list(self._pending.values()):
+            if pending is not None:
+                yield pending
 
     def apply(self, encoded: Encoded) -> int:
         """Take restored changelog records; the number that could not be read."""
         bad = 0
         for cid, value in encoded.items():
+            self.unreadable.pop(cid, None)
             if value is None:
-                self.delete(cid)
+                super().delete(cid)
                 continue
             try:
-                self.put(decode_state(value))
+                super().put(decode_state(value))
             except StateDecodeError as e:
                 super().delete(cid)
                 self.unreadable[cid] = str(e)
@@ -80,12 +101,28 @@ class PartitionStore(MemoryStateStore):
         return bad
 
     def commit(self, encoded: Encoded, checkpoint: int | None, stream_time: float) -> None:
+        """The batch's transaction committed: its writes become the store's."""
+        for cid, pending in self._pending.items():
+            self.unreadable.pop(cid, None)
+            if pending is None:
+                super().delete(cid)
+            else:
+                super().put(pending)
+        self._pending.clear()
         self.checkpoint = checkpoint if checkpoint is not None else self.checkpoint
         self.stream_time = max(self.stream_time, stream_time)
 
-    def discard(self) -> bool:
-        """Forget uncommitted writes; False when that is impossible (restore from scratch)."""
-        return False
+    def discard(self) -> None:
+        """The batch's transaction was aborted: forget its writes."""
+        self._pending.clear()
+
+    def clear(self) -> None:
+        """Forget everything, checkpoint included (the changelog was recreated)."""
+        self._states.clear()
+        self._pending.clear()
+        self.unreadable.clear()
+        self.checkpoint = None
+        self.stream_time = -math.inf
 
     def close(self) -> None:
         """Nothing to release in memory."""
@@ -111,7 +148,8 @@ class RocksPartitionStore:
 
     def get(self, customer_id: str) -> CustomerState | None:
         if customer_id in self._pending:
-            return self._pending[customer_id]
+            pending = self._pending[customer_id]
+            return None if pending is None else pending.copy()
         value = self.db.get(_CUSTOMER + customer_id.encode())
         return None if value is None else decode_state(value)
 
@@ -140,7 +178,13 @@ class RocksPartitionStore:
         seen = set()
         for cid, value in self._customers():
             seen.add(cid)
-            state = self._pending.get(cid, decode_state(value))
+            if cid in self._pending:
+                state = self._pending[cid]
+            else:
+                try:
+                    state = decode_state(value)
+                except StateDecodeError:  # its events are dead-lettered when they come
+                    continue
             if state is not None:
                 yield state
         for cid, pending in list(self._pending.items()):
@@ -172,9 +216,17 @@ class RocksPartitionStore:
             wb.put(_STREAM_TIME, repr(stream_time).encode())
         self.db.write(wb)
 
-    def discard(self) -> bool:
+    def discard(self) -> None:
         self._pending.clear()
-        return True
+
+    def clear(self) -> None:
+        """Forget everything, checkpoint included (the changelog was recreated)."""
+        self.db.close()
+        Rdict.destroy(str(self.path))
+        self.db = Rdict(str(self.path), Options(raw_mode=True))
+        self._pending.clear()
+        self.checkpoint = None
+        self.stream_time = -math.inf
 
     def close(self) -> None:
         self.db.close()
@@ -235,6 +287,20 @@ class RestoreResult:
     unreadable: int = 0
 
 
+#: empty fetch rounds (0.5 s each) that must agree before a changelog counts as behind
+_BEHIND_ROUNDS = 3
+
+
+class ChangelogBehind(Exception):
+    """The changelog ends before the store's checkpoint: the topic was recreated (a broker
+    that came back empty, a topic deleted by hand). The store's contents are not what the
+    changelog holds any more, so the store starts afresh from the changelog."""
+
+
+class RestoreStalled(RuntimeError):
+    """A restore read nothing and saw no end for too long (the broker is unreachable)."""
+
+
 def restore_partition(
     consumer: Consumer,
     changelog: str,
@@ -243,13 +309,47 @@ def restore_partition(
     *,
     progress: Callable[[int, int], None] | None = None,
     chunk: int = 1000,
-) -> RestoreResult:
-    """Bring ``store`` up to the end of changelog partition ``p``.
+    stopping: Callable[[], bool] = lambda: False,
+    stall_seconds: float = 30.0,
+) -> RestoreResult | None:
+    """Bring ``store`` up to the end of changelog partition ``p``; None when ``stopping()``.
 
     ``consumer`` is a plain (never-committing) consumer with ``enable.partition.eof`` on and
     ``read_committed`` isolation; ``progress(read, remaining)`` is called after each chunk.
+    A store whose checkpoint lies beyond the changelog's end is cleared and restored from the
+    beginning; ``RestoreStalled`` when nothing arrives for ``stall_seconds``.
     """
     started = time.perf_counter()
+    start = store.checkpoint
+    try:
+        read = _read_changelog(consumer, changelog, p, store, progress, chunk, stopping,
+                               stall_seconds)  # fmt: skip
+    except ChangelogBehind as behind:
+        log.warning("partition %d: %s; its state starts afresh from the changelog", p, behind)
+        store.clear()
+        start = None
+        read = _read_changelog(consumer, changelog, p, store, progress, chunk, stopping,
+                               stall_seconds)  # fmt: skip
+    if read is None:
+        return None
+    records, latest, end, stream_time = read
+    unreadable = store.apply(latest)
+    store.commit({}, end, stream_time)
+    seconds = time.perf_counter() - started
+    return RestoreResult(p, records, len(latest), seconds, start, unreadable)
+
+
+def _read_changelog(
+    consumer: Consumer,
+    changelog: str,
+    p: int,
+    store: Store,
+    progress: Callable[[int, int], None] | None,
+    chunk: int,
+    stopping: Callable[[], bool],
+    stall_seconds: float,
+) -> tuple[int, Encoded, int, float] | None:
+    """(records read, each customer's last record, end offset, stream time) or None."""
     start = store.checkpoint
     tp = TopicPartition(changelog, p, OFFSET_BEGINNING if start is None else start)
     low, high = consumer.get_watermark_offsets(tp, timeout=10)
@@ -260,15 +360,28 @@ def restore_partition(
     stream_time = store.stream_time
     # Only the last record of each customer matters: collect them, decode each once.
     latest: Encoded = {}
+    last_news = time.monotonic()
+    behind_rounds = 0
     try:
         while end is None:
-            for m in consumer.consume(chunk, 0.5):
+            if stopping():
+                return None
+            msgs = consumer.consume(chunk, 0.5)
+            for m in msgs:
                 err = m.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
                         end = m.offset()
+                        if start is not None and end is not None and end < start:
+                            raise ChangelogBehind(f"the changelog ends at {end}, before the "
+                                                  f"store's checkpoint {start}")  # fmt: skip
                         continue
                     raise RuntimeError(f"restoring {changelog}[{p}]: {err}")
+                offset = m.offset() or 0
+                if start is not None and offset < start:
+                    # A real Kafka resets a fetch beyond the end to the beginning.
+                    raise ChangelogBehind(f"the changelog restarts at offset {offset}, "
+                                          f"before the store's checkpoint {start}")  # fmt: skip
                 key = m.key()
                 if key is None:
                     continue
@@ -279,13 +392,27 @@ def restore_partition(
                 for name, v in headers.items() if isinstance(headers, dict) else headers:
                     if name == STREAM_TIME_HEADER and v is not None:
                         stream_time = max(stream_time, float(v))
-                position = (m.offset() or 0) + 1
+                position = offset + 1
                 records += 1
+            if msgs:
+                last_news = time.monotonic()
+                behind_rounds = 0
+            else:
+                # The embedded broker answers a fetch beyond the end with nothing at all,
+                # but the fetch's high watermark tells. (Right after an assignment the cached
+                # watermark may still be an earlier fetch's: trust it after a few rounds.)
+                _, fetched_high = consumer.get_watermark_offsets(tp, cached=True)
+                behind = start is not None and 0 <= fetched_high < position
+                behind_rounds = behind_rounds + 1 if behind else 0
+                if behind_rounds >= _BEHIND_ROUNDS:
+                    raise ChangelogBehind(f"the changelog ends at {fetched_high}, before the "
+                                          f"store's checkpoint {start}")  # fmt: skip
+                if time.monotonic() - last_news > stall_seconds:
+                    raise RestoreStalled(
+                        f"restoring {changelog}[{p}]: nothing read for {stall_seconds:g} s"
+                    )
             if progress is not None:
                 progress(records, max(0, high - position))
-        unreadable = store.apply(latest)
-        store.commit({}, end if end is not None else position, stream_time)
     finally:
         consumer.unassign()
-    seconds = time.perf_counter() - started
-    return RestoreResult(p, records, len(latest), seconds, start, unreadable)
+    return records, latest, end, stream_time
