@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: model install demo test test-unit test-integration lint bench schemas clean
+.PHONY: model install demo test test-unit test-integration drill lint bench schemas clean
 
 # Creates .venv and installs the project with its pinned dependencies; a no-op when done.
 install: $(STAMP)
@@ -26,6 +26,12 @@ test-unit: install
 
 test-integration: install
 	$(BIN)/python -m pytest tests/integration
+
+# Fault drills on running workers: oversized records, a bad time zone, a poison record in every
+# batch, a malicious model, fencing, no broker, idle HTTP clients, a broker restarted empty, a
+# 90 s broker stall. Bounded in time, on 127.0.0.1; `make test` runs them too.
+drill: install
+	$(BIN)/python -m pytest tests/drills
 
 lint: install
 	$(BIN)/ruff check forewarn tests bench

@@ -42,7 +42,12 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from forewarn.streams.scoring.worker import BrokerUnreachable, ScoringWorker, WorkerFenced
+    from forewarn.streams.scoring.worker import (
+        BrokerUnreachable,
+        ProducerFailed,
+        ScoringWorker,
+        WorkerFenced,
+    )
     from forewarn.streams.settings import Settings
 
     settings = Settings()
@@ -61,7 +66,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     except WorkerFenced as e:
         log.error("%s", e)
         return 3
-    except BrokerUnreachable as e:
+    except (BrokerUnreachable, ProducerFailed) as e:
         log.error("%s", e)
         return 1
     return 0

@@ -212,6 +212,12 @@ def _json_object(rec: RawRecord, max_bytes: int) -> dict[str, Any]:
         raise Rejected(
             DeadLetterReason.too_large, f"value is {len(value)} bytes, limit is {max_bytes}"
         )
+    headers = sum(len(k) + len(v or b"") for k, v in rec.headers)
+    if len(value) + headers > max_bytes:
+        raise Rejected(
+            DeadLetterReason.too_large,
+            f"value and headers are {len(value) + headers} bytes, limit is {max_bytes}",
+        )
     text = _text(value, "value")
     try:
         # The same parser as the fast path, so both refuse the same things: NaN and
@@ -312,6 +318,8 @@ def _fast_path(rec: RawRecord, settings: DecodeSettings) -> JourneyEvent | None:
     if not value or len(value) > settings.max_bytes:
         return None
     if rec.headers:
+        if len(value) + sum(len(k) + len(v or b"") for k, v in rec.headers) > settings.max_bytes:
+            return None
         if _header(rec.headers, "ce_specversion") is not None:
             return None
         ct = _content_type(rec.headers)

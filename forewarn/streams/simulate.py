@@ -85,6 +85,11 @@ def bad_record(kind: DeadLetterReason, now: datetime, n: int = 0) -> Record:
         return key, json.dumps({**good, "occurred_at": future}).encode(), ()
     if kind is DeadLetterReason.unsupported_content_type:
         return key, b"\x00\x01avro-bytes", (("content-type", b"application/avro"),)
+    head = json.dumps(good)[:-1].encode()  # the good record, still open for one more field
+    if kind is DeadLetterReason.nesting_too_deep:
+        return key, head + b', "properties": {"a": ' + b"[" * 5000 + b"]" * 5000 + b"}}", ()
+    if kind is DeadLetterReason.number_out_of_range:
+        return key, head + b', "value": ' + b"9" * 5000 + b"}", ()
     raise ValueError(f"no sample for {kind}")
 
 
@@ -97,6 +102,8 @@ BAD_KINDS = (
     DeadLetterReason.too_large,
     DeadLetterReason.future_timestamp,
     DeadLetterReason.unsupported_content_type,
+    DeadLetterReason.nesting_too_deep,
+    DeadLetterReason.number_out_of_range,
 )
 
 

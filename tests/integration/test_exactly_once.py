@@ -324,3 +324,22 @@ def test_a_second_worker_with_the_same_instance_id_fences_the_first(bootstrap: s
         for w in (first, second):
             if w is not None and w.thread.is_alive():
                 w.stop()
+
+
+def test_decisions_do_not_depend_on_the_batch_size_on_the_broker(
+    bootstrap: str, stream: Stream, reference: Outcome
+) -> None:
+    # The profile gate used to trust the embedded broker's high watermark of the profiles
+    # topic (the last record batch's base offset + 1: "1" for 1,000 profiles), released
+    # events before their consent was read, and 1 decision in 276 differed between batches
+    # of 500 and of 50. It now waits for the end of the partition as the fetch reports it.
+    s = new_settings(bootstrap, PARTITIONS, batch_size=13)
+    publish_backlog(s, stream.profiles, stream.events)
+    w = start(s)
+    try:
+        wait_committed(s, len(stream.events))
+    finally:
+        w.stop()
+    got = outcome(s)
+    assert got.decisions == reference.decisions
+    assert got.actions == reference.actions

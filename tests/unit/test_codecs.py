@@ -315,3 +315,10 @@ def test_an_oversized_profile_is_dead_lettered_within_bounds() -> None:
     got = decode_profile(RawRecord("customer-profiles", 0, 7, b"c1", raw), NOW)
     assert isinstance(got, DeadLetter) and got.error_type is DeadLetterReason.too_large
     assert len(encode(got)) < 200_000
+
+
+def test_the_size_limit_counts_headers_too() -> None:
+    e = encode(event("c1", "page_view", T0, n=1))
+    dl = _dead(_rec(e, b"c1", (("trace", b"h" * 900_000),)))
+    assert dl.error_type is DeadLetterReason.too_large
+    assert "value and headers are" in dl.error_detail

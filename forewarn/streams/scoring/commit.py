@@ -36,7 +36,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from forewarn.streams.codecs import RawRecord
 from forewarn.streams.metrics import Health, ScoringMetrics
 from forewarn.streams.scoring.outputs import Limits, OutputRecord
-from forewarn.streams.settings import Settings, kafka_config
+from forewarn.streams.settings import Role, Settings, kafka_config
 
 log = logging.getLogger("forewarn.score")
 
@@ -44,6 +44,11 @@ log = logging.getLogger("forewarn.score")
 CALL_TIMEOUT_SECONDS = 10.0
 #: how often a retrying call says so in the log
 _RETRY_LOG_SECONDS = 30.0
+#: how long one transactional call may take, whatever timeout it was given, before the
+#: producer is given up: above librdkafka's own request timeout (60 s), below liveness's
+#: (120 s). librdkafka 2.16's send_offsets_to_transaction never returned, timeout or not,
+#: once the embedded broker had failed the transaction (a broker stall, a restart).
+STUCK_SECONDS = 75.0
 #: how long an abort is retried before the producer is replaced instead (a new producer's
 #: init_transactions aborts what the old one left open; some brokers never answer the
 #: epoch bump an abort after timed-out messages needs, the embedded one among them)
@@ -77,6 +82,23 @@ def classify(err: KafkaError) -> ErrorKind:
     if err.retriable() or err.code() == KafkaError._TIMED_OUT:
         return "retry"
     return "abort"
+
+
+def kafka_error(exc: BaseException) -> KafkaError | None:
+    """The Kafka error behind ``exc``, if any.
+
+    When the producer has a fatal error (fencing), confluent-kafka's ``flush`` and ``poll``
+    raise it and still run delivery callbacks, whose first call into the library then
+    surfaces as a ``SystemError`` caused by the ``KafkaException``.
+    """
+    while exc is not None:
+        if isinstance(exc, KafkaException):
+            err: KafkaError = exc.args[0]
+            return err
+        if not isinstance(exc, SystemError):
+            return None
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return None
 
 
 class _Failure(Exception):
@@ -136,6 +158,8 @@ class Committer:
         self.batches = 0
         self._failed: list[str] = []
         self._retry_logged: dict[str, float] = {}
+        #: the producer's fatal error, as librdkafka reported it (fencing among them)
+        self._fatal: KafkaError | None = None
 
     # -- the producer's life --
 
@@ -144,9 +168,9 @@ class Committer:
         and aborts what it left open). False when stopped first; ``BrokerUnreachable`` when
         ``deadline`` (monotonic) passes."""
         s = self.settings
-        self.producer = Producer(
-            kafka_config(s, "transactional_producer" if s.exactly_once else "producer")
-        )
+        self._fatal = None
+        role: Role = "transactional_producer" if s.exactly_once else "producer"
+        self.producer = Producer(kafka_config(s, role, error_cb=self._on_error))
         if not s.exactly_once:
             return True
         producer = self.producer
@@ -159,8 +183,8 @@ class Committer:
                 kind = classify(err)
                 if kind == "fenced":
                     raise WorkerFenced(self._fenced_message()) from e
-                if kind == "fatal" or (kind != "retry" and not err.retriable()):
-                    raise
+                if kind != "retry":  # e.g. not authorised for this transactional id
+                    raise ProducerFailed(f"init_transactions: {err}") from e
                 if deadline is not None and time.monotonic() >= deadline:
                     raise BrokerUnreachable(
                         f"cannot reach Kafka at {s.bootstrap_servers} "
@@ -178,67 +202,81 @@ class Committer:
         return self.start()
 
     def close(self, timeout: float = 10.0) -> None:
-        if self.producer is not None:
-            self.producer.flush(timeout)
-            self.producer = None
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            try:
+                producer.flush(timeout)
+            except (KafkaException, SystemError) as e:  # a fenced or failed producer
+                log.info("closing the producer: %s", kafka_error(e) or e)
 
     # -- one batch --
 
     def commit(self, consumer: Consumer, records: list[RawRecord], out: list[OutputRecord]) -> bool:
         """Publish ``out`` and commit the offsets after ``records``; False when aborted."""
-        s = self.settings
-        producer = self._producer()
-        offsets = next_offsets(records)
         self._failed.clear()
         try:
-            if s.exactly_once:
-                self._call("begin_transaction", lambda _t: producer.begin_transaction())
-                self._produce(out)
-                # Every record acknowledged before the offsets go in: a transaction the
-                # broker already failed (a broker that came back empty does that) shows up
-                # here as delivery errors, whereas send_offsets_to_transaction would wait on
-                # it forever, whatever its timeout (librdkafka 2.16 against the embedded broker).
-                self._flush()
-                if self._failed:
-                    raise _Failure("abort", f"{len(self._failed)} records not delivered: "
-                                            f"{self._failed[0]}")  # fmt: skip
-                self._call(
-                    "send_offsets_to_transaction",
-                    lambda t: producer.send_offsets_to_transaction(
-                        offsets, consumer.consumer_group_metadata(), t
-                    ),
-                )
-                if s.fault_hang_after_batches is not None and (
-                    self.batches >= s.fault_hang_after_batches
-                ):
-                    self._hang(out)
-                    self._abort("stopped while held")
+            if self.settings.exactly_once:
+                if not self._transaction(consumer, next_offsets(records), out):
                     return False
-                self._call("commit_transaction", producer.commit_transaction)
-            else:
-                self._produce(out)
-                self._flush()
-                if self._failed:
-                    log.warning("%d records not delivered (%s); the batch is read again",
-                                len(self._failed), self._failed[0])  # fmt: skip
-                    return False
-                self._call(
-                    "commit_offsets",
-                    lambda _t: consumer.commit(offsets=offsets, asynchronous=False),
-                )
+            elif not self._at_least_once(consumer, next_offsets(records), out):
+                return False
         except _Failure as f:
             if f.kind == "fenced":
                 raise WorkerFenced(self._fenced_message()) from None
             if f.kind == "fatal":
                 raise ProducerFailed(str(f)) from None
-            if s.exactly_once:
+            if self.settings.exactly_once:
                 self._abort(str(f))
             else:
                 log.warning("batch not committed, it is read again: %s", f)
             return False
         self.batches += 1
-        if s.exactly_once:
+        if self.settings.exactly_once:
             self.metrics.transactions.labels("committed").inc()
+        return True
+
+    def _transaction(
+        self, consumer: Consumer, offsets: list[TopicPartition], out: list[OutputRecord]
+    ) -> bool:
+        producer = self._producer()
+        # 1. begin
+        self._call("begin_transaction", lambda _t: producer.begin_transaction())
+        # 2. produce, and wait for every record to be acknowledged: a transaction the broker
+        #    already failed (a broker that came back empty does that) shows up here as
+        #    delivery errors, whereas send_offsets_to_transaction would wait on it forever,
+        #    whatever its timeout (librdkafka 2.16 against the embedded broker)
+        self._produce(out)
+        self._flush()
+        if self._failed:
+            raise _Failure("abort", f"{len(self._failed)} records not delivered: {self._failed[0]}")
+        # 3. the consumed offsets go into the same transaction
+        self._call(
+            "send_offsets_to_transaction",
+            lambda t: producer.send_offsets_to_transaction(
+                offsets, consumer.consumer_group_metadata(), t
+            ),
+        )
+        hang = self.settings.fault_hang_after_batches
+        if hang is not None and self.batches >= hang:  # chaos drills only
+            self._hang(out)
+            self._abort("stopped while held")
+            return False
+        # 4. commit: outputs, state changelog and offsets become visible together
+        self._call("commit_transaction", producer.commit_transaction)
+        return True
+
+    def _at_least_once(
+        self, consumer: Consumer, offsets: list[TopicPartition], out: list[OutputRecord]
+    ) -> bool:
+        self._produce(out)
+        self._flush()
+        if self._failed:
+            log.warning("%d records not delivered (%s); the batch is read again",
+                        len(self._failed), self._failed[0])  # fmt: skip
+            return False
+        self._call(
+            "commit_offsets", lambda _t: consumer.commit(offsets=offsets, asynchronous=False)
+        )
         return True
 
     def _producer(self) -> Producer:
@@ -266,14 +304,40 @@ class Committer:
                     err: KafkaError = e.args[0]
                     if err.code() in _TOO_LARGE:  # not ours to judge after fitting: learn
                         self.limits.refused(rec.topic, len(rec.value or b""))
-                    raise _Failure(classify(err), f"produce: {err}") from e
-        producer.poll(0)
+                    raise _Failure(self._kind(err), f"produce: {err}") from e
+        self._wait(lambda: producer.poll(0), "poll")
 
     def _flush(self) -> None:
         producer = self._producer()
-        while producer.flush(CALL_TIMEOUT_SECONDS) > 0:
+        while self._wait(lambda: producer.flush(CALL_TIMEOUT_SECONDS), "flush") > 0:
             self.health.beat()
             self.metrics.kafka_retries.labels("flush").inc()
+
+    def _wait(self, fn: Callable[[], int], operation: str) -> int:
+        """``poll`` or ``flush``, their Kafka errors (fencing above all) sorted by kind."""
+        try:
+            return fn()
+        except (KafkaException, SystemError) as e:
+            err = self._error_of(e)
+            raise _Failure(self._kind(err), f"{operation}: {err}") from e
+
+    def _error_of(self, e: KafkaException | SystemError) -> KafkaError:
+        """The Kafka error behind ``e``. After a fatal error confluent-kafka can raise a bare
+        SystemError; what happened is then known only from the error callback."""
+        err = kafka_error(e) or self._fatal
+        if err is None:
+            raise e
+        return err
+
+    def _on_error(self, err: KafkaError) -> None:
+        """librdkafka's error callback: remember a fatal error (librdkafka logs the rest)."""
+        if err.fatal():
+            self._fatal = err
+
+    def _kind(self, err: KafkaError) -> ErrorKind:
+        if self._fatal is not None and self._fatal.code() in _FENCED:
+            return "fenced"
+        return classify(err)
 
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
@@ -289,15 +353,42 @@ class Committer:
             if o + 1 > self.changelog_next.get(p, 0):
                 self.changelog_next[p] = o + 1
 
+    def _bounded(self, operation: str, fn: Callable[[float], object]) -> None:
+        """``fn(CALL_TIMEOUT_SECONDS)`` on a thread of its own, waited for at most
+        ``STUCK_SECONDS`` (the loop stays live meanwhile); ``ProducerFailed`` beyond that.
+
+        A daemon thread: a call that never returns must not keep the process from exiting.
+        The next producer's init_transactions fences the stuck one, which ends the call.
+        """
+        outcome: list[BaseException | None] = []
+
+        def call() -> None:
+            try:
+                fn(CALL_TIMEOUT_SECONDS)
+                outcome.append(None)
+            except BaseException as e:  # handed to the caller below
+                outcome.append(e)
+
+        thread = threading.Thread(target=call, name=f"forewarn-{operation}", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + STUCK_SECONDS
+        while thread.is_alive():
+            thread.join(1.0)
+            self.health.beat()
+            if thread.is_alive() and time.monotonic() >= deadline:
+                raise ProducerFailed(f"{operation} did not return within {STUCK_SECONDS:g} s")
+        if outcome and outcome[0] is not None:
+            raise outcome[0]
+
     def _call(self, operation: str, fn: Callable[[float], object]) -> None:
         """Run one transactional call, asking again while the broker does not answer."""
         while True:
             try:
-                fn(CALL_TIMEOUT_SECONDS)
+                self._bounded(operation, fn)
                 return
-            except KafkaException as e:
-                err: KafkaError = e.args[0]
-                kind = classify(err)
+            except (KafkaException, SystemError) as e:
+                err = self._error_of(e)
+                kind = self._kind(err)
                 if kind != "retry":
                     raise _Failure(kind, f"{operation}: {err}") from e
                 if self.stop.is_set():  # stopping: the transaction is aborted instead
@@ -311,11 +402,11 @@ class Committer:
         give_up = time.monotonic() + ABORT_PATIENCE_SECONDS
         while True:
             try:
-                producer.abort_transaction(CALL_TIMEOUT_SECONDS)
+                self._bounded("abort_transaction", producer.abort_transaction)
                 break
-            except KafkaException as e:
-                err: KafkaError = e.args[0]
-                kind = classify(err)
+            except (KafkaException, SystemError) as e:
+                err = self._error_of(e)
+                kind = self._kind(err)
                 if kind == "fenced":
                     raise WorkerFenced(self._fenced_message()) from e
                 if kind != "retry" or time.monotonic() >= give_up:

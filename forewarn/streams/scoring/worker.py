@@ -59,7 +59,7 @@ from forewarn.streams.scoring.state import (
 from forewarn.streams.scoring.watch import ModelWatch, RulebookWatch
 from forewarn.streams.settings import Settings, kafka_config
 
-__all__ = ["BrokerUnreachable", "ScoringWorker", "WorkerFenced", "to_raw"]
+__all__ = ["BrokerUnreachable", "ProducerFailed", "ScoringWorker", "WorkerFenced", "to_raw"]
 
 log = logging.getLogger("forewarn.score")
 
