@@ -61,7 +61,7 @@ from forewarn.rules.rulebook import (
 from forewarn.streams.broker import EmbeddedBroker
 from forewarn.streams.codecs import RawRecord, encode
 from forewarn.streams.scoring.engine import ScoringEngine
-from forewarn.streams.scoring.worker import ScoringWorker
+from forewarn.streams.scoring.worker import ScoringWorker, tune_garbage_collector
 from forewarn.streams.settings import Settings, TopicNames, kafka_config
 from forewarn.streams.simulate import bad_record, produce_record, publish_backlog
 from forewarn.streams.topics import create_topics
@@ -245,6 +245,7 @@ def main() -> int:
     ap.add_argument("--customers", type=int, default=5_000)
     ap.add_argument("--partitions", type=int, default=2)
     args = ap.parse_args()
+    tune_garbage_collector()  # as the worker does: every row runs with its settings
 
     now = datetime.now(UTC)
     span = span_for(args.events, args.customers)

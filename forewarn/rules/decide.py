@@ -33,6 +33,7 @@ crashed and replayed decides exactly what an uninterrupted one did (docs/decisio
 from __future__ import annotations
 
 import hashlib
+import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -311,12 +312,14 @@ class DecisionMaker:
 
     def _action(self, rule: Rule, m: Moment, channel: ActionChannel) -> OutreachAction:
         e = m.event
-        # Only short scalar values: an action must stay small whatever upstream sends.
+        # Only short text and finite numbers (1e400 parses as infinity): an action must stay
+        # small and valid JSON whatever upstream sends.
         attrs: dict[str, AttributeValue] = {
             k: v
             for k in rule.action.attributes
             if isinstance(v := e.properties.get(k), str | int | float | bool)
             and not (isinstance(v, str) and len(v) > MAX_ATTRIBUTE_CHARS)
+            and not (isinstance(v, float) and not math.isfinite(v))
         }
         return OutreachAction(
             action_id=action_id(rule.id, e.customer_id, e.event_id),

@@ -232,8 +232,6 @@ def kafka_config(settings: Settings, role: Role, **overrides: Any) -> dict[str, 
                 "auto.offset.reset": "earliest",
                 "isolation.level": "read_committed",
                 "session.timeout.ms": settings.session_timeout_ms,
-                # the profile gate waits for the end of each profiles partition
-                "enable.partition.eof": True,
                 # see topics created (or recreated) within seconds, not librdkafka's 5 min:
                 # a group is only assigned partitions its members know of
                 "topic.metadata.refresh.interval.ms": 10_000,

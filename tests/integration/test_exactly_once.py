@@ -88,16 +88,21 @@ def start(s: Settings, **update: Any) -> RunningWorker:
     return w
 
 
-@pytest.fixture(scope="module")
-def reference(bootstrap: str, stream: Stream) -> Outcome:
-    s = new_settings(bootstrap, PARTITIONS, batch_size=BATCH)
+def uninterrupted(bootstrap: str, stream: Stream, batch_size: int) -> Outcome:
+    """The stream scored by one worker from start to end, in batches of ``batch_size``."""
+    s = new_settings(bootstrap, PARTITIONS, batch_size=batch_size)
     publish_backlog(s, stream.profiles, stream.events)
     w = start(s)
     try:
         wait_committed(s, len(stream.events))
     finally:
         w.stop()
-    out = outcome(s)
+    return outcome(s)
+
+
+@pytest.fixture(scope="module")
+def reference(bootstrap: str, stream: Stream) -> Outcome:
+    out = uninterrupted(bootstrap, stream, BATCH)
     assert out.actions and out.decisions and len(out.states) == len(stream.profiles)
     assert max(out.actions.values()) == 1
     return out
@@ -333,13 +338,6 @@ def test_decisions_do_not_depend_on_the_batch_size_on_the_broker(
     # topic (the last record batch's base offset + 1: "1" for 1,000 profiles), released
     # events before their consent was read, and 1 decision in 276 differed between batches
     # of 500 and of 50. It now waits for the end of the partition as the fetch reports it.
-    s = new_settings(bootstrap, PARTITIONS, batch_size=13)
-    publish_backlog(s, stream.profiles, stream.events)
-    w = start(s)
-    try:
-        wait_committed(s, len(stream.events))
-    finally:
-        w.stop()
-    got = outcome(s)
+    got = uninterrupted(bootstrap, stream, batch_size=13)
     assert got.decisions == reference.decisions
     assert got.actions == reference.actions

@@ -21,7 +21,7 @@ from forewarn.streams.broker import free_port
 from forewarn.streams.codecs import encode
 from forewarn.streams.settings import Settings, kafka_config
 from forewarn.streams.simulate import bad_record
-from tests.conftest import event
+from tests.conftest import event, wait_committed
 
 pytestmark = pytest.mark.integration
 
@@ -132,7 +132,8 @@ def test_readiness_follows_assignment_and_liveness_fails_when_the_loop_stalls(
         e = event("h1", "page_view", now, n=i)
         p.produce(s.topics.journey_events, key=b"h1", value=encode(e))
         p.flush(10)
-        time.sleep(1.0)
+        if i == 0:
+            wait_committed(s, 1, timeout=30)
     deadline = time.monotonic() + 30
     while _get(port, "/healthz")[0] != 503:
         assert time.monotonic() < deadline, "liveness never noticed the stalled loop"

@@ -21,10 +21,11 @@ from tests.conftest import POLICIES_RULEBOOK
 
 
 class Partitions:
-    """What the gate needs of a consumer: pause and resume, recorded."""
+    """What the gate needs of a consumer: pause, resume and positions, recorded."""
 
     def __init__(self) -> None:
         self.paused: set[tuple[str, int]] = set()
+        self.positions: dict[tuple[str, int], int] = {}
 
     def pause(self, partitions: list[TopicPartition]) -> None:
         self.paused |= {(tp.topic, tp.partition) for tp in partitions}
@@ -32,24 +33,44 @@ class Partitions:
     def resume(self, partitions: list[TopicPartition]) -> None:
         self.paused -= {(tp.topic, tp.partition) for tp in partitions}
 
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        return [
+            TopicPartition(
+                tp.topic, tp.partition, self.positions.get((tp.topic, tp.partition), -1001)
+            )
+            for tp in partitions
+        ]
+
 
 def ev(p: int, offset: int) -> RawRecord:
     return RawRecord("events", p, offset, b"c", b"{}")
 
 
-def test_events_wait_for_the_end_of_their_profiles_partition_not_a_watermark() -> None:
+def test_events_wait_until_their_profiles_are_read_to_where_they_stood() -> None:
     clock = [0.0]
     gate = ProfileGate("events", "profiles", max_wait_seconds=60, monotonic=lambda: clock[0])
     c = Partitions()
-    gate.on_assign([TopicPartition("events", 0), TopicPartition("profiles", 0),
-                    TopicPartition("events", 1), TopicPartition("profiles", 1)])  # fmt: skip
+    gate.on_assign(
+        [
+            TopicPartition("events", 0),
+            TopicPartition("profiles", 0),
+            TopicPartition("events", 1),
+            TopicPartition("profiles", 1),
+            TopicPartition("events", 2),
+            TopicPartition("profiles", 2),
+        ]
+    )
+    assert gate.ends_wanted() == [0, 1, 2]
     prof = RawRecord("profiles", 0, 0, b"c", b"{}")
     assert gate.filter(c, [prof, ev(0, 0), ev(1, 0)]) == [prof], "profiles pass, events wait"
     assert c.paused == {("events", 0), ("events", 1)}
-    assert gate.filter(c, [ev(0, 1)]) == []
-    gate.reached_end("events", 0)  # the end of an events partition is no signal
-    assert gate.filter(c, []) == []
-    gate.reached_end("profiles", 0)
+    gate.read_to(0, end=1000, committed=-1001)  # 1,000 profiles to read (end found by reading)
+    gate.read_to(1, end=500, committed=-1001)
+    gate.read_to(2, end=70, committed=70)  # the group read them all before: nothing to wait
+    assert gate.ends_wanted() == [] and gate.waiting_for() == [0, 1]
+    c.positions[("profiles", 0)] = 999
+    assert gate.filter(c, [ev(0, 1), ev(2, 0)]) == [ev(2, 0)]
+    c.positions[("profiles", 0)] = 1000
     assert gate.filter(c, [ev(1, 1)]) == [ev(0, 0), ev(0, 1)], "released in order"
     assert c.paused == {("events", 1)} and gate.waiting_for() == [1]
     clock[0] = 61.0  # a profile stream that never pauses: released after the bound
@@ -169,3 +190,10 @@ def test_a_spare_worker_never_rejoins_and_a_left_behind_one_does() -> None:
     assert seen.count("rejoin") == 1 and seen[-1] == "fail"
     left.assigned({0})  # given partitions: healthy again
     assert not left.due()
+
+
+def test_an_empty_profiles_partition_holds_nothing_back() -> None:
+    gate = ProfileGate("events", "profiles")
+    gate.on_assign([TopicPartition("profiles", 0), TopicPartition("events", 0)])
+    gate.read_to(0, end=0, committed=-1001)  # never written, never committed
+    assert gate.filter(Partitions(), [ev(0, 0)]) == [ev(0, 0)]

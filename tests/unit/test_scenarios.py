@@ -301,3 +301,19 @@ def test_a_record_that_makes_scoring_raise_is_dead_lettered_and_the_batch_goes_o
     assert dl.error_detail == "KeyError: 'corrupt state for boom'"
     assert sorted(a.customer_id for a in res.actions) == ["ok1", "ok2"]
     assert res.stats.dead_letters_by_reason == {"processing_error": 1}
+
+
+def test_only_short_text_and_finite_numbers_become_attributes(sc: Scenario) -> None:
+    # An action stays small and valid JSON whatever upstream puts in a whitelisted property.
+    sc.profile("ann", consent=ALL)
+    raw = (
+        b'{"event_id":"p1","customer_id":"ann","type":"payment_failed","occurred_at":"'
+        + T0.isoformat().encode()
+        + b'","properties":{"order_id":"'
+        + b"o" * 5000
+        + b'","amount":1e400,'
+        b'"payment_method":"card"}}'
+    )
+    res = sc.engine.process([RawRecord("journey-events", 0, 1, b"ann", raw)])
+    (a,) = res.actions
+    assert a.attributes == {"payment_method": "card"}

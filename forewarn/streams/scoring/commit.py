@@ -25,6 +25,7 @@ takes, and each retry is counted. Errors sort into four kinds (``classify``):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -322,9 +323,20 @@ class Committer:
             raise _Failure(self._kind(err), f"{operation}: {err}") from e
 
     def _error_of(self, e: KafkaException | SystemError) -> KafkaError:
-        """The Kafka error behind ``e``. After a fatal error confluent-kafka can raise a bare
-        SystemError; what happened is then known only from the error callback."""
+        """The Kafka error behind ``e``.
+
+        After a fatal error (fencing above all) confluent-kafka 2.16's ``flush`` raises a bare
+        SystemError and never calls the error callback; the producer then answers any
+        transactional call with the fatal error, so it is asked (``begin_transaction`` with a
+        transaction open has no other effect).
+        """
         err = kafka_error(e) or self._fatal
+        if err is None and isinstance(e, SystemError) and self.producer is not None:
+            try:
+                self.producer.begin_transaction()
+            except KafkaException as probe:
+                found: KafkaError = probe.args[0]
+                err = found if found.fatal() else None
         if err is None:
             raise e
         return err
@@ -340,6 +352,12 @@ class Committer:
         return classify(err)
 
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
+        # Called while a fatal error is pending, any call into the message raises; flush
+        # reports the error itself.
+        with contextlib.suppress(SystemError):
+            self._record_delivery(err, msg)
+
+    def _record_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             self._failed.append(f"{msg.topic()}: {err.str()}")
             if err.code() in _TOO_LARGE:

@@ -1,18 +1,20 @@
-"""The profile gate: a partition's events wait until its profiles have been read to the end.
+"""The profile gate: a partition's events wait until its profiles are read to where they stood.
 
 Without it, a worker starting on a backlog would score events before the profiles that carry
 consent arrive, and suppress every action for want of consent. When a profiles partition is
 assigned, the events of the same partition number are held back (kept in memory, their
-partition paused, so at most what was already fetched is held) until the consumer reports
-the end of that profiles partition. Held events are then released in order; they are
-committed only after they are processed.
+partition paused, so at most what was already fetched is held) until the consumer's position
+on that profiles partition reaches the partition's end as it stood at assignment. Held events
+are then released in order; they are committed only after they are processed.
 
-The end is librdkafka's end-of-partition event (``enable.partition.eof``), not a high
-watermark asked for up front: the embedded broker answers that question with the base offset
-of the partition's last record batch, so a watermark read there said "1" for 1,000 profiles
-and released events early (docs/decisions.md §16). The end-of-partition event comes from the
-fetch itself and is right on every broker. If it never comes (a profile stream that never
-pauses), the events are released after ``max_wait_seconds`` with a warning.
+The end is found by reading, not by asking: the worker's restore consumer reads the profiles
+partition from its reported end until the fetch says it is at the end
+(``state.partition_end``). The embedded broker reports the base offset of the partition's
+last record batch as its end, so asking said "1" for 1,000 profiles and released events early
+(docs/decisions.md §16); the fetch's own end is right on every broker. (The scoring consumer
+could report ends itself, with ``enable.partition.eof``, but that cost a quarter of its
+throughput against the embedded broker.) If the end is never reached (a profile stream that
+never pauses), the events are released after ``max_wait_seconds`` with a warning.
 
 Pausing happens here, not in the rebalance callback: partitions are not assigned yet while
 the callback runs.
@@ -35,12 +37,14 @@ log = logging.getLogger("forewarn.score")
 DEFAULT_MAX_WAIT_SECONDS = 120.0
 
 
-class Pausable(Protocol):
+class GatedConsumer(Protocol):
     """What the gate needs of a consumer (a unit test can give it this)."""
 
     def pause(self, partitions: list[TopicPartition]) -> None: ...
 
     def resume(self, partitions: list[TopicPartition]) -> None: ...
+
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]: ...
 
 
 class ProfileGate:
@@ -56,56 +60,77 @@ class ProfileGate:
         self.profiles_topic = profiles_topic
         self.max_wait_seconds = max_wait_seconds
         self._monotonic = monotonic
-        #: profiles partition -> when its events are released even without an end seen
-        self._waiting: dict[int, float] = {}
+        #: profiles partition -> when its events are released even without the end reached
+        self._deadlines: dict[int, float] = {}
+        #: profiles partition -> the offset its profiles must be read to (once known)
+        self._ends: dict[int, int] = {}
         self._held: dict[int, list[RawRecord]] = {}
 
     def on_assign(self, partitions: list[TopicPartition]) -> None:
         deadline = self._monotonic() + self.max_wait_seconds
         for tp in partitions:
             if tp.topic == self.profiles_topic:
-                self._waiting[tp.partition] = deadline
+                self._deadlines[tp.partition] = deadline
+                self._ends.pop(tp.partition, None)
 
     def on_revoke(self, partitions: list[TopicPartition]) -> None:
         # Held events were never committed: the partition's next owner reads them again.
         for tp in partitions:
             if tp.topic == self.profiles_topic:
-                self._waiting.pop(tp.partition, None)
+                self._deadlines.pop(tp.partition, None)
+                self._ends.pop(tp.partition, None)
             elif tp.topic == self.events_topic:
                 self._held.pop(tp.partition, None)
 
-    def reached_end(self, topic: str, partition: int) -> None:
-        """The consumer read ``topic[partition]`` to its end (an end-of-partition event)."""
-        if topic == self.profiles_topic:
-            self._waiting.pop(partition, None)
+    def ends_wanted(self) -> list[int]:
+        """Profiles partitions whose end the worker must find (``read_to``)."""
+        return sorted(p for p in self._deadlines if p not in self._ends)
+
+    def read_to(self, partition: int, end: int, committed: int) -> None:
+        """Profiles of ``partition`` must be read to ``end``; ``committed`` is where the group
+        stands on it (nothing to wait for when it is there already)."""
+        if partition not in self._deadlines:
+            return
+        if end <= max(committed, 0):  # read before, or nothing ever written
+            del self._deadlines[partition]
+        else:
+            self._ends[partition] = end
 
     @property
     def holding(self) -> bool:
-        return bool(self._waiting or self._held)
+        return bool(self._deadlines or self._held)
 
     def waiting_for(self) -> list[int]:
         """The partitions whose profiles are still being read."""
-        return sorted(self._waiting)
+        return sorted(self._deadlines)
 
-    def filter(self, consumer: Pausable, records: list[RawRecord]) -> list[RawRecord]:
+    def filter(self, consumer: GatedConsumer, records: list[RawRecord]) -> list[RawRecord]:
         """The records that may be processed now, released held events first."""
         now = self._monotonic()
-        for p, deadline in list(self._waiting.items()):
-            if now >= deadline:
+        reached = {}
+        if self._ends:
+            tps = [TopicPartition(self.profiles_topic, p) for p in self._ends]
+            reached = {tp.partition: tp.offset for tp in consumer.position(tps)}
+        for p, deadline in list(self._deadlines.items()):
+            end = self._ends.get(p)
+            if end is not None and reached.get(p, -1) >= end:
+                del self._deadlines[p], self._ends[p]
+            elif now >= deadline:
                 log.warning(
                     "partition %d: profiles not read to their end within %.0f s; scoring its "
                     "events anyway",
                     p,
                     self.max_wait_seconds,
                 )
-                del self._waiting[p]
+                del self._deadlines[p]
+                self._ends.pop(p, None)
         released: list[RawRecord] = []
-        for p in [p for p in self._held if p not in self._waiting]:
+        for p in [p for p in self._held if p not in self._deadlines]:
             released += self._held.pop(p)
             consumer.resume([TopicPartition(self.events_topic, p)])
         kept = []
         for r in records:
-            if r.topic == self.events_topic and r.partition in self._waiting:
+            if r.topic == self.events_topic and r.partition in self._deadlines:
                 if r.partition not in self._held:
                     consumer.pause([TopicPartition(self.events_topic, r.partition)])
                 self._held.setdefault(r.partition, []).append(r)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
 from rocksdict import Options, Rdict, WriteBatch
 
 from forewarn.models.ports import MemoryStateStore
@@ -416,3 +416,39 @@ def _read_changelog(
     finally:
         consumer.unassign()
     return records, latest, end, stream_time
+
+
+def partition_end(
+    consumer: Consumer,
+    topic: str,
+    p: int,
+    *,
+    stopping: Callable[[], bool] = lambda: False,
+    stall_seconds: float = 30.0,
+) -> int | None:
+    """Where ``topic[p]`` ends, as a fetch reports it; None when ``stopping()``.
+
+    Reads from the end the broker reports when asked (which the embedded broker gives as the
+    base offset of the last record batch, docs/decisions.md §16) to librdkafka's
+    end-of-partition event, which comes from the fetch and is right everywhere. ``consumer``
+    is the restore consumer (``enable.partition.eof`` on).
+    """
+    consumer.assign([TopicPartition(topic, p, OFFSET_END)])
+    last_news = time.monotonic()
+    try:
+        while not stopping():
+            msgs = consumer.consume(1000, 0.5)
+            for m in msgs:
+                err = m.error()
+                if err is None:
+                    continue
+                if err.code() == KafkaError._PARTITION_EOF:
+                    return m.offset() or 0
+                raise RuntimeError(f"reading to the end of {topic}[{p}]: {err}")
+            if msgs:
+                last_news = time.monotonic()
+            elif time.monotonic() - last_news > stall_seconds:
+                raise RestoreStalled(f"{topic}[{p}]: no end seen for {stall_seconds:g} s")
+    finally:
+        consumer.unassign()
+    return None

