@@ -18,8 +18,11 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/forewarn demo
 
+# Two test processes, whole files each: a file's module fixtures (a reference run, a broker of
+# its own) stay in one process, and the drills, which mostly wait on a frozen or restarted
+# broker, run beside the rest.
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 test-unit: install
 	$(BIN)/python -m pytest forewarn tests/unit

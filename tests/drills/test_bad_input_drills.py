@@ -1,9 +1,10 @@
-"""Fault drills: what an SRE and a security reviewer did to a running worker (issue 9), kept.
+"""Fault drills on bad input, bad files and bad neighbours: what an SRE and a security reviewer
+did to a running worker (issue 9), kept.
 
-Each drill runs ``forewarn score`` as a process, as production does, against a real broker:
-the session's, or one of its own where the drill stops or freezes the broker. Each waits with
-a bound and stops everything it started. What each proves is in its name; the failure modes
-and what an operator does about each are in docs/operations.md ("Failure modes").
+Each drill runs ``forewarn score`` as a process, as production does, against the session's
+broker. Each waits with a bound and stops everything it started. What each proves is in its
+name; the failure modes and what an operator does about each are in docs/operations.md
+("Failure modes").
 """
 
 from __future__ import annotations
@@ -18,132 +19,33 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from confluent_kafka import Producer
-from prometheus_client.parser import text_string_to_metric_families
 
 from forewarn.models.churn import CARD_FILE, MODEL_FILE, default_model_path
 from forewarn.models.contracts import (
-    CustomerProfile,
     DeadLetter,
     DeadLetterReason,
     Decision,
-    JourneyEvent,
 )
-from forewarn.models.simulator import JourneySimulator
-from forewarn.streams.broker import EmbeddedBroker, free_port, wait_for_port
+from forewarn.streams.broker import free_port, wait_for_port
 from forewarn.streams.codecs import encode
 from forewarn.streams.settings import Settings, TopicNames, kafka_config
 from forewarn.streams.simulate import bad_record, publish_backlog
-from forewarn.streams.topics import create_topics
 from tests.conftest import (
     POLICIES_RULEBOOK,
     committed_events,
     event,
     new_settings,
     read_all,
-    settings_env,
 )
+from tests.drills.conftest import WorkerProcess, big_producer, good_stream, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.drill]
-
-
-class WorkerProcess:
-    """``forewarn score`` as a process, its output in a file (a full pipe would block it
-    while the broker is away and librdkafka logs), its HTTP endpoints on a port of its own."""
-
-    def __init__(self, s: Settings, log: Path, **env: str) -> None:
-        self.http = free_port()
-        self.log = log
-        self._out = open(log, "w")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "forewarn.streams.cli", "score"],
-            env=settings_env(s, FOREWARN_HTTP_PORT=str(self.http), **env),
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-        )
-
-    def get(self, path: str) -> tuple[int | None, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http}{path}", timeout=5) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-        except OSError as e:
-            return None, str(e)
-
-    def metric(self, name: str, **labels: str) -> float:
-        """The sum of a metric's samples whose labels include ``labels`` (0 if none)."""
-        code, text = self.get("/metrics")
-        assert code == 200, text
-        total = 0.0
-        for fam in text_string_to_metric_families(text):
-            for smp in fam.samples:
-                if smp.name == name and labels.items() <= smp.labels.items():
-                    total += smp.value
-        return total
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self, timeout: float = 60) -> int:
-        try:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                self.proc.wait(timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait(10)
-            self._out.close()
-        return self.proc.returncode
-
-
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    started: list[WorkerProcess] = []
-
-    def start(s: Settings, **env: str) -> WorkerProcess:
-        w = WorkerProcess(s, tmp_path / f"worker-{len(started)}.log", **env)
-        started.append(w)
-        return w
-
-    yield start
-    for w in started:
-        w.stop()
-
-
-def wait_until(what: str, ok: Callable[[], bool], timeout: float, w: WorkerProcess) -> None:
-    deadline = time.monotonic() + timeout
-    while not ok():
-        assert w.proc.poll() is None, f"the worker exited while waiting for {what}:\n{w.output()}"
-        assert time.monotonic() < deadline, f"not within {timeout:g} s: {what}\n{w.output()}"
-        time.sleep(0.5)
-
-
-def big_producer(s: Settings) -> Producer:
-    """An outside producer that sends what an attacker would (records up to 10 MB)."""
-    return Producer(
-        kafka_config(s, "producer", **{"message.max.bytes": 10_000_000, "compression.type": "none"})
-    )
-
-
-def good_stream(
-    n_customers: int, seed: int, hours: float = 6
-) -> tuple[list[CustomerProfile], list[JourneyEvent]]:
-    now = datetime.now(UTC)
-    sim = JourneySimulator(
-        n_customers, seed=seed, start=now - timedelta(hours=hours), span=timedelta(hours=hours)
-    )
-    return sim.profiles(), list(sim.events())
 
 
 def test_oversized_records_of_every_kind_are_dead_lettered_within_bounds_and_the_worker_lives(
@@ -362,103 +264,3 @@ def test_sigterm_to_the_broker_command_stops_the_broker_it_started() -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
-
-
-# -- drills with a broker of their own: it is stopped, frozen and restarted --
-
-
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
-    b = EmbeddedBroker(log=tmp_path / "tansu.log").start()
-    yield b
-    b.stop()
-
-
-def _fresh_settings(broker: EmbeddedBroker, **kw: Any) -> Settings:
-    s = Settings(
-        bootstrap_servers=broker.bootstrap,
-        topics=TopicNames(partitions=2),
-        group_id="drill",
-        session_timeout_ms=6000,
-        batch_timeout_seconds=0.2,
-        instance_id="drill-1",
-        rules_path=POLICIES_RULEBOOK,
-        **kw,
-    )
-    assert all(r.ok for r in create_topics(s))
-    return s
-
-
-def test_the_broker_restarted_empty_is_resumed_from(
-    own_broker: EmbeddedBroker, workers: Callable[..., WorkerProcess], tmp_path: Path
-) -> None:
-    s = _fresh_settings(own_broker)
-    profiles, first = good_stream(40, seed=93)
-    publish_backlog(s, profiles, first)
-    w = workers(s, FOREWARN_REJOIN_AFTER_SECONDS="5")
-    wait_until("the first stream committed", lambda: committed_events(s) == len(first), 90, w)
-    own_broker.stop()
-    time.sleep(8)  # the worker loses the broker, its group and its partitions
-    own_broker.start()
-    time.sleep(12)  # the worker rejoins before the topics exist again (that used to stick)
-    assert all(r.ok for r in create_topics(s))
-    profiles2, second = good_stream(30, seed=94, hours=2)
-    publish_backlog(s, profiles2, second)
-    # documented bound (docs/operations.md): resumes within two minutes of the topics
-    wait_until("the new stream committed", lambda: committed_events(s) == len(second), 150, w)
-    assert w.get("/healthz")[0] == 200
-    assert w.get("/readyz")[0] == 200
-    # every new event was scored: none skipped as already applied by a stale state
-    wait_until(
-        "the metrics caught up",
-        lambda: w.metric("forewarn_events_total") == len(first) + len(second),
-        30,
-        w,
-    )
-    assert w.metric("forewarn_replayed_records_total") == 0
-    assert "starts afresh from the changelog" in w.output() or "rejoining" in w.output()
-
-
-def test_a_90_second_broker_stall_is_waited_out_without_exit_loss_or_duplicates(
-    own_broker: EmbeddedBroker, workers: Callable[..., WorkerProcess], tmp_path: Path
-) -> None:
-    profiles, evs = good_stream(2000, seed=95, hours=24)  # several seconds of work
-    reference = _fresh_settings(own_broker)
-    reference = reference.model_copy(
-        update={
-            "topics": reference.topics.suffixed("ref"),
-            "group_id": "drill-ref",
-            "instance_id": "ref",
-        }
-    )
-    assert all(r.ok for r in create_topics(reference))
-    publish_backlog(reference, profiles, evs)
-    ref = workers(reference)
-    wait_until("the reference run", lambda: committed_events(reference) == len(evs), 120, ref)
-    expected = {
-        json.loads(v or b"{}")["action_id"]
-        for _, v in read_all(reference, reference.topics.actions)
-    }
-    assert ref.stop() == 0
-
-    s = _fresh_settings(own_broker)
-    publish_backlog(s, profiles, evs)
-    w = workers(s, FOREWARN_BATCH_SIZE="50")
-    wait_until("scoring under way", lambda: committed_events(s) > 0, 90, w)
-    assert own_broker.process is not None
-    os.kill(own_broker.process.pid, signal.SIGSTOP)
-    try:
-        for _ in range(18):  # 90 s, checking that the worker stays up and says it is alive
-            time.sleep(5)
-            assert w.proc.poll() is None, w.output()
-            assert w.get("/healthz")[0] == 200, "waiting for the broker is not a hang"
-    finally:
-        os.kill(own_broker.process.pid, signal.SIGCONT)
-    wait_until("the whole stream", lambda: committed_events(s) == len(evs), 180, w)
-    actions = Counter(json.loads(v or b"{}")["action_id"] for _, v in read_all(s, s.topics.actions))
-    assert set(actions) == expected, "no action lost, none invented"
-    assert max(actions.values()) == 1, "no action twice"
-    # the stall met a batch in flight: its calls were asked again, or it was aborted
-    waited = w.metric("forewarn_kafka_retries_total")
-    assert waited + w.metric("forewarn_transactions_total", outcome="aborted") > 0
-    assert w.stop() == 0
