@@ -48,9 +48,11 @@ from confluent_kafka import Consumer
 
 from forewarn.models.churn import default_model_path, load_churn_model
 from forewarn.models.contracts import DeadLetterReason
-from forewarn.models.ports import ManualClock
-from forewarn.models.simulator import JourneySimulator, span_for
 from forewarn.models.state_codec import encode_state
+from forewarn.offline.simulator import JourneySimulator, span_for
+from forewarn.pipeline.codecs import RawRecord, encode
+from forewarn.pipeline.engine import ScoringEngine
+from forewarn.pipeline.ports import ManualClock
 from forewarn.rules.conditions import compile_condition, evaluate
 from forewarn.rules.rulebook import (
     Rulebook,
@@ -59,8 +61,6 @@ from forewarn.rules.rulebook import (
     load_rulebook_text,
 )
 from forewarn.streams.broker import EmbeddedBroker
-from forewarn.streams.codecs import RawRecord, encode
-from forewarn.streams.scoring.engine import ScoringEngine
 from forewarn.streams.scoring.worker import ScoringWorker, tune_garbage_collector
 from forewarn.streams.settings import Settings, TopicNames, kafka_config
 from forewarn.streams.simulate import bad_record, produce_record, publish_backlog

@@ -116,7 +116,7 @@ def wait_committed(s: Any, n: int, timeout: float = 90) -> None:
 def score_process(env: dict[str, str]) -> subprocess.Popen[str]:
     """``forewarn score`` in a subprocess, output (stdout and stderr) on ``stdout``."""
     return subprocess.Popen(
-        [sys.executable, "-m", "forewarn.streams.cli", "score"],
+        [sys.executable, "-m", "forewarn.cli", "score"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from forewarn.streams.codecs import DEAD_LETTER_KEEP_BYTES, DecodeSettings
+from forewarn.pipeline.codecs import DEAD_LETTER_KEEP_BYTES, DecodeSettings
 
 MASK = "**********"
 #: librdkafka properties whose values are secrets (passwords, OAuth client secrets, tokens,

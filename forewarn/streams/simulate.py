@@ -22,9 +22,9 @@ from pathlib import Path
 from confluent_kafka import Producer
 
 from forewarn.models.contracts import CustomerProfile, DeadLetterReason, JourneyEvent
-from forewarn.models.history import profiles_file_for
-from forewarn.models.simulator import JourneySimulator, span_for
-from forewarn.streams.codecs import CLOUDEVENTS_JSON, Headers, encode
+from forewarn.offline.history import profiles_file_for
+from forewarn.offline.simulator import JourneySimulator, span_for
+from forewarn.pipeline.codecs import CLOUDEVENTS_JSON, Headers, encode
 from forewarn.streams.settings import Settings, kafka_config
 
 Record = tuple[bytes | None, bytes | None, Headers]

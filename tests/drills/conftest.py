@@ -19,7 +19,7 @@ from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
 from forewarn.models.contracts import CustomerProfile, JourneyEvent
-from forewarn.models.simulator import JourneySimulator
+from forewarn.offline.simulator import JourneySimulator
 from forewarn.streams.broker import EmbeddedBroker, free_port
 from forewarn.streams.settings import Settings, TopicNames, kafka_config
 from forewarn.streams.topics import create_topics
@@ -35,7 +35,7 @@ class WorkerProcess:
         self.log = log
         self._out = open(log, "w")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "forewarn.streams.cli", "score"],
+            [sys.executable, "-m", "forewarn.cli", "score"],
             env=settings_env(s, FOREWARN_HTTP_PORT=str(self.http), **env),
             stdout=self._out,
             stderr=subprocess.STDOUT,

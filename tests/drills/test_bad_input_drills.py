@@ -32,8 +32,8 @@ from forewarn.models.contracts import (
     DeadLetterReason,
     Decision,
 )
+from forewarn.pipeline.codecs import encode
 from forewarn.streams.broker import free_port, wait_for_port
-from forewarn.streams.codecs import encode
 from forewarn.streams.settings import Settings, TopicNames, kafka_config
 from forewarn.streams.simulate import bad_record, publish_backlog
 from tests.conftest import (
@@ -252,7 +252,7 @@ def test_idle_connections_cannot_hold_the_health_endpoint(
 def test_sigterm_to_the_broker_command_stops_the_broker_it_started() -> None:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "forewarn.streams.cli", "broker", "--port", str(port)],
+        [sys.executable, "-m", "forewarn.cli", "broker", "--port", str(port)],
         stdout=subprocess.DEVNULL,
     )
     try:

@@ -15,7 +15,7 @@ import pytest
 from confluent_kafka import Producer
 
 from forewarn.models.contracts import Consent, CustomerProfile
-from forewarn.streams.codecs import encode
+from forewarn.pipeline.codecs import encode
 from forewarn.streams.settings import Settings, kafka_config
 from tests.conftest import event, score_process, settings_env, sigterm_once_committed
 
@@ -30,7 +30,7 @@ def _forewarn(
     *args: str, env: dict[str, str], timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "forewarn.streams.cli", *args],
+        [sys.executable, "-m", "forewarn.cli", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -108,7 +108,7 @@ def test_demo_runs_end_to_end_and_stops_what_it_started(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "forewarn.streams.cli",
+            "forewarn.cli",
             "demo",
             "--duration",
             "8",
@@ -163,7 +163,7 @@ def _pid_gone(pid: int) -> bool:
 def test_demo_on_ctrl_c_stops_everything_and_exits_0() -> None:
     # A terminal's Ctrl-C sends SIGINT to the whole foreground process group.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "forewarn.streams.cli", "demo", "--duration", "60"],
+        [sys.executable, "-m", "forewarn.cli", "demo", "--duration", "60"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -192,7 +192,7 @@ def test_broker_command_runs_in_the_foreground_until_interrupted() -> None:
     from forewarn.streams.broker import free_port, wait_for_port
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "forewarn.streams.cli", "broker", "--port",
+    proc = subprocess.Popen([sys.executable, "-m", "forewarn.cli", "broker", "--port",
                              str(port)], stdout=subprocess.PIPE, text=True,
                             start_new_session=True)  # fmt: skip
     try:

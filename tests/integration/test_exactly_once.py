@@ -24,9 +24,9 @@ import pytest
 from confluent_kafka import Producer
 
 from forewarn.models.contracts import Consent, CustomerProfile, JourneyEvent
-from forewarn.models.simulator import JourneySimulator
 from forewarn.models.state_codec import decode_state, encode_state
-from forewarn.streams.codecs import encode
+from forewarn.offline.simulator import JourneySimulator
+from forewarn.pipeline.codecs import encode
 from forewarn.streams.settings import Settings, kafka_config
 from forewarn.streams.simulate import publish_backlog
 from tests.conftest import (

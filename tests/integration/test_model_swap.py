@@ -15,7 +15,7 @@ from confluent_kafka import Producer
 
 from forewarn.models.churn import CARD_FILE, default_model_path
 from forewarn.models.contracts import Consent, CustomerProfile, OutreachAction
-from forewarn.streams.codecs import encode
+from forewarn.pipeline.codecs import encode
 from forewarn.streams.settings import Settings, kafka_config
 from tests.conftest import event, read_topic
 

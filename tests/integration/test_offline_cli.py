@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 def forewarn(*args: str | Path | int) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "forewarn.streams.cli", *map(str, args)],
+        [sys.executable, "-m", "forewarn.cli", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -24,15 +24,15 @@ from forewarn.models.contracts import (
     JourneyEvent,
 )
 from forewarn.models.features import CHURN_FEATURES
-from forewarn.models.ports import ManualClock
 from forewarn.models.session import SessionState
 from forewarn.models.state import CustomerState
 from forewarn.models.state_codec import encode_state
+from forewarn.pipeline.codecs import RawRecord, encode
+from forewarn.pipeline.engine import BatchResult, ScoringEngine, process_isolating
+from forewarn.pipeline.ports import ManualClock
 from forewarn.rules.rulebook import load_rulebook
-from forewarn.streams.codecs import RawRecord, encode
-from forewarn.streams.scoring.engine import BatchResult, ScoringEngine, process_isolating
 from forewarn.streams.scoring.outputs import Limits, OutputTopics, batch_records
-from forewarn.streams.scoring.state import PartitionStore, RocksPartitionStore, Store, WorkerStores
+from forewarn.streams.scoring.stores import PartitionStore, RocksPartitionStore, Store, WorkerStores
 from tests.conftest import POLICIES_RULEBOOK, T0, event
 
 PURCHASES = CHURN_FEATURES.index("purchases_7d")
@@ -203,7 +203,7 @@ def test_an_output_that_does_not_fit_becomes_a_dead_letter_and_the_batch_goes_on
 
 
 def test_a_dead_letter_shrinks_to_what_the_topic_takes_and_keeps_the_original_hash() -> None:
-    from forewarn.streams.codecs import dead_letter
+    from forewarn.pipeline.codecs import dead_letter
 
     rec = RawRecord("journey-events", 1, 7, b"c1", b"v" * 60_000)
     dl = dead_letter(rec, DeadLetterReason.schema_violation, "bad", T0)

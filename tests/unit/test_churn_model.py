@@ -25,18 +25,18 @@ from forewarn.models.churn import (
 )
 from forewarn.models.features import CHURN_FEATURES
 from forewarn.models.friction import FrictionConfig
-from forewarn.models.history import HistoryError, Mapping, file_sha256, read_history
-from forewarn.models.ports import ManualClock
-from forewarn.models.simulator import JourneySimulator
-from forewarn.models.training import (
+from forewarn.offline.history import HistoryError, Mapping, file_sha256, read_history
+from forewarn.offline.simulator import JourneySimulator
+from forewarn.offline.training import (
     TrainingError,
     event_feature_rows,
     fit_churn_model,
     period_of,
     snapshot_dataset,
 )
-from forewarn.streams.codecs import RawRecord, encode
-from forewarn.streams.scoring.engine import ScoringEngine
+from forewarn.pipeline.codecs import RawRecord, encode
+from forewarn.pipeline.engine import ScoringEngine
+from forewarn.pipeline.ports import ManualClock
 from forewarn.streams.simulate import write_history
 
 START = datetime(2026, 4, 1, tzinfo=UTC)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from forewarn.models.contracts import CustomerProfile, DeadLetter, DeadLetterReason
-from forewarn.streams.codecs import (
+from forewarn.pipeline.codecs import (
     DEAD_LETTER_KEEP_BYTES,
     DecodedEvent,
     DecodeSettings,

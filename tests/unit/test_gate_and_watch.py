@@ -12,7 +12,7 @@ from confluent_kafka import TopicPartition
 
 from forewarn.models.churn import CARD_FILE, MODEL_FILE, default_model_path
 from forewarn.models.friction import FrictionConfig
-from forewarn.streams.codecs import RawRecord
+from forewarn.pipeline.codecs import RawRecord
 from forewarn.streams.scoring.gate import ProfileGate
 from forewarn.streams.scoring.membership import AssignmentWatch, GroupProgress
 from forewarn.streams.scoring.watch import ModelWatch, RulebookWatch

@@ -11,10 +11,10 @@ from forewarn.models.contracts import (
     ALL_CONSENT,
     SuppressionReason,
 )
-from forewarn.models.ports import ManualClock
+from forewarn.pipeline.engine import BatchResult
+from forewarn.pipeline.ports import ManualClock
 from forewarn.rules.decide import in_holdout
 from forewarn.rules.rulebook import load_rulebook_text
-from forewarn.streams.scoring.engine import BatchResult
 from tests.conftest import event
 from tests.unit.test_scenarios import Scenario
 

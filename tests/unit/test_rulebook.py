@@ -120,7 +120,7 @@ def test_the_worker_refuses_a_bad_rulebook_at_start_naming_file_line_and_field(
     bad.write_text(GOOD.replace("ttl: 2h", "ttl: soon"))
     env = {**os.environ, "FOREWARN_RULES_PATH": str(bad), "FOREWARN_HTTP_PORT": "0",
            "FOREWARN_BOOTSTRAP_SERVERS": "127.0.0.1:1"}  # fmt: skip
-    run = subprocess.run([sys.executable, "-m", "forewarn.streams.cli", "score"], env=env,
+    run = subprocess.run([sys.executable, "-m", "forewarn.cli", "score"], env=env,
                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert run.returncode == 2
     assert f"{bad}:5:" in run.stderr

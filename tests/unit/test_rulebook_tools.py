@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from forewarn.models.simulator import JourneySimulator
+from forewarn.cli.main import main
+from forewarn.offline.rule_cases import backtest, cases_beside, run_cases
+from forewarn.offline.simulator import JourneySimulator
 from forewarn.rules.rulebook import default_rulebook_path, load_rulebook
-from forewarn.streams.cli import main
-from forewarn.streams.rulebook_tools import backtest, cases_beside, run_cases
 from tests.conftest import POLICIES_RULEBOOK
 
 

@@ -15,13 +15,13 @@ from forewarn.models.contracts import (
     JourneyEvent,
     SuppressionReason,
 )
-from forewarn.models.ports import ManualClock, MemoryStateStore, MemoryStateStores
 from forewarn.models.state import CustomerState
 from forewarn.models.state_codec import encode_state
+from forewarn.pipeline.codecs import RawRecord, encode
+from forewarn.pipeline.engine import BatchResult, ScoringEngine
+from forewarn.pipeline.ports import ManualClock, MemoryStateStore, MemoryStateStores
 from forewarn.rules.decide import action_id
 from forewarn.rules.rulebook import Rulebook, load_rulebook
-from forewarn.streams.codecs import RawRecord, encode
-from forewarn.streams.scoring.engine import BatchResult, ScoringEngine
 from tests.conftest import POLICIES_RULEBOOK, T0, event
 
 ALL = Consent(email=True, sms=True, push=True, in_app=True, phone=True)

@@ -20,7 +20,7 @@ from forewarn.models.contracts import (
     json_schemas,
 )
 from forewarn.models.coverage import proactive_coverage
-from forewarn.models.simulator import Incident, JourneySimulator
+from forewarn.offline.simulator import Incident, JourneySimulator
 from forewarn.streams.settings import Settings, kafka_config
 from tests.conftest import ROOT
 
@@ -74,7 +74,7 @@ def test_history_file_from_the_cli_is_deterministic(tmp_path: Path) -> None:
             [
                 sys.executable,
                 "-m",
-                "forewarn.streams.cli",
+                "forewarn.cli",
                 "simulate",
                 "--out",
                 str(out),

@@ -11,11 +11,11 @@ from hypothesis import strategies as st
 
 from forewarn.models.contracts import Consent, CustomerProfile, JourneyEvent
 from forewarn.models.friction import FrictionConfig
-from forewarn.models.simulator import JourneySimulator
 from forewarn.models.state import CustomerState, apply_event
 from forewarn.models.state_codec import StateDecodeError, decode_state, encode_state
-from forewarn.streams.codecs import RawRecord, encode
-from forewarn.streams.scoring.engine import ScoringEngine
+from forewarn.offline.simulator import JourneySimulator
+from forewarn.pipeline.codecs import RawRecord, encode
+from forewarn.pipeline.engine import ScoringEngine
 from tests.conftest import T0, event
 
 CFG = FrictionConfig.default()

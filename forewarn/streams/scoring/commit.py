@@ -34,7 +34,7 @@ from typing import Literal
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from forewarn.streams.codecs import RawRecord
+from forewarn.pipeline.codecs import RawRecord
 from forewarn.streams.metrics import Health, ScoringMetrics
 from forewarn.streams.scoring.outputs import Limits, OutputRecord
 from forewarn.streams.settings import Role, Settings, kafka_config

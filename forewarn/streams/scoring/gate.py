@@ -29,7 +29,7 @@ from typing import Protocol
 
 from confluent_kafka import TopicPartition
 
-from forewarn.streams.codecs import RawRecord
+from forewarn.pipeline.codecs import RawRecord
 
 log = logging.getLogger("forewarn.score")
 

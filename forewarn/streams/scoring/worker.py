@@ -35,9 +35,10 @@ from types import FrameType
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from forewarn.models.friction import load_friction
-from forewarn.models.ports import Clock
 from forewarn.models.state_codec import encode_state
-from forewarn.streams.codecs import Headers, RawRecord
+from forewarn.pipeline.codecs import Headers, RawRecord
+from forewarn.pipeline.engine import BatchResult, ScoringEngine, process_isolating
+from forewarn.pipeline.ports import Clock
 from forewarn.streams.metrics import Health, ScoringMetrics
 from forewarn.streams.scoring.commit import (
     BrokerUnreachable,
@@ -46,11 +47,10 @@ from forewarn.streams.scoring.commit import (
     WorkerFenced,
     rewind,
 )
-from forewarn.streams.scoring.engine import BatchResult, ScoringEngine, process_isolating
 from forewarn.streams.scoring.gate import ProfileGate
 from forewarn.streams.scoring.membership import AssignmentWatch, GroupProgress
 from forewarn.streams.scoring.outputs import Limits, OutputTopics, batch_records
-from forewarn.streams.scoring.state import (
+from forewarn.streams.scoring.stores import (
     Encoded,
     RestoreResult,
     RestoreStalled,

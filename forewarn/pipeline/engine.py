@@ -13,7 +13,7 @@ test feeds it hand-made events and a manual clock. Per batch it
    one action per trigger event.
 
 >>> from datetime import UTC, datetime
->>> from forewarn.models.ports import ManualClock
+>>> from forewarn.pipeline.ports import ManualClock
 >>> engine = ScoringEngine(clock=ManualClock(datetime(2026, 1, 1, 12, tzinfo=UTC)))
 >>> res = engine.process([RawRecord("journey-events", 0, 0, b"c1", b"{")])
 >>> res.dead_letters[0].error_type.value
@@ -41,11 +41,8 @@ from forewarn.models.contracts import (
 )
 from forewarn.models.features import CHURN_FEATURES, churn_features
 from forewarn.models.friction import FrictionConfig, friction_scores
-from forewarn.models.ports import Clock, MemoryStateStores, StateStores, SystemClock
 from forewarn.models.state import CustomerState, apply_event
-from forewarn.rules.decide import DecisionMaker, Moment
-from forewarn.rules.rulebook import Rulebook, load_rulebook
-from forewarn.streams.codecs import (
+from forewarn.pipeline.codecs import (
     DecodedEvent,
     DecodeSettings,
     PartialProfile,
@@ -55,6 +52,9 @@ from forewarn.streams.codecs import (
     decode_event,
     decode_profile,
 )
+from forewarn.pipeline.ports import Clock, MemoryStateStores, StateStores, SystemClock
+from forewarn.rules.decide import DecisionMaker, Moment
+from forewarn.rules.rulebook import Rulebook, load_rulebook
 
 OTHER = "other"
 #: idle customers (no event for this long, in stream time) lose their activity state

@@ -202,7 +202,7 @@ def run_demo(
         }
         with open(workdir / "worker.log", "wb") as log:
             worker = subprocess.Popen(
-                [sys.executable, "-m", "forewarn.streams.cli", "score"],
+                [sys.executable, "-m", "forewarn.cli", "score"],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

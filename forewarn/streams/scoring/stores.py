@@ -25,9 +25,9 @@ from typing import cast
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
 from rocksdict import Options, Rdict, WriteBatch
 
-from forewarn.models.ports import MemoryStateStore
 from forewarn.models.state import CustomerState
 from forewarn.models.state_codec import StateDecodeError, decode_state
+from forewarn.pipeline.ports import MemoryStateStore
 from forewarn.streams.scoring.outputs import STREAM_TIME_HEADER
 
 log = logging.getLogger("forewarn.state")

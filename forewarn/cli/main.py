@@ -15,8 +15,8 @@ from pydantic import ValidationError
 from forewarn.models.churn import ArtifactError, ChurnModel
 from forewarn.models.config_file import ConfigFileError
 from forewarn.models.contracts import CustomerProfile, JourneyEvent, write_json_schemas
-from forewarn.models.history import HistoryError
-from forewarn.models.training import TrainingError
+from forewarn.offline.history import HistoryError
+from forewarn.offline.training import TrainingError
 from forewarn.rules.rulebook import Rulebook
 
 log = logging.getLogger("forewarn")
@@ -124,7 +124,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from forewarn.streams.demo import run_demo
+    from forewarn.cli.demo import run_demo
 
     return run_demo(
         duration=args.duration,
@@ -142,7 +142,7 @@ def cmd_schemas(args: argparse.Namespace) -> int:
 
 
 def _history(args: argparse.Namespace) -> tuple[list[JourneyEvent], list[CustomerProfile] | None]:
-    from forewarn.models.history import load_mapping, profiles_beside, read_history, read_profiles
+    from forewarn.offline.history import load_mapping, profiles_beside, read_history, read_profiles
 
     mapping = load_mapping(args.mapping) if args.mapping else None
     events = read_history(args.events, mapping)
@@ -169,8 +169,8 @@ def _model(path: Path | None) -> ChurnModel | None:
 def cmd_train(args: argparse.Namespace) -> int:
     from forewarn.models.churn import save_churn_model
     from forewarn.models.friction import FrictionConfig
-    from forewarn.models.history import file_sha256, read_labels
-    from forewarn.models.training import (
+    from forewarn.offline.history import file_sha256, read_labels
+    from forewarn.offline.training import (
         CHURN_EVENT,
         default_version,
         fit_churn_model,
@@ -217,8 +217,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from forewarn.offline.replay import evaluate, format_report
     from forewarn.rules.rulebook import load_rulebook
-    from forewarn.streams.offline import evaluate, format_report
 
     churn, rulebook = _model(args.model), load_rulebook(args.rules)  # refuse before reading
     events, profiles = _history(args)
@@ -238,8 +238,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from forewarn.offline.replay import replay, write_replay
     from forewarn.rules.rulebook import load_rulebook
-    from forewarn.streams.offline import replay, write_replay
 
     churn, rulebook = _model(args.model), load_rulebook(args.rules)  # refuse before reading
     events, profiles = _history(args)
@@ -271,7 +271,7 @@ def cmd_rules(args: argparse.Namespace) -> int:
 
 
 def _rules_test(args: argparse.Namespace, book: Rulebook) -> int:
-    from forewarn.streams.rulebook_tools import cases_beside, run_cases
+    from forewarn.offline.rule_cases import cases_beside, run_cases
 
     cases = args.cases or cases_beside(args.path)
     if not cases.exists():
@@ -288,8 +288,8 @@ def _rules_test(args: argparse.Namespace, book: Rulebook) -> int:
 
 
 def _rules_backtest(args: argparse.Namespace, book: Rulebook) -> int:
+    from forewarn.offline.rule_cases import backtest, format_backtest
     from forewarn.rules.rulebook import load_rulebook
-    from forewarn.streams.rulebook_tools import backtest, format_backtest
 
     if args.events is None:
         print("rules backtest needs --events HISTORY", file=sys.stderr)

@@ -6,7 +6,7 @@ collects what the worker would have published. ``forewarn replay``, ``forewarn e
 and (later) ``forewarn rules backtest`` are built on it.
 
 >>> from datetime import UTC, datetime, timedelta
->>> from forewarn.models.simulator import JourneySimulator
+>>> from forewarn.offline.simulator import JourneySimulator
 >>> sim = JourneySimulator(30, seed=3, start=datetime(2026, 1, 1, tzinfo=UTC),
 ...                        span=timedelta(days=2))
 >>> out = replay(list(sim.events()), sim.profiles())
@@ -30,7 +30,8 @@ from forewarn.models.contracts import (
     JourneyEvent,
     OutreachAction,
 )
-from forewarn.models.evaluation import (
+from forewarn.models.friction import FrictionConfig
+from forewarn.offline.measures import (
     Act,
     followed_by,
     friction_sweep,
@@ -41,12 +42,11 @@ from forewarn.models.evaluation import (
     roc_auc,
     threshold_crossings,
 )
-from forewarn.models.friction import FrictionConfig
-from forewarn.models.ports import ManualClock
-from forewarn.models.training import churn_times
+from forewarn.offline.training import churn_times
+from forewarn.pipeline.codecs import RawRecord, encode
+from forewarn.pipeline.engine import ScoringEngine
+from forewarn.pipeline.ports import ManualClock
 from forewarn.rules.rulebook import Rulebook, load_rulebook
-from forewarn.streams.codecs import RawRecord, encode
-from forewarn.streams.scoring.engine import ScoringEngine
 
 EVENTS, PROFILES = "journey-events", "customer-profiles"
 

@@ -32,8 +32,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from forewarn.models.churn import ChurnModel
 from forewarn.models.config_file import load_yaml_file
 from forewarn.models.contracts import Consent, CustomerProfile, JourneyEvent
+from forewarn.offline.replay import evaluate, replay
 from forewarn.rules.rulebook import Rulebook
-from forewarn.streams.offline import evaluate, replay
 
 CASE_CUSTOMER = "test-customer"
 
