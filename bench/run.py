@@ -49,6 +49,7 @@ from confluent_kafka import Consumer
 from forewarn.models.churn import default_model_path, load_churn_model
 from forewarn.models.contracts import DeadLetterReason
 from forewarn.models.state_codec import encode_state
+from forewarn.offline.samples import bad_record
 from forewarn.offline.simulator import JourneySimulator, span_for
 from forewarn.pipeline.codecs import RawRecord, encode
 from forewarn.pipeline.engine import ScoringEngine
@@ -63,7 +64,7 @@ from forewarn.rules.rulebook import (
 from forewarn.streams.broker import EmbeddedBroker
 from forewarn.streams.scoring.worker import ScoringWorker, tune_garbage_collector
 from forewarn.streams.settings import Settings, TopicNames, kafka_config
-from forewarn.streams.simulate import bad_record, produce_record, publish_backlog
+from forewarn.streams.simulate import produce_record, publish_backlog
 from forewarn.streams.topics import create_topics
 
 RESULTS = Path(__file__).parent / "results"

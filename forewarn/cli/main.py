@@ -74,7 +74,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     if args.out:
-        from forewarn.streams.simulate import write_history
+        from forewarn.offline.history import write_history
 
         start = args.start or (datetime.now(UTC) - timedelta(days=args.days)).replace(
             minute=0, second=0, microsecond=0

@@ -27,7 +27,7 @@ import csv
 import hashlib
 import json
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -36,6 +36,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from forewarn.models.config_file import first_error, load_yaml_file
 from forewarn.models.contracts import CustomerProfile, JourneyEvent
+from forewarn.offline.simulator import JourneySimulator
+from forewarn.pipeline.codecs import encode
 
 
 class HistoryError(ValueError):
@@ -192,3 +194,20 @@ def read_labels(path: Path) -> dict[str, float]:
             raise HistoryError(f"{path}:{line}: churned_at: give a time zone")
         out[str(cid)] = min(out.get(str(cid), at.timestamp()), at.timestamp())
     return out
+
+
+def write_history(
+    path: Path, *, customers: int, days: float, seed: int, start: datetime
+) -> tuple[int, Path]:
+    """Write ``days`` of simulated events as JSON Lines, and the profiles beside them."""
+    sim = JourneySimulator(customers, seed, start=start, span=timedelta(days=days))
+    n = 0
+    with path.open("wb") as f:
+        for e in sim.events():
+            f.write(encode(e) + b"\n")
+            n += 1
+    profiles = profiles_file_for(path)
+    with profiles.open("wb") as f:
+        for p in sim.profiles():
+            f.write(encode(p) + b"\n")
+    return n, profiles

@@ -1,4 +1,4 @@
-"""Publish simulated journeys to Kafka, or write them to a history file.
+"""Publish simulated journeys to Kafka.
 
 Live runs replay a compressed stretch of simulated time that *ends now*: the simulated
 period is sized so that ``customers`` produce about ``rate * duration`` events, and it
@@ -9,102 +9,26 @@ events is published as CloudEvents (binary and structured mode) to exercise deco
 
 from __future__ import annotations
 
-import json
 import random
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import UTC, datetime
 
 from confluent_kafka import Producer
 
-from forewarn.models.contracts import CustomerProfile, DeadLetterReason, JourneyEvent
-from forewarn.offline.history import profiles_file_for
-from forewarn.offline.simulator import JourneySimulator, span_for
-from forewarn.pipeline.codecs import CLOUDEVENTS_JSON, Headers, encode
-from forewarn.streams.settings import Settings, kafka_config
-
-Record = tuple[bytes | None, bytes | None, Headers]
-
-
-def as_cloudevent_binary(e: JourneyEvent) -> Record:
-    """CloudEvents Kafka binding, binary mode: attributes in ``ce_*`` headers."""
-    data = e.model_dump(mode="json", exclude={"event_id", "type", "occurred_at", "source"})
-    headers: Headers = (
-        ("ce_specversion", b"1.0"),
-        ("ce_id", e.event_id.encode()),
-        ("ce_type", e.type.encode()),
-        ("ce_source", (e.source or "unknown").encode()),
-        ("ce_time", e.occurred_at.isoformat().encode()),
-        ("content-type", b"application/json"),
-    )
-    return e.customer_id.encode(), json.dumps(data).encode(), headers
-
-
-def as_cloudevent_structured(e: JourneyEvent) -> Record:
-    """CloudEvents Kafka binding, structured mode: one JSON envelope."""
-    data = e.model_dump(mode="json", exclude={"event_id", "type", "occurred_at", "source"})
-    envelope = {
-        "specversion": "1.0",
-        "id": e.event_id,
-        "type": e.type,
-        "source": e.source or "unknown",
-        "time": e.occurred_at.isoformat(),
-        "datacontenttype": "application/json",
-        "data": data,
-    }
-    headers: Headers = (("content-type", CLOUDEVENTS_JSON.encode()),)
-    return e.customer_id.encode(), json.dumps(envelope).encode(), headers
-
-
-def bad_record(kind: DeadLetterReason, now: datetime, n: int = 0) -> Record:
-    """One malformed record that Forewarn must dead-letter with reason ``kind``."""
-    at = now.isoformat()
-    good = {
-        "event_id": f"bad-{kind.value}-{n}",
-        "customer_id": f"bad-cust-{n}",
-        "type": "page_view",
-        "occurred_at": at,
-    }
-    key = good["customer_id"].encode()
-    if kind is DeadLetterReason.not_utf8:
-        return key, b'{"event_id": "\xff\xfe\xfd"}', ()
-    if kind is DeadLetterReason.malformed_json:
-        return key, b'{"event_id": "half a record", ', ()
-    if kind is DeadLetterReason.schema_violation:
-        return key, json.dumps({**good, "occurred_at": "yesterday-ish"}).encode(), ()
-    if kind is DeadLetterReason.invalid_customer_id:
-        return b"", json.dumps({**good, "customer_id": ""}).encode(), ()
-    if kind is DeadLetterReason.too_large:
-        return key, json.dumps({**good, "properties": {"blob": "x" * 70_000}}).encode(), ()
-    if kind is DeadLetterReason.future_timestamp:
-        future = (now + timedelta(days=2)).isoformat()
-        return key, json.dumps({**good, "occurred_at": future}).encode(), ()
-    if kind is DeadLetterReason.unsupported_content_type:
-        return key, b"\x00\x01avro-bytes", (("content-type", b"application/avro"),)
-    head = json.dumps(good)[:-1].encode()  # the good record, still open for one more field
-    if kind is DeadLetterReason.nesting_too_deep:
-        return key, head + b', "properties": {"a": ' + b"[" * 5000 + b"]" * 5000 + b"}}", ()
-    if kind is DeadLetterReason.number_out_of_range:
-        return key, head + b', "value": ' + b"9" * 5000 + b"}", ()
-    raise ValueError(f"no sample for {kind}")
-
-
-#: the dead-letter reasons the simulator can produce on purpose
-BAD_KINDS = (
-    DeadLetterReason.not_utf8,
-    DeadLetterReason.malformed_json,
-    DeadLetterReason.schema_violation,
-    DeadLetterReason.invalid_customer_id,
-    DeadLetterReason.too_large,
-    DeadLetterReason.future_timestamp,
-    DeadLetterReason.unsupported_content_type,
-    DeadLetterReason.nesting_too_deep,
-    DeadLetterReason.number_out_of_range,
+from forewarn.models.contracts import CustomerProfile, JourneyEvent
+from forewarn.offline.samples import (
+    BAD_KINDS,
+    as_cloudevent_binary,
+    as_cloudevent_structured,
+    bad_record,
 )
+from forewarn.offline.simulator import JourneySimulator, span_for
+from forewarn.pipeline.codecs import Headers, encode
+from forewarn.streams.settings import Settings, kafka_config
 
 
 @dataclass(slots=True)
@@ -206,20 +130,3 @@ def produce_record(
         except BufferError:  # local queue full: let it drain
             producer.poll(0.1)
     producer.poll(0)
-
-
-def write_history(
-    path: Path, *, customers: int, days: float, seed: int, start: datetime
-) -> tuple[int, Path]:
-    """Write ``days`` of simulated events as JSON Lines, and the profiles beside them."""
-    sim = JourneySimulator(customers, seed, start=start, span=timedelta(days=days))
-    n = 0
-    with path.open("wb") as f:
-        for e in sim.events():
-            f.write(encode(e) + b"\n")
-            n += 1
-    profiles = profiles_file_for(path)
-    with profiles.open("wb") as f:
-        for p in sim.profiles():
-            f.write(encode(p) + b"\n")
-    return n, profiles

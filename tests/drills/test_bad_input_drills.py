@@ -32,10 +32,11 @@ from forewarn.models.contracts import (
     DeadLetterReason,
     Decision,
 )
+from forewarn.offline.samples import bad_record
 from forewarn.pipeline.codecs import encode
 from forewarn.streams.broker import free_port, wait_for_port
 from forewarn.streams.settings import Settings, TopicNames, kafka_config
-from forewarn.streams.simulate import bad_record, publish_backlog
+from forewarn.streams.simulate import publish_backlog
 from tests.conftest import (
     POLICIES_RULEBOOK,
     committed_events,

@@ -17,10 +17,10 @@ from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
 from forewarn.models.contracts import Consent, CustomerProfile, DeadLetterReason
+from forewarn.offline.samples import bad_record
 from forewarn.pipeline.codecs import encode
 from forewarn.streams.broker import free_port
 from forewarn.streams.settings import Settings, kafka_config
-from forewarn.streams.simulate import bad_record
 from tests.conftest import event, wait_committed
 
 pytestmark = pytest.mark.integration

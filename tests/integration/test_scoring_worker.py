@@ -20,10 +20,10 @@ from forewarn.models.contracts import (
     OutreachAction,
     SuppressionReason,
 )
+from forewarn.offline.samples import BAD_KINDS, as_cloudevent_binary, bad_record
 from forewarn.offline.simulator import JourneySimulator
 from forewarn.pipeline.codecs import encode
 from forewarn.streams.settings import Settings, kafka_config
-from forewarn.streams.simulate import BAD_KINDS, as_cloudevent_binary, bad_record
 from tests.conftest import at_least, event, read_topic
 
 pytestmark = pytest.mark.integration

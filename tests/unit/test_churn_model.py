@@ -25,7 +25,7 @@ from forewarn.models.churn import (
 )
 from forewarn.models.features import CHURN_FEATURES
 from forewarn.models.friction import FrictionConfig
-from forewarn.offline.history import HistoryError, Mapping, file_sha256, read_history
+from forewarn.offline.history import HistoryError, Mapping, file_sha256, read_history, write_history
 from forewarn.offline.simulator import JourneySimulator
 from forewarn.offline.training import (
     TrainingError,
@@ -37,7 +37,6 @@ from forewarn.offline.training import (
 from forewarn.pipeline.codecs import RawRecord, encode
 from forewarn.pipeline.engine import ScoringEngine
 from forewarn.pipeline.ports import ManualClock
-from forewarn.streams.simulate import write_history
 
 START = datetime(2026, 4, 1, tzinfo=UTC)
 

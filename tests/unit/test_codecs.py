@@ -10,6 +10,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from forewarn.models.contracts import CustomerProfile, DeadLetter, DeadLetterReason
+from forewarn.offline.samples import (
+    BAD_KINDS,
+    as_cloudevent_binary,
+    as_cloudevent_structured,
+    bad_record,
+)
 from forewarn.pipeline.codecs import (
     DEAD_LETTER_KEEP_BYTES,
     DecodedEvent,
@@ -21,12 +27,6 @@ from forewarn.pipeline.codecs import (
     decode_event,
     decode_profile,
     encode,
-)
-from forewarn.streams.simulate import (
-    BAD_KINDS,
-    as_cloudevent_binary,
-    as_cloudevent_structured,
-    bad_record,
 )
 from tests.conftest import T0, event
 
