@@ -51,9 +51,9 @@ from forewarn.models.contracts import DeadLetterReason
 from forewarn.models.state_codec import encode_state
 from forewarn.offline.samples import bad_record
 from forewarn.offline.simulator import JourneySimulator, span_for
+from forewarn.pipeline.clocks import ManualClock
 from forewarn.pipeline.codecs import RawRecord, encode
-from forewarn.pipeline.engine import ScoringEngine
-from forewarn.pipeline.ports import ManualClock
+from forewarn.pipeline.harness import Harness
 from forewarn.rules.conditions import compile_condition, evaluate
 from forewarn.rules.rulebook import (
     Rulebook,
@@ -213,11 +213,11 @@ def rulebook_scaling(
     out: dict[str, float] = {}
     for n in (5, 200):
         book = load_rulebook() if n == 5 else many_rules(n)
-        engine = ScoringEngine(clock=ManualClock(now), rulebook=book)
-        engine.process(profile_records)
+        h = Harness(rulebook=book, clock=ManualClock(now))
+        h.records(profiles=profile_records)
         t = time.perf_counter()
         for i in range(0, len(records), 500):
-            engine.process(records[i : i + 500])
+            h.records(events=records[i : i + 500])
         out[f"engine only, {n} rules"] = len(records) / (time.perf_counter() - t)
     expr = "scores.friction > 40.0 && customer.tier == 'tier3'"
     compile_condition(expr)
@@ -289,14 +289,14 @@ def main() -> int:
     shipped = load_churn_model(default_model_path())
     for name, churn in (("engine only, friction (no Kafka)", None),
                         ("engine only, friction + churn model", shipped)):  # fmt: skip
-        engine = ScoringEngine(clock=ManualClock(now), churn=churn)
-        engine.process(profile_records)
+        h = Harness(churn=churn, clock=ManualClock(now))
+        h.records(profiles=profile_records)
         t, cpu = time.perf_counter(), time.process_time()
         for i in range(0, n, 500):
-            engine.process(records[i : i + 500])
+            h.records(events=records[i : i + 500])
         rows[name] = n / (time.perf_counter() - t)
         per_event_us[name] = (time.process_time() - cpu) / n * 1e6
-    sizes = sorted(len(encode_state(st)) for st in engine.stores.partition(0))
+    sizes = sorted(len(encode_state(st)) for st in h.stores.partition(0))
     rule_rows, cel_us = rulebook_scaling(records, profile_records, now)
     rows.update(rule_rows)
     model_cost = (

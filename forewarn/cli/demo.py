@@ -21,7 +21,7 @@ from confluent_kafka import Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from forewarn.models.contracts import DeadLetter, Decision, OutreachAction
-from forewarn.models.coverage import proactive_coverage
+from forewarn.offline.measures import measure
 from forewarn.streams.broker import EmbeddedBroker, free_port
 from forewarn.streams.settings import Settings, TopicNames, kafka_config
 from forewarn.streams.simulate import PublishStats, publish_live
@@ -149,13 +149,14 @@ def summary(out: TextIO, stats: PublishStats, got: Collected, wall: float) -> No
         + (", ".join(f"{k} {v}" for k, v in sorted(by_reason.items())) or "none")
     )
 
-    cov = proactive_coverage(
-        stats.support_contacts, [(a.customer_id, a.triggered_at) for a in actions]
-    )
-    lead = cov.lead_minutes_median
+    contacts = [(c, at.timestamp()) for c, at in stats.support_contacts]
+    acts = [(a.customer_id, a.triggered_at.timestamp(), a.rule_id, a.playbook) for a in actions]
+    cov = measure(contacts, [], acts, customers=max(stats.profiles, 1), days=1)
+    lead = cov.lead_time_minutes.median
+    covered = round(cov.contact_coverage * len(contacts))
     p(
-        f"\nProactive coverage: {cov.covered} of {cov.contacts} simulated support contacts "
-        f"({cov.share:.0%}) were preceded by an outreach action within 24 h"
+        f"\nProactive coverage: {covered} of {len(contacts)} simulated support contacts "
+        f"({cov.contact_coverage:.0%}) were preceded by an outreach action within 24 h"
         + (f"; median lead time {lead:.0f} minutes." if lead is not None else ".")
     )
 

@@ -217,7 +217,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from forewarn.offline.replay import evaluate, format_report
+    from forewarn.offline.evaluate import evaluate, format_report
     from forewarn.rules.rulebook import load_rulebook
 
     churn, rulebook = _model(args.model), load_rulebook(args.rules)  # refuse before reading
@@ -231,7 +231,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         plot=args.plot,
     )
     args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text(json.dumps(report, indent=2) + "\n")
+    args.report.write_text(json.dumps(report.to_json(), indent=2) + "\n")
     print(format_report(report))
     print(f"\nreport: {args.report}" + (f", plot: {args.plot}" if args.plot else ""))
     return 0
@@ -288,7 +288,7 @@ def _rules_test(args: argparse.Namespace, book: Rulebook) -> int:
 
 
 def _rules_backtest(args: argparse.Namespace, book: Rulebook) -> int:
-    from forewarn.offline.rule_cases import backtest, format_backtest
+    from forewarn.offline.backtest import backtest, format_backtest
     from forewarn.rules.rulebook import load_rulebook
 
     if args.events is None:
@@ -299,7 +299,7 @@ def _rules_backtest(args: argparse.Namespace, book: Rulebook) -> int:
     events, profiles = _history(args)
     result = backtest(book, events, profiles, churn=churn, deployed=deployed)
     if args.report:
-        args.report.write_text(json.dumps(result, indent=2) + "\n")
+        args.report.write_text(json.dumps(result.to_json(), indent=2) + "\n")
     print(format_backtest(result))
     return 0
 

@@ -23,35 +23,41 @@ from __future__ import annotations
 
 import bisect
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from statistics import median, quantiles
-from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict
+
+from forewarn.pipeline.engine import ScoredEvent
 
 HOUR = 3600.0
 DAY = 24 * HOUR
 RETENTION_PLAYBOOK = "retention_offer"
 ERROR_EVENTS = ("payment_failed", "checkout_error")
 
-#: (customer id, time in epoch seconds)
-Moment = tuple[str, float]
+#: (customer id, time in epoch seconds): a support contact, a cancellation
+CustomerTime = tuple[str, float]
 #: (customer id, time, rule id, playbook)
 Act = tuple[str, float, str, str]
 
 
-@dataclass(frozen=True, slots=True)
-class LeadTime:
+class _Report(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class LeadTime(_Report):
+    """Minutes from the latest action in the window to the contact (rounded to 0.1)."""
+
     median: float | None
     p10: float | None
     p90: float | None
 
 
-@dataclass(frozen=True, slots=True)
-class Measures:
+class Measures(_Report):
+    """What one set of actions did (a rulebook's, a rule's, a baseline's), rounded."""
+
     actions: int
     contact_coverage: float
     lead_time_minutes: LeadTime
@@ -59,25 +65,8 @@ class Measures:
     actions_per_1000_customers_per_day: float
     churn_capture: float
 
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "actions": self.actions,
-            "contact_coverage": round(self.contact_coverage, 4),
-            "lead_time_minutes": {
-                k: None if v is None else round(v, 1)
-                for k, v in (
-                    ("median", self.lead_time_minutes.median),
-                    ("p10", self.lead_time_minutes.p10),
-                    ("p90", self.lead_time_minutes.p90),
-                )
-            },
-            "outreach_precision": round(self.outreach_precision, 4),
-            "actions_per_1000_customers_per_day": round(self.actions_per_1000_customers_per_day, 2),
-            "churn_capture": round(self.churn_capture, 4),
-        }
 
-
-def _times_by_customer(pairs: Sequence[Moment]) -> dict[str, list[float]]:
+def _times_by_customer(pairs: Sequence[CustomerTime]) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {}
     for cid, at in pairs:
         out.setdefault(cid, []).append(at)
@@ -87,8 +76,8 @@ def _times_by_customer(pairs: Sequence[Moment]) -> dict[str, list[float]]:
 
 
 def measure(
-    contacts: Sequence[Moment],
-    churns: Sequence[Moment],
+    contacts: Sequence[CustomerTime],
+    churns: Sequence[CustomerTime],
     actions: Sequence[Act],
     *,
     customers: int,
@@ -127,14 +116,22 @@ def measure(
         p10, p90 = q[0], q[-1]
     return Measures(
         actions=len(actions),
-        contact_coverage=len(leads) / len(contacts) if contacts else 0.0,
-        lead_time_minutes=LeadTime(median(leads) if leads else None, p10, p90),
-        outreach_precision=useful / len(actions) if actions else 0.0,
-        actions_per_1000_customers_per_day=len(actions)
-        / max(customers / 1000, 1e-9)
-        / max(days, 1e-9),
-        churn_capture=captured / len(churns) if churns else 0.0,
+        contact_coverage=round(len(leads) / len(contacts), 4) if contacts else 0.0,
+        lead_time_minutes=LeadTime(
+            median=_round(median(leads) if leads else None, 1),
+            p10=_round(p10, 1),
+            p90=_round(p90, 1),
+        ),
+        outreach_precision=round(useful / len(actions), 4) if actions else 0.0,
+        actions_per_1000_customers_per_day=round(
+            len(actions) / max(customers / 1000, 1e-9) / max(days, 1e-9), 2
+        ),
+        churn_capture=round(captured / len(churns), 4) if churns else 0.0,
     )
+
+
+def _round(v: float | None, digits: int) -> float | None:
+    return None if v is None else round(v, digits)
 
 
 def on_errors_baseline(events: Sequence[tuple[str, float, str]]) -> list[Act]:
@@ -170,35 +167,38 @@ def roc_auc(scores: Sequence[float], labels: Sequence[int]) -> float | None:
 
 
 def followed_by(
-    scored: Sequence[tuple[str, float, float, float | None]],
-    targets: Sequence[Moment],
-    window: float,
+    scored: Sequence[ScoredEvent], targets: Sequence[CustomerTime], window: float
 ) -> list[int]:
     """For each scored event: 1 if the customer has a target within ``window`` after it."""
     by = _times_by_customer(targets)
     out = []
-    for cid, at, _, _ in scored:
-        times = by.get(cid, [])
-        i = bisect.bisect_right(times, at)
-        out.append(int(i < len(times) and times[i] - at <= window))
+    for e in scored:
+        times = by.get(e.customer_id, [])
+        i = bisect.bisect_right(times, e.at)
+        out.append(int(i < len(times) and times[i] - e.at <= window))
     return out
 
 
+def _friction(e: ScoredEvent) -> float | None:
+    return e.friction
+
+
 def threshold_crossings(
-    scored: Sequence[tuple[str, float, float, float | None]], threshold: float, column: int = 2
+    scored: Sequence[ScoredEvent],
+    threshold: float,
+    score: Callable[[ScoredEvent], float | None] = _friction,
 ) -> list[Act]:
-    """Acting whenever a customer's score crosses ``threshold`` upward (column 2: friction)."""
+    """Acting whenever a customer's ``score`` (friction) crosses ``threshold`` upward."""
     last: dict[str, float] = {}
     out: list[Act] = []
-    for row in scored:
-        cid, at = row[0], row[1]
-        value = row[column]
+    for e in scored:
+        value = score(e)
         if value is None:
             continue
-        prev = last.get(cid, 0.0)
-        last[cid] = float(value)
-        if prev < threshold <= float(value):
-            out.append((cid, at, "threshold", "threshold"))
+        prev = last.get(e.customer_id, 0.0)
+        last[e.customer_id] = value
+        if prev < threshold <= value:
+            out.append((e.customer_id, e.at, "threshold", "threshold"))
     return out
 
 
@@ -210,8 +210,8 @@ class Sweep:
 
 
 def friction_sweep(
-    scored: Sequence[tuple[str, float, float, float | None]],
-    contacts: Sequence[Moment],
+    scored: Sequence[ScoredEvent],
+    contacts: Sequence[CustomerTime],
     customers: int,
     window: float = DAY,
 ) -> Sweep:
@@ -224,61 +224,3 @@ def friction_sweep(
         sweep.actions_per_customer.append(len(acts) / max(customers, 1))
         sweep.coverage.append(m.contact_coverage)
     return sweep
-
-
-def plot_report(
-    path: Path,
-    scored: Sequence[tuple[str, float, float, float | None]],
-    contact_label: Sequence[int],
-    sweep: Sweep,
-    points: dict[str, tuple[float, float]],
-) -> None:
-    """Score distributions for events followed by a contact or not, and the coverage curve."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display needed
-    import matplotlib.pyplot as plt
-
-    friction = np.array([s[2] for s in scored])
-    y = np.array(contact_label, dtype=bool)
-    has_churn = any(s[3] is not None for s in scored)
-    fig, axes = plt.subplots(1, 3 if has_churn else 2, figsize=(15 if has_churn else 10, 4.2))
-    friction_bins = np.linspace(0, 100, 41)
-    _split_histogram(axes[0], friction, y, friction_bins, "Friction", "friction score")
-    if has_churn:
-        churn = np.array([s[3] or 0.0 for s in scored])
-        _split_histogram(axes[1], churn, y, np.linspace(0, 1, 41), "Churn risk", "churn risk")
-    ax = axes[-1]
-    ax.plot(sweep.actions_per_customer, sweep.coverage, marker=".", label="friction threshold")
-    for thr, x, c in zip(sweep.thresholds, sweep.actions_per_customer, sweep.coverage, strict=True):
-        if thr % 20 == 0:
-            ax.annotate(f"{thr:g}", (x, c), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    for k, (name, (x, c)) in enumerate(points.items()):
-        ax.scatter([x], [c], s=40, zorder=3)
-        # alternate the labels above and below: points often sit close together
-        ax.annotate(name, (x, c), textcoords="offset points", xytext=(6, 8 - 18 * (k % 2)),
-                    fontsize=9)  # fmt: skip
-    ax.set(
-        title="Contact coverage vs outreach volume",
-        xlabel="actions per customer over the history",
-        ylabel="share of support contacts anticipated",
-    )
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _split_histogram(
-    ax: Any,
-    values: NDArray[np.float64],
-    contact: NDArray[np.bool_],
-    bins: Any,
-    what: str,
-    unit: str,
-) -> None:
-    ax.hist(values[~contact], bins=bins, density=True, alpha=0.6, label="no contact within 24 h")
-    ax.hist(values[contact], bins=bins, density=True, alpha=0.6, label="contact within 24 h")
-    ax.set(title=f"{what} at each event", xlabel=unit, ylabel="density")
-    ax.set_yscale("log")
-    ax.legend()

@@ -1,4 +1,4 @@
-"""``forewarn rules lint | test | backtest``: tools for the people who own the rules.
+"""``forewarn rules test``: test cases for the people who own the rules.
 
 **Test cases** live next to the rulebook (``rules.yaml`` -> ``rules.tests.yaml``), like unit
 tests for rules::
@@ -32,7 +32,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from forewarn.models.churn import ChurnModel
 from forewarn.models.config_file import load_yaml_file
 from forewarn.models.contracts import Consent, CustomerProfile, JourneyEvent
-from forewarn.offline.replay import evaluate, replay
+from forewarn.offline.replay import replay
 from forewarn.rules.rulebook import Rulebook
 
 CASE_CUSTOMER = "test-customer"
@@ -159,63 +159,3 @@ def _diff(what: str, want: list[str], got: list[str]) -> list[str]:
 def run_cases(book: Rulebook, path: Path, churn: ChurnModel | None = None) -> list[CaseResult]:
     cases = load_yaml_file(path, CaseFile)
     return [run_case(book, c, churn) for c in cases.cases]
-
-
-def backtest(
-    book: Rulebook,
-    events: list[JourneyEvent],
-    profiles: list[CustomerProfile] | None,
-    *,
-    churn: ChurnModel | None = None,
-    deployed: Rulebook | None = None,
-) -> dict[str, Any]:
-    """Per rule: actions, suppressions by reason, customers reached, coverage, lead time;
-    and the change against the deployed rulebook when one is given."""
-
-    def one(b: Rulebook) -> dict[str, Any]:
-        report = evaluate(events, profiles, rulebook=b, churn=churn)
-        return {"rulebook_version": b.version, "overall": _overall(report),
-                "rules": report["by_rule"]}  # fmt: skip
-
-    result = one(book)
-    if deployed is not None:
-        before = one(deployed)
-        result["deployed"] = before
-        result["change"] = {
-            k: round(result["overall"][k] - before["overall"][k], 4)
-            for k in ("actions", "contact_coverage", "outreach_precision")
-        }
-    return result
-
-
-def _overall(report: dict[str, Any]) -> dict[str, Any]:
-    keys = ("actions", "contact_coverage", "lead_time_minutes", "outreach_precision",
-            "actions_per_1000_customers_per_day", "churn_capture")  # fmt: skip
-    return {k: report[k] for k in keys}
-
-
-def format_backtest(result: dict[str, Any]) -> str:
-    lines = [
-        f"rulebook {result['rulebook_version']}",
-        f"{'rule':<20}{'actions':>8}{'reached':>9}{'coverage':>10}{'lead min':>10}  suppressed",
-    ]
-    for rule, r in result["rules"].items():
-        lead = r["lead_time_minutes"]["median"]
-        sup = ", ".join(f"{k} {v}" for k, v in r["suppressed"].items()) or "-"
-        lines.append(
-            f"{rule:<20}{r['actions']:>8}{r['customers_reached']:>9}"
-            f"{r['contact_coverage']:>10.1%}{'-' if lead is None else f'{lead:.0f}':>10}  {sup}"
-        )
-    o = result["overall"]
-    lines.append(
-        f"{'all rules':<20}{o['actions']:>8}{'':>9}{o['contact_coverage']:>10.1%}"
-        f"{'':>10}  precision {o['outreach_precision']:.1%}"
-    )
-    if "change" in result:
-        c = result["change"]
-        lines.append(
-            f"\nagainst deployed {result['deployed']['rulebook_version']}: actions "
-            f"{c['actions']:+.0f}, coverage {c['contact_coverage']:+.1%}, "
-            f"precision {c['outreach_precision']:+.1%}"
-        )
-    return "\n".join(lines)

@@ -1,21 +1,29 @@
-"""The scoring engine: one batch of raw records in, actions, decisions and dead letters out.
+"""The scoring engine: one batch of records in, actions, decisions and dead letters out.
 
 Pure (no Kafka): the worker feeds it consumed records, a replay feeds it a file, a scenario
-test feeds it hand-made events and a manual clock. Per batch it
+test feeds it hand-made events and a manual clock (``harness.py``). Events and profiles come
+as separate inputs, each in the order its partition holds them. A batch goes through five
+phases, each once per batch (``process``):
 
-1. decodes every record (bad ones become dead letters, never exceptions);
-2. applies profiles, then folds each event into its customer's state in the order the
-   partition holds them (offset order: the same however the stream is cut into batches,
-   so a replay after a crash decides exactly what an uninterrupted run did), writing the
-   decayed friction signals at that moment into one row of a matrix;
-3. scores the whole matrix at once;
-4. evaluates the rules that the events can trigger and the policies; arbitration keeps
-   one action per trigger event.
+1. **decode** every record: profiles, events, and dead letters for the rest (never an
+   exception);
+2. **fold** the profiles, then each event, into its customer's state, in offset order (the
+   same however the stream is cut into batches, so a replay after a crash decides exactly
+   what an uninterrupted run did), skipping replays and duplicates and writing the event's
+   friction signals and churn features into one row of a matrix each;
+3. **score** friction and churn risk for the whole batch at once;
+4. **decide** the rules each event can trigger, their policies and arbitration (one action
+   per trigger event);
+5. **save** the changed states and the stream time into the stores' transaction, and sweep
+   idle customers on the stream-time grid.
+
+Nothing is saved before the last phase, and states are copies until then: a batch that
+raises leaves the stores as they were (``process_isolating`` relies on it).
 
 >>> from datetime import UTC, datetime
->>> from forewarn.pipeline.ports import ManualClock
+>>> from forewarn.pipeline.clocks import ManualClock
 >>> engine = ScoringEngine(clock=ManualClock(datetime(2026, 1, 1, 12, tzinfo=UTC)))
->>> res = engine.process([RawRecord("journey-events", 0, 0, b"c1", b"{")])
+>>> res = engine.process(events=[RawRecord("journey-events", 0, 0, b"c1", b"{")])
 >>> res.dead_letters[0].error_type.value
 'malformed_json'
 """
@@ -26,6 +34,8 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -33,6 +43,7 @@ from numpy.typing import NDArray
 from forewarn.models.churn import ChurnModel
 from forewarn.models.contracts import (
     VOCABULARY,
+    CustomerProfile,
     DeadLetter,
     DeadLetterReason,
     Decision,
@@ -42,6 +53,7 @@ from forewarn.models.contracts import (
 from forewarn.models.features import CHURN_FEATURES, churn_features
 from forewarn.models.friction import FrictionConfig, friction_scores
 from forewarn.models.state import CustomerState, apply_event
+from forewarn.pipeline.clocks import SystemClock
 from forewarn.pipeline.codecs import (
     DecodedEvent,
     DecodeSettings,
@@ -52,7 +64,8 @@ from forewarn.pipeline.codecs import (
     decode_event,
     decode_profile,
 )
-from forewarn.pipeline.ports import Clock, MemoryStateStores, StateStores, SystemClock
+from forewarn.pipeline.ports import Clock, StateStore, StateStores
+from forewarn.pipeline.stores import MemoryStores
 from forewarn.rules.decide import DecisionMaker, Moment
 from forewarn.rules.rulebook import Rulebook, load_rulebook
 
@@ -96,6 +109,18 @@ class StateChange:
     state: CustomerState | None
 
 
+@dataclass(frozen=True, slots=True)
+class ScoredEvent:
+    """One event as the engine scored it (offline evaluation reads these)."""
+
+    customer_id: str
+    #: event time, epoch seconds
+    at: float
+    friction: float
+    #: None when no churn model is loaded
+    churn_risk: float | None
+
+
 @dataclass(slots=True)
 class BatchResult:
     actions: list[OutreachAction]
@@ -106,6 +131,9 @@ class BatchResult:
     stats: BatchStats
     #: partition -> stream time (latest event time seen, epoch seconds) after the batch
     stream_times: dict[int, float] = field(default_factory=dict)
+    #: with ``taps``: every scored event, and its churn feature row (one row per event)
+    scored: list[ScoredEvent] | None = None
+    features: NDArray[np.float64] | None = None
 
     @staticmethod
     def empty() -> BatchResult:
@@ -118,6 +146,11 @@ class BatchResult:
         self.dead_letters += other.dead_letters
         self.changes += other.changes
         self.stream_times.update(other.stream_times)
+        if other.scored is not None:
+            self.scored = (self.scored or []) + other.scored
+        if other.features is not None:
+            mine = self.features
+            self.features = other.features if mine is None else np.vstack([mine, other.features])
         a, b = self.stats, other.stats
         a.events_by_type.update(b.events_by_type)
         a.dead_letters_by_reason.update(b.dead_letters_by_reason)
@@ -131,6 +164,58 @@ class BatchResult:
         a.decision_event_ages += b.decision_event_ages
 
 
+#: what ``use`` leaves as it is
+KEEP: Literal["keep"] = "keep"
+
+
+@dataclass(slots=True)
+class Decoded:
+    """Phase 1: what the batch's records are."""
+
+    profiles: list[tuple[RawRecord, CustomerProfile | ProfileTombstone]]
+    events: list[tuple[JourneyEvent, RawRecord]]
+    dead: list[DeadLetter]
+
+
+@dataclass(frozen=True, slots=True)
+class FoldedEvent:
+    """Phase 2: one event applied to its customer's state."""
+
+    event: JourneyEvent
+    #: event time, epoch seconds
+    at: float
+    state: CustomerState
+    #: session detections this event completed (``rage_burst``, ``page_loop``)
+    derived: tuple[str, ...]
+    in_checkout: bool
+    record: RawRecord
+    #: the partition's stream time at this event (for "too old to act on")
+    stream_time: float
+
+
+@dataclass(slots=True)
+class Folded:
+    events: list[FoldedEvent]
+    #: one row per folded event: friction signals, and churn features (none without a model)
+    signals: NDArray[np.float64]
+    features: NDArray[np.float64]
+    #: (partition, customer) -> the batch's copy of the customer's state
+    touched: dict[tuple[int, str], CustomerState]
+    #: partition -> stream time, before the batch and after it
+    before: dict[int, float]
+    after: dict[int, float]
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """Phase 3: every folded event's scores, one row each."""
+
+    friction: NDArray[np.float64]
+    #: points each friction signal adds, one row per event
+    contributions: NDArray[np.float64]
+    churn: NDArray[np.float64] | None
+
+
 class ScoringEngine:
     def __init__(
         self,
@@ -140,28 +225,103 @@ class ScoringEngine:
         decode: DecodeSettings | None = None,
         stores: StateStores | None = None,
         clock: Clock | None = None,
-        profiles_topic: str = "customer-profiles",
         idle_ttl_seconds: float = DEFAULT_IDLE_TTL_SECONDS,
         churn: ChurnModel | None = None,
+        taps: bool = False,
     ) -> None:
-        self.rulebook = rulebook or load_rulebook()
+        self._rulebook = rulebook or load_rulebook()
+        self._churn = churn
         self.friction = friction or FrictionConfig.default()
         self.decode = decode or DecodeSettings()
-        self.stores: StateStores = stores if stores is not None else MemoryStateStores()
+        self.stores: StateStores = stores if stores is not None else MemoryStores()
         self.clock: Clock = clock or SystemClock()
-        self.profiles_topic = profiles_topic
         self.idle_ttl_seconds = idle_ttl_seconds
-        #: the churn-risk model; None scores friction only. Swapped between batches.
-        self.churn = churn
-        #: the churn feature rows of the last batch's scored events (for parity checks)
-        self.last_features: NDArray[np.float64] = np.zeros((0, len(CHURN_FEATURES)))
-        #: offline evaluation asks for every scored event: (customer, time, friction, churn)
-        self.keep_scores = False
-        self.scored: list[tuple[str, float, float, float | None]] = []
-        #: partition -> latest event time seen (the clock idle expiry runs on); the worker
-        #: sets it when it restores a partition
-        self.stream_times: dict[int, float] = {}
+        #: results carry every scored event and its feature row (offline evaluation, tests)
+        self.taps = taps
         self._known_types = VOCABULARY | self.decode.custom_types
+
+    @property
+    def rulebook(self) -> Rulebook:
+        return self._rulebook
+
+    @property
+    def churn(self) -> ChurnModel | None:
+        """The churn-risk model; None scores friction only."""
+        return self._churn
+
+    def use(
+        self,
+        *,
+        rulebook: Rulebook | None = None,
+        churn: ChurnModel | Literal["keep"] | None = KEEP,
+    ) -> None:
+        """Score the next batches with another rulebook or churn model (``churn=None``:
+        friction only). The worker swaps them between batches, never inside one."""
+        if rulebook is not None:
+            self._rulebook = rulebook
+        if churn != KEEP:
+            self._churn = churn
+
+    def process(
+        self, events: Sequence[RawRecord] = (), profiles: Sequence[RawRecord] = ()
+    ) -> BatchResult:
+        """One batch: journey-event and profile records, each in partition (offset) order."""
+        now = self.clock.now()
+        stats = BatchStats()
+        decoded = self._decode(events, profiles, now, stats)
+        folded = self._fold(decoded, stats)
+        scored = self._score(folded)
+        maker = self._decide(folded, scored, now, decoded.dead)
+        changes = self._save(folded, stats)
+        for d in decoded.dead:
+            stats.dead_letters_by_reason[d.error_type.value] += 1
+        stats.decision_event_ages = [
+            (now - d.action.triggered_at).total_seconds() for d in maker.decisions
+        ]
+        after = folded.after
+        times = {p: after[p] for p in {c.partition for c in changes} if p in after}
+        result = BatchResult(maker.finish(), maker.decisions, decoded.dead, changes, stats, times)
+        if self.taps:
+            risks = scored.churn
+            result.scored = [
+                ScoredEvent(f.event.customer_id, f.at, float(scored.friction[i]),
+                            None if risks is None else float(risks[i]))
+                for i, f in enumerate(folded.events)
+            ]  # fmt: skip
+            result.features = folded.features
+        return result
+
+    # -- 1. decode --
+
+    def _decode(
+        self,
+        events: Sequence[RawRecord],
+        profiles: Sequence[RawRecord],
+        now: datetime,
+        stats: BatchStats,
+    ) -> Decoded:
+        out = Decoded([], [], [])
+        keep = self.decode.dead_letter_keep_bytes
+        for rec in profiles:
+            p = decode_profile(rec, now, keep)
+            if isinstance(p, DeadLetter):
+                out.dead.append(p)
+                continue
+            if isinstance(p, PartialProfile):
+                out.dead.append(p.ignored)
+                p = p.profile
+            out.profiles.append((rec, p))
+        for rec in events:
+            d = decode_event(rec, self.decode, now)
+            if isinstance(d, DecodedEvent):
+                out.events.append((d.event, rec))
+                stats.key_missing += d.key_status == "missing"
+                stats.key_mismatch += d.key_status == "mismatch"
+            else:
+                out.dead.append(d)
+        return out
+
+    # -- 2. fold --
 
     def _state(
         self, key: tuple[int, str], touched: dict[tuple[int, str], CustomerState]
@@ -172,58 +332,31 @@ class ScoringEngine:
             touched[key] = state
         return state
 
-    def process(self, records: Sequence[RawRecord]) -> BatchResult:
-        now = self.clock.now()
-        stats = BatchStats()
-        dead: list[DeadLetter] = []
+    def _fold(self, decoded: Decoded, stats: BatchStats) -> Folded:
         touched: dict[tuple[int, str], CustomerState] = {}
-        events: list[tuple[JourneyEvent, RawRecord]] = []
-
-        keep = self.decode.dead_letter_keep_bytes
-        for rec in records:
-            if rec.topic == self.profiles_topic:
-                p = decode_profile(rec, now, keep)
-                if isinstance(p, DeadLetter):
-                    dead.append(p)
-                    continue
-                if isinstance(p, PartialProfile):
-                    dead.append(p.ignored)
-                    p = p.profile
-                try:
-                    state = self._state((rec.partition, p.customer_id), touched)
-                except Exception as error:
-                    dead.append(self.processing_error(rec, error))
-                    continue
-                if isinstance(p, ProfileTombstone):
-                    state.profile = None
-                    stats.profiles_deleted += 1
-                else:
-                    state.profile = p
-                    stats.profiles_updated += 1
+        for rec, p in decoded.profiles:
+            try:
+                state = self._state((rec.partition, p.customer_id), touched)
+            except Exception as error:
+                decoded.dead.append(self.processing_error(rec, error))
                 continue
-            d = decode_event(rec, self.decode, now)
-            if isinstance(d, DecodedEvent):
-                events.append((d.event, rec))
-                stats.key_missing += d.key_status == "missing"
-                stats.key_mismatch += d.key_status == "mismatch"
+            if isinstance(p, ProfileTombstone):
+                state.profile = None
+                stats.profiles_deleted += 1
             else:
-                dead.append(d)
+                state.profile = p
+                stats.profiles_updated += 1
 
-        # Offset order, not a sort by event time: sorting within a batch would make the
-        # result depend on where batches are cut. Late events are handled by the state.
-        # Nothing the engine keeps changes before the batch has gone through: states are
-        # copies until saved, and stream times are the engine's only once the batch is done.
-        stream_times = dict(self.stream_times)
-        before = {p: stream_times.get(p, -math.inf) for p in {r.partition for _, r in events}}
-        n_signals = len(self.friction.signals)
-        signals = np.zeros((len(events), n_signals), dtype=np.float64)
-        churn = self.churn
+        events = decoded.events
+        before = {p: self.stores.partition(p).stream_time for p in {r.partition for _, r in events}}
+        # Stream times are the stores' only once the batch is saved (phase 5).
+        after = dict(before)
+        signals = np.zeros((len(events), len(self.friction.signals)), dtype=np.float64)
+        churn = self._churn
         # Churn features are read at the moment of each event (later events of the batch
         # must not leak in); friction, the first feature, is filled in once it is scored.
         features = np.zeros((len(events) if churn else 0, len(CHURN_FEATURES)))
-        kept: list[
-            tuple[JourneyEvent, float, CustomerState, tuple[str, ...], bool, RawRecord, float]
-        ] = []
+        folded: list[FoldedEvent] = []
         for e, rec in events:
             # A record that makes scoring raise is a bug's victim, not bad data: it goes to
             # the DLQ as processing_error and the rest of the batch carries on.
@@ -235,80 +368,84 @@ class ScoringEngine:
                 applied = apply_event(state, e, self.friction)
                 state.last_offset = rec.offset
             except Exception as error:
-                dead.append(self.processing_error(rec, error))
+                decoded.dead.append(self.processing_error(rec, error))
                 continue
             if applied.duplicate:
                 stats.duplicates += 1
                 continue
-            if applied.at > stream_times.get(rec.partition, -math.inf):
-                stream_times[rec.partition] = applied.at
+            st = after[rec.partition] = max(after[rec.partition], applied.at)
             stats.events_by_type[e.type if e.type in self._known_types else OTHER] += 1
-            state.signal_row(self.friction, applied.at, signals[len(kept)])
+            row = len(folded)
+            state.signal_row(self.friction, applied.at, signals[row])
             if churn is not None:
-                churn_features(state, applied.at, 0.0, features[len(kept)])
-            st = stream_times[rec.partition]  # stream time at this record, for "too old"
-            kept.append((e, applied.at, state, applied.derived, state.session.in_checkout, rec, st))
+                churn_features(state, applied.at, 0.0, features[row])
+            folded.append(
+                FoldedEvent(e, applied.at, state, applied.derived, state.session.in_checkout,
+                            rec, st)
+            )  # fmt: skip
+        n = len(folded)
+        return Folded(folded, signals[:n], features[:n], touched, before, after)
 
-        n = len(kept)
-        scores, contributions = friction_scores(self.friction, signals[:n])
-        risks: NDArray[np.float64] | None = None
-        if churn is not None:
-            features = features[:n]
-            features[:, 0] = scores
-            risks = churn.score(features)  # the whole batch at once
-        self.last_features = features
-        if self.keep_scores:
-            self.scored += [
-                (e.customer_id, at, float(scores[i]), None if risks is None else float(risks[i]))
-                for i, (e, at, *_rest) in enumerate(kept)
-            ]
+    # -- 3. score --
+
+    def _score(self, folded: Folded) -> Scored:
+        friction, contributions = friction_scores(self.friction, folded.signals)
+        risks = None
+        if self._churn is not None:
+            folded.features[:, 0] = friction
+            risks = self._churn.score(folded.features)  # the whole batch at once
+        return Scored(friction, contributions, risks)
+
+    # -- 4. decide --
+
+    def _decide(
+        self, folded: Folded, scored: Scored, now: datetime, dead: list[DeadLetter]
+    ) -> DecisionMaker:
+        churn, book = self._churn, self._rulebook
         version = churn.version if churn is not None else self.friction.version
-        maker = DecisionMaker(self.rulebook, self.friction, now, version)
-        book = self.rulebook
-        for row, (e, at, state, derived, in_checkout, rec, st) in enumerate(kept):
-            friction = float(scores[row])
+        maker = DecisionMaker(book, self.friction, now, version)
+        risks = scored.churn
+        for row, f in enumerate(folded.events):
+            state = f.state
+            friction = float(scored.friction[row])
             prev, state.last_friction = state.last_friction, friction
             risk = prev_risk = None
             if risks is not None:
                 risk = float(risks[row])
                 prev_risk, state.last_churn_risk = state.last_churn_risk, risk
-            rules = book.rules_for(e.type, derived, prev, friction, prev_risk, risk)
-            if rules:  # about 1% of events: only these pay for a Moment
-                why: tuple[tuple[str, float], ...] = ()
-                # Churn reasons only where the risk is material (the model's operating
-                # threshold): "raises the churn risk" would mislead at 0.1%.
-                if churn is not None and risk is not None and risk >= churn.threshold:
-                    why = tuple(churn.explain(features[row]))
-                moment = Moment(
-                    e, at, state, derived, in_checkout, friction, prev, contributions[row],
-                    risk, prev_risk, why, st,
-                )  # fmt: skip
-                try:
-                    maker.consider(moment, rules)
-                except Exception as error:
-                    dead.append(self.processing_error(rec, error))
-        actions = maker.finish()
-        stats.decision_event_ages = [
-            (now - d.action.triggered_at).total_seconds() for d in maker.decisions
-        ]
+            rules = book.rules_for(f.event.type, f.derived, prev, friction, prev_risk, risk)
+            if not rules:  # about 99% of events: only the rest pay for a Moment
+                continue
+            why: tuple[tuple[str, float], ...] = ()
+            # Churn reasons only where the risk is material (the model's operating
+            # threshold): "raises the churn risk" would mislead at 0.1%.
+            if churn is not None and risk is not None and risk >= churn.threshold:
+                why = tuple(churn.explain(folded.features[row]))
+            moment = Moment(
+                event=f.event,
+                at=f.at,
+                state=state,
+                derived=f.derived,
+                in_checkout=f.in_checkout,
+                friction=friction,
+                prev_friction=prev,
+                contributions=scored.contributions[row],
+                churn=risk,
+                prev_churn=prev_risk,
+                churn_reasons=why,
+                stream_time=f.stream_time,
+            )
+            try:
+                maker.consider(moment, rules)
+            except Exception as error:
+                dead.append(self.processing_error(f.record, error))
+        return maker
 
-        self.stream_times = stream_times
-        changes = self._save(touched)
-        for part, was in before.items():
-            now_st = stream_times.get(part, -math.inf)
-            # Sweeps fall on a stream-time grid, so replays sweep at the same moments.
-            if was > -math.inf and now_st // EXPIRY_SWEEP_SECONDS > was // EXPIRY_SWEEP_SECONDS:
-                expired = self.expire_idle(part, now_st - self.idle_ttl_seconds)
-                stats.expired += len(expired)
-                changes += expired
-        for d in dead:
-            stats.dead_letters_by_reason[d.error_type.value] += 1
-        times = {p: stream_times[p] for p in {c.partition for c in changes} if p in stream_times}
-        return BatchResult(actions, maker.decisions, dead, changes, stats, times)
+    # -- 5. save and sweep --
 
-    def _save(self, touched: dict[tuple[int, str], CustomerState]) -> list[StateChange]:
+    def _save(self, folded: Folded, stats: BatchStats) -> list[StateChange]:
         changes = []
-        for (p, cid), state in touched.items():
+        for (p, cid), state in folded.touched.items():
             store = self.stores.partition(p)
             if state.active or state.profile is not None:
                 store.put(state)
@@ -316,6 +453,15 @@ class ScoringEngine:
             else:  # a profile deleted before any event: nothing left to keep
                 store.delete(cid)
                 changes.append(StateChange(p, cid, None))
+        for p, was in folded.before.items():
+            store = self.stores.partition(p)
+            now_st = folded.after[p]
+            store.advance(now_st)
+            # Sweeps fall on a stream-time grid, so replays sweep at the same moments.
+            if was > -math.inf and now_st // EXPIRY_SWEEP_SECONDS > was // EXPIRY_SWEEP_SECONDS:
+                expired = self.expire_idle(p, now_st - self.idle_ttl_seconds)
+                stats.expired += len(expired)
+                changes += expired
         return changes
 
     def expire_idle(self, partition: int, idle_before: float) -> list[StateChange]:
@@ -324,7 +470,7 @@ class ScoringEngine:
         A customer with a profile keeps just the profile, so consent survives; one without
         is deleted (a tombstone in the changelog).
         """
-        store = self.stores.partition(partition)
+        store: StateStore = self.stores.partition(partition)
         changes = []
         for state in store:
             if state.active and state.last_seen < idle_before:
@@ -339,7 +485,7 @@ class ScoringEngine:
         return changes
 
     def processing_error(self, rec: RawRecord, error: Exception) -> DeadLetter:
-        """A record that made scoring raise, as a dead letter (used by the worker)."""
+        """A record that made scoring raise, as a dead letter."""
         detail = f"{type(error).__name__}: {error}"
         return dead_letter(
             rec,
@@ -351,29 +497,32 @@ class ScoringEngine:
 
 
 def process_isolating(
-    engine: ScoringEngine, records: Sequence[RawRecord]
+    engine: ScoringEngine, events: Sequence[RawRecord], profiles: Sequence[RawRecord] = ()
 ) -> tuple[BatchResult, int]:
     """``engine.process``, splitting the batch when a pass raises; and how many passes did.
 
     Bad data is dead-lettered inside the engine; a pass that raises meets a bug. A failed
-    pass leaves no trace (the engine saves state and stream time only when a pass succeeds,
-    and hands out copies until then), so the batch is cut in halves, and halves of halves,
-    until each record at fault stands alone and goes to the DLQ as ``processing_error``.
-    Decisions do not depend on where a batch is cut, so the rest comes out as it would have.
-    One bad record costs about two passes over the batch, not one pass per record.
+    pass leaves no trace (the engine saves only when a pass succeeds, and hands out copies
+    until then), so the batch is cut in halves, and halves of halves, until each record at
+    fault stands alone and goes to the DLQ as ``processing_error``. The cuts run through
+    profiles first, then events, the order the engine applies them in; decisions do not
+    depend on where a batch is cut, so the rest comes out as it would have. One bad record
+    costs about two passes over the batch, not one pass per record.
     """
     try:
-        return engine.process(records), 0
+        return engine.process(events, profiles), 0
     except Exception as error:
+        records = [*profiles, *events]
         if len(records) == 1:
             result = BatchResult.empty()
             result.dead_letters.append(engine.processing_error(records[0], error))
             result.stats.dead_letters_by_reason[DeadLetterReason.processing_error.value] += 1
             return result, 1
     merged, failed = BatchResult.empty(), 1
-    half = len(records) // 2
-    for part in (records[:half], records[half:]):
-        got, n = process_isolating(engine, part)
+    cut = (len(profiles) + len(events)) // 2
+    p_cut, e_cut = min(cut, len(profiles)), max(0, cut - len(profiles))
+    for ev, pr in ((events[:e_cut], profiles[:p_cut]), (events[e_cut:], profiles[p_cut:])):
+        got, n = process_isolating(engine, ev, pr)
         merged.extend(got)
         failed += n
     return merged, failed

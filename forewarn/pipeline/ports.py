@@ -1,21 +1,21 @@
-"""The small ports where the Kafka shell meets the pure core, with in-memory implementations.
+"""The small ports where the Kafka shell meets the pure core: a clock and the state stores.
 
-The scoring engine sees only these: a clock, a state store and (in the worker) an output
-sink. Tests use the in-memory ones; the worker plugs in Kafka-backed ones.
-
->>> from datetime import UTC, datetime
->>> clock = ManualClock(datetime(2026, 1, 1, tzinfo=UTC))
->>> clock.advance(90).isoformat()
-'2026-01-01T00:01:30+00:00'
+The scoring engine sees only these. The in-memory implementations live beside them
+(``clocks.py``, ``stores.py``); the worker plugs in RocksDB stores
+(``forewarn/streams/scoring/stores.py``). Both stores pass the same contract test
+(``tests/unit/test_batch_failures.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Protocol
 
 from forewarn.models.state import CustomerState
+
+#: customer id -> encoded state, or None for a deletion (what a batch commits)
+Encoded = dict[str, bytes | None]
 
 
 class Clock(Protocol):
@@ -24,43 +24,55 @@ class Clock(Protocol):
         ...
 
 
-class SystemClock:
-    def now(self) -> datetime:
-        return datetime.now(UTC)
-
-
-class ManualClock:
-    """A clock that moves only when told to: scenario tests advance it explicitly."""
-
-    def __init__(self, start: datetime) -> None:
-        if start.tzinfo is None:
-            raise ValueError("ManualClock needs a timezone-aware start")
-        self._now = start
-
-    def now(self) -> datetime:
-        return self._now
-
-    def advance(self, seconds: float) -> datetime:
-        self._now += timedelta(seconds=seconds)
-        return self._now
-
-    def set(self, at: datetime) -> None:
-        self._now = at
-
-
 class StateStore(Protocol):
-    """The per-customer state of one partition.
+    """One partition's customers, changed in transactions.
 
-    ``get`` hands out a private copy: changes reach the store only through ``put``, which
-    the engine calls once a batch has succeeded. So a batch that raises halfway leaves the
-    store exactly as it was, and the worker can retry parts of it without reading Kafka.
+    A transaction is what is written since the last ``commit`` or ``discard``: ``put``,
+    ``delete`` and ``advance`` wait in it, and ``get`` and ``stream_time`` already see them.
+    ``commit`` makes them the store's (the worker calls it once the batch's Kafka transaction
+    committed, with the changelog offset the store is then complete up to); ``discard`` drops
+    them (an aborted batch). ``get`` hands out a private copy, so a batch that raises halfway
+    leaves nothing behind: the engine writes only when a pass succeeds.
     """
+
+    #: the changelog offset this store holds everything before (None: never restored)
+    checkpoint: int | None
+
+    @property
+    def stream_time(self) -> float:
+        """The latest event time applied to the partition (epoch seconds; -inf: none)."""
+        ...
 
     def get(self, customer_id: str) -> CustomerState | None: ...
 
     def put(self, state: CustomerState) -> None: ...
 
     def delete(self, customer_id: str) -> None: ...
+
+    def advance(self, stream_time: float) -> None:
+        """The partition's stream time moved on (never back)."""
+        ...
+
+    def commit(self, encoded: Encoded, checkpoint: int | None) -> None:
+        """The transaction's writes become the store's (``encoded``: the same states as
+        changelog bytes, for stores that keep bytes)."""
+        ...
+
+    def discard(self) -> None: ...
+
+    def apply(self, encoded: Encoded) -> int:
+        """Take changelog records as they are (a restore); how many could not be read."""
+        ...
+
+    def clear(self) -> None:
+        """Forget everything, checkpoint included (the changelog was recreated)."""
+        ...
+
+    def approximate_size(self) -> int:
+        """About how many customers the store holds (cheap: for a gauge)."""
+        ...
+
+    def close(self) -> None: ...
 
     def __len__(self) -> int: ...
 
@@ -71,37 +83,3 @@ class StateStores(Protocol):
     """The state stores of the partitions this worker owns, one per partition."""
 
     def partition(self, p: int) -> StateStore: ...
-
-
-class MemoryStateStore:
-    def __init__(self) -> None:
-        self._states: dict[str, CustomerState] = {}
-
-    def get(self, customer_id: str) -> CustomerState | None:
-        state = self._states.get(customer_id)
-        return None if state is None else state.copy()
-
-    def put(self, state: CustomerState) -> None:
-        self._states[state.customer_id] = state
-
-    def delete(self, customer_id: str) -> None:
-        self._states.pop(customer_id, None)
-
-    def __len__(self) -> int:
-        return len(self._states)
-
-    def __iter__(self) -> Iterator[CustomerState]:
-        return iter(list(self._states.values()))
-
-
-class MemoryStateStores:
-    """One ``MemoryStateStore`` per partition, made on first use."""
-
-    def __init__(self) -> None:
-        self.stores: dict[int, MemoryStateStore] = {}
-
-    def partition(self, p: int) -> MemoryStateStore:
-        store = self.stores.get(p)
-        if store is None:
-            store = self.stores[p] = MemoryStateStore()
-        return store

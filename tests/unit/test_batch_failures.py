@@ -27,12 +27,13 @@ from forewarn.models.features import CHURN_FEATURES
 from forewarn.models.session import SessionState
 from forewarn.models.state import CustomerState
 from forewarn.models.state_codec import encode_state
+from forewarn.pipeline.clocks import ManualClock
 from forewarn.pipeline.codecs import RawRecord, encode
 from forewarn.pipeline.engine import BatchResult, ScoringEngine, process_isolating
-from forewarn.pipeline.ports import ManualClock
+from forewarn.pipeline.stores import MemoryStore, MemoryStores
 from forewarn.rules.rulebook import load_rulebook
 from forewarn.streams.scoring.outputs import Limits, OutputTopics, batch_records
-from forewarn.streams.scoring.stores import PartitionStore, RocksPartitionStore, Store, WorkerStores
+from forewarn.streams.scoring.stores import RocksStore, Store
 from tests.conftest import POLICIES_RULEBOOK, T0, event
 
 PURCHASES = CHURN_FEATURES.index("purchases_7d")
@@ -67,18 +68,18 @@ def stream() -> list[JourneyEvent]:
     return sorted(out, key=lambda e: e.occurred_at)
 
 
-def records(events: list[JourneyEvent]) -> list[RawRecord]:
+def records(events: list[JourneyEvent]) -> tuple[list[RawRecord], list[RawRecord]]:
+    """(event records, profile records) as one partition holds them."""
     profiles = [CustomerProfile(customer_id=c, consent=ALL_CONSENT)
                 for c in sorted({e.customer_id for e in events})]  # fmt: skip
-    recs = [RawRecord("customer-profiles", 0, i, p.customer_id.encode(), encode(p))
-            for i, p in enumerate(profiles)]  # fmt: skip
-    return recs + [
+    return [
         RawRecord("journey-events", 0, i, e.customer_id.encode(), encode(e))
         for i, e in enumerate(events)
-    ]
+    ], [RawRecord("customer-profiles", 0, i, p.customer_id.encode(), encode(p))
+        for i, p in enumerate(profiles)]  # fmt: skip
 
 
-def engine(churn: ChurnModel, stores: WorkerStores) -> ScoringEngine:
+def engine(churn: ChurnModel, stores: MemoryStores) -> ScoringEngine:
     return ScoringEngine(
         clock=ManualClock(T0 + timedelta(hours=1)),
         stores=stores,
@@ -87,32 +88,29 @@ def engine(churn: ChurnModel, stores: WorkerStores) -> ScoringEngine:
     )
 
 
-def snapshot(stores: WorkerStores) -> dict[str, bytes]:
+def snapshot(stores: MemoryStores) -> dict[str, bytes]:
     return {s.customer_id: encode_state(s) for st in stores.stores.values() for s in st}
 
 
 def test_a_pass_that_raises_leaves_state_and_stream_time_as_they_were() -> None:
-    stores = WorkerStores(None, "state")
+    stores = MemoryStores()
     e = engine(exploding(), stores)
-    evs = stream()
-    ordinary = [x for x in evs if x.customer_id != "px"]
-    done = e.process(records(ordinary[:12]))
-    stores.partition(0).commit({}, None, done.stream_times[0])
-    before, stream_time = snapshot(stores), dict(e.stream_times)
+    events, profiles = records(stream())
+    e.process(events[:12], profiles)
+    stores.partition(0).commit()
+    before, stream_time = snapshot(stores), stores.partition(0).stream_time
     with pytest.raises(FloatingPointError):
-        e.process(records(evs)[11:])  # the rest, with px's seven purchases
+        e.process(events[12:])  # the rest, with px's seven purchases
     assert snapshot(stores) == before, "a failed pass wrote nothing"
-    assert e.stream_times == stream_time
+    assert stores.partition(0).stream_time == stream_time
 
 
 def test_isolation_dead_letters_only_the_records_at_fault_and_decides_the_rest_alike() -> None:
     evs = stream()
-    clean_stores = WorkerStores(None, "state")
-    clean = engine(load_churn_model(default_model_path()), clean_stores)
-    expected = clean.process(records([x for x in evs if x.customer_id != "px"]))
+    clean = engine(load_churn_model(default_model_path()), MemoryStores())
+    expected = clean.process(*records([x for x in evs if x.customer_id != "px"]))
 
-    stores = WorkerStores(None, "state")
-    got, failed = process_isolating(engine(exploding(), stores), records(evs))
+    got, failed = process_isolating(engine(exploding(), MemoryStores()), *records(evs))
     dead = [(d.error_type, d.offset) for d in got.dead_letters]
     px_offsets = [i for i, x in enumerate(evs) if x.customer_id == "px"]
     # px's 6th and 7th purchase reach the bug; everything before them went through
@@ -121,20 +119,20 @@ def test_isolation_dead_letters_only_the_records_at_fault_and_decides_the_rest_a
     assert {d.decision_id for d in got.decisions} == {d.decision_id for d in expected.decisions}
     assert {a.action_id for a in got.actions} == {a.action_id for a in expected.actions}
     assert got.actions, "the stream holds actions to compare"
-    n = len(records(evs))
+    n = sum(map(len, records(evs)))
     assert 0 < failed <= 4 * math.ceil(math.log2(n)), "bisection, not one pass per record"
 
 
 def test_without_a_bug_nothing_is_isolated() -> None:
     got, failed = process_isolating(
-        engine(load_churn_model(default_model_path()), WorkerStores(None, "s")), records(stream())
+        engine(load_churn_model(default_model_path()), MemoryStores()), *records(stream())
     )
     assert failed == 0 and not got.dead_letters
 
 
 @pytest.fixture(params=["memory", "rocksdb"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    s: Store = PartitionStore() if request.param == "memory" else RocksPartitionStore(tmp_path)
+    s: Store = MemoryStore() if request.param == "memory" else RocksStore(tmp_path)
     yield s
     s.close()
 
@@ -143,7 +141,9 @@ def test_every_store_keeps_a_batchs_writes_apart_until_commit(store: Store) -> N
     """One contract for both stores: copies out, pending writes, commit or discard."""
     ann = CustomerState("ann", events_seen=1, first_seen=1.0, last_seen=1.0)
     store.put(ann)
-    store.commit({"ann": encode_state(ann)}, 10, 1.0)
+    store.advance(1.0)
+    assert store.stream_time == 1.0, "the transaction sees its own stream time"
+    store.commit({"ann": encode_state(ann)}, 10)
     got = store.get("ann")
     assert got == ann and got is not ann, "get hands out a copy"
     assert got is not None
@@ -154,18 +154,23 @@ def test_every_store_keeps_a_batchs_writes_apart_until_commit(store: Store) -> N
     store.delete("ann")
     assert store.get("bob") == bob and store.get("ann") is None, "a batch sees its own writes"
     assert len(store) == 1
+    store.advance(2.0)
     store.discard()
     assert store.get("ann") == ann and store.get("bob") is None and len(store) == 1
+    assert store.stream_time == 1.0, "an aborted batch's stream time goes too"
     store.put(bob)
-    store.commit({"bob": encode_state(bob)}, 12, 2.0)
+    store.advance(2.0)
+    store.advance(1.5)  # never back
+    store.commit({"bob": encode_state(bob)}, 12)
     assert store.get("bob") == bob and store.checkpoint == 12 and store.stream_time == 2.0
+    assert store.approximate_size() >= 1  # RocksDB estimates (and counts overwrites)
     store.clear()
     assert len(store) == 0 and store.checkpoint is None and store.stream_time == -math.inf
 
 
 def test_a_state_copy_is_independent_of_its_original() -> None:
-    e = engine(load_churn_model(default_model_path()), WorkerStores(None, "s"))
-    e.process(records(stream()))
+    e = engine(load_churn_model(default_model_path()), MemoryStores())
+    e.process(*records(stream()))
     original = e.stores.partition(0).get("c3")
     assert original is not None
     before = encode_state(original)

@@ -34,9 +34,7 @@ from forewarn.offline.training import (
     period_of,
     snapshot_dataset,
 )
-from forewarn.pipeline.codecs import RawRecord, encode
-from forewarn.pipeline.engine import ScoringEngine
-from forewarn.pipeline.ports import ManualClock
+from forewarn.pipeline.harness import Harness
 
 START = datetime(2026, 4, 1, tzinfo=UTC)
 
@@ -49,15 +47,12 @@ def shipped() -> ChurnModel:
 def test_the_stream_and_an_offline_replay_compute_identical_features(shipped: ChurnModel) -> None:
     sim = JourneySimulator(60, seed=21, start=START, span=timedelta(days=3))
     events = list(sim.events())
-    engine = ScoringEngine(clock=ManualClock(START + timedelta(days=4)), churn=shipped)
+    h = Harness(start=START + timedelta(days=4), churn=shipped, taps=True)
     streamed = []
     for i in range(0, len(events), 137):  # odd batch size: batches cut across customers
-        recs = [
-            RawRecord("journey-events", 0, i + j, e.customer_id.encode(), encode(e))
-            for j, e in enumerate(events[i : i + 137])
-        ]
-        engine.process(recs)
-        streamed.append(engine.last_features.copy())
+        features = h.feed(*events[i : i + 137]).features
+        assert features is not None
+        streamed.append(features)
     offline = event_feature_rows(events)
     got = np.vstack(streamed)
     assert got.shape == offline.shape == (len(events), len(CHURN_FEATURES))

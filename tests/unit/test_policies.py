@@ -11,12 +11,12 @@ from forewarn.models.contracts import (
     ALL_CONSENT,
     SuppressionReason,
 )
+from forewarn.pipeline.clocks import ManualClock
 from forewarn.pipeline.engine import BatchResult
-from forewarn.pipeline.ports import ManualClock
+from forewarn.pipeline.harness import Harness
 from forewarn.rules.decide import in_holdout
 from forewarn.rules.rulebook import load_rulebook_text
 from tests.conftest import event
-from tests.unit.test_scenarios import Scenario
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)  # 13:00 in Berlin
 
@@ -40,16 +40,19 @@ rules:
 """
 
 
-class Engine(Scenario):
+class Engine(Harness):
     """A scenario on the rulebook above; ``policies`` are added to its first rule only."""
 
     def __init__(self, book: str = BOOK, **policies: str) -> None:
         extra = "".join(f", {k}: {v}" for k, v in policies.items())
         text = book.replace("policies: {cooldown: 0s}", f"policies: {{cooldown: 0s{extra}}}", 1)
-        super().__init__(load_rulebook_text(text), ManualClock(T0 + timedelta(days=30)))
+        super().__init__(
+            rulebook=load_rulebook_text(text), clock=ManualClock(T0 + timedelta(days=30))
+        )
+        self.book = self.engine.rulebook
 
-    def profile(self, cid: str, tz: str = "Europe/Berlin", **kw: object) -> None:  # type: ignore[override]
-        super().profile(cid, consent=ALL_CONSENT, timezone=tz, **kw)
+    def profile(self, cid: str, tz: str = "Europe/Berlin", **kw: object) -> BatchResult:  # type: ignore[override]
+        return super().profile(cid, consent=ALL_CONSENT, timezone=tz, **kw)
 
 
 def reasons(res: BatchResult) -> list[tuple[str, str]]:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from forewarn.cli.main import main
-from forewarn.offline.rule_cases import backtest, cases_beside, run_cases
+from forewarn.offline.backtest import backtest
+from forewarn.offline.rule_cases import cases_beside, run_cases
 from forewarn.offline.simulator import JourneySimulator
 from forewarn.rules.rulebook import default_rulebook_path, load_rulebook
 from tests.conftest import POLICIES_RULEBOOK
@@ -69,7 +70,7 @@ def test_backtest_reports_per_rule_and_the_change_against_the_deployed_rules() -
     sim = JourneySimulator(200, seed=71, start=start, span=timedelta(days=4))
     events = list(sim.events())
     new, old = load_rulebook(), load_rulebook(POLICIES_RULEBOOK)
-    result = backtest(new, events, sim.profiles(), deployed=old)
+    result = backtest(new, events, sim.profiles(), deployed=old).to_json()
     rules = result["rules"]
     assert set(rules) == {r.id for r in new.rules}
     for r in rules.values():

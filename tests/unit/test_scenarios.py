@@ -10,16 +10,15 @@ from hypothesis import strategies as st
 
 from forewarn.models.contracts import (
     Consent,
-    CustomerProfile,
     DecisionStatus,
-    JourneyEvent,
     SuppressionReason,
 )
 from forewarn.models.state import CustomerState
 from forewarn.models.state_codec import encode_state
+from forewarn.pipeline.clocks import ManualClock
 from forewarn.pipeline.codecs import RawRecord, encode
-from forewarn.pipeline.engine import BatchResult, ScoringEngine
-from forewarn.pipeline.ports import ManualClock, MemoryStateStore, MemoryStateStores
+from forewarn.pipeline.harness import Harness
+from forewarn.pipeline.stores import MemoryStore
 from forewarn.rules.decide import action_id
 from forewarn.rules.rulebook import Rulebook, load_rulebook
 from tests.conftest import POLICIES_RULEBOOK, T0, event
@@ -27,37 +26,19 @@ from tests.conftest import POLICIES_RULEBOOK, T0, event
 ALL = Consent(email=True, sms=True, push=True, in_app=True, phone=True)
 
 
-class Scenario:
-    """Feed events to a real engine (no broker) and look at what it decided."""
-
-    def __init__(self, rulebook: Rulebook | None = None, clock: ManualClock | None = None) -> None:
-        self.clock = clock or ManualClock(T0)
-        self.stores = MemoryStateStores()
-        self.store = self.stores.partition(0)
-        self.book = rulebook or load_rulebook(POLICIES_RULEBOOK)
-        self.engine = ScoringEngine(clock=self.clock, stores=self.stores, rulebook=self.book)
-        self.offset = 0
-
-    def profile(self, cid: str, **kw: object) -> None:
-        p = CustomerProfile(customer_id=cid, **kw)
-        self.engine.process([RawRecord("customer-profiles", 0, 0, cid.encode(), encode(p))])
-
-    def feed(self, *events: JourneyEvent) -> BatchResult:
-        recs = []
-        for e in events:
-            self.offset += 1
-            recs.append(
-                RawRecord("journey-events", 0, self.offset, e.customer_id.encode(), encode(e))
-            )
-        return self.engine.process(recs)
+def scenario(rulebook: Rulebook | None = None, clock: ManualClock | None = None) -> Harness:
+    """The shipped harness on the frozen policies rulebook, its clock at ``T0``."""
+    return Harness(
+        rulebook=rulebook or load_rulebook(POLICIES_RULEBOOK), clock=clock or ManualClock(T0)
+    )
 
 
 @pytest.fixture
-def sc() -> Scenario:
-    return Scenario()
+def sc() -> Harness:
+    return scenario()
 
 
-def test_failed_payment_gets_a_recovery_action_with_reasons(sc: Scenario) -> None:
+def test_failed_payment_gets_a_recovery_action_with_reasons(sc: Harness) -> None:
     sc.profile("ann", consent=ALL)
     res = sc.feed(
         event("ann", "checkout_started", T0, n=1),
@@ -83,13 +64,13 @@ def test_failed_payment_gets_a_recovery_action_with_reasons(sc: Scenario) -> Non
     assert [d.status for d in res.decisions] == [DecisionStatus.emitted]
 
 
-def test_consent_falls_through_the_channel_list(sc: Scenario) -> None:
+def test_consent_falls_through_the_channel_list(sc: Harness) -> None:
     sc.profile("bob", consent=Consent(sms=True))
     (a,) = sc.feed(event("bob", "payment_failed", T0, n=1)).actions
     assert a.channel.value == "sms"  # push and email not consented
 
 
-def test_no_profile_or_no_consent_or_do_not_contact_suppresses(sc: Scenario) -> None:
+def test_no_profile_or_no_consent_or_do_not_contact_suppresses(sc: Harness) -> None:
     sc.profile("dnc", consent=ALL, do_not_contact=True)
     sc.profile("none", consent=Consent())
     res = sc.feed(*(event(c, "delivery_delayed", T0, n=1) for c in ("dnc", "none", "ghost")))
@@ -100,7 +81,7 @@ def test_no_profile_or_no_consent_or_do_not_contact_suppresses(sc: Scenario) -> 
     assert why["ghost"] == (SuppressionReason.consent, "no profile yet")
 
 
-def test_cooldown_then_allowed_again_after_it_passes(sc: Scenario) -> None:
+def test_cooldown_then_allowed_again_after_it_passes(sc: Harness) -> None:
     sc.profile("cy", consent=ALL)
     assert len(sc.feed(event("cy", "delivery_delayed", T0, n=1)).actions) == 1
     later = T0 + timedelta(hours=47)
@@ -113,7 +94,7 @@ def test_cooldown_then_allowed_again_after_it_passes(sc: Scenario) -> None:
     assert [a.rule_id for a in res.actions] == ["delivery_apology"]
 
 
-def test_arbitration_keeps_the_highest_priority_per_trigger(sc: Scenario) -> None:
+def test_arbitration_keeps_the_highest_priority_per_trigger(sc: Harness) -> None:
     sc.profile("dee", consent=ALL)
     # three errors in an hour with high friction: agent_callback (95) beats payment_recovery (90)
     res = sc.feed(
@@ -127,7 +108,7 @@ def test_arbitration_keeps_the_highest_priority_per_trigger(sc: Scenario) -> Non
     assert {d.rule_id for d in lost} >= {"payment_recovery"}
 
 
-def test_checkout_assist_needs_the_customer_in_checkout(sc: Scenario) -> None:
+def test_checkout_assist_needs_the_customer_in_checkout(sc: Harness) -> None:
     sc.profile("eve", consent=ALL)
     browsing = [event("eve", "rage_click", T0 + timedelta(seconds=i), n=i) for i in range(3)]
     assert sc.feed(*browsing).decisions == []
@@ -141,7 +122,7 @@ def test_checkout_assist_needs_the_customer_in_checkout(sc: Scenario) -> None:
     assert a.reasons[0].detail == "triggered by rage burst"
 
 
-def test_retention_offer_fires_when_friction_crosses_75(sc: Scenario) -> None:
+def test_retention_offer_fires_when_friction_crosses_75(sc: Harness) -> None:
     sc.profile("gus", consent=Consent(email=True))
     out = []
     for h in (0, 1, 2):
@@ -154,36 +135,36 @@ def test_retention_offer_fires_when_friction_crosses_75(sc: Scenario) -> None:
     assert retention[0].action.scores.friction >= 75
 
 
-def test_support_contact_recently_holds_payment_recovery(sc: Scenario) -> None:
+def test_support_contact_recently_holds_payment_recovery(sc: Harness) -> None:
     sc.profile("hal", consent=ALL)
     sc.feed(event("hal", "support_contact", T0, n=1))
     res = sc.feed(event("hal", "payment_failed", T0 + timedelta(minutes=20), n=2))
     assert [d.rule_id for d in res.decisions] == []
 
 
-def test_replaying_a_batch_yields_the_same_action_ids_and_no_second_action(sc: Scenario) -> None:
+def test_replaying_a_batch_yields_the_same_action_ids_and_no_second_action(sc: Harness) -> None:
     sc.profile("ivy", consent=ALL)
     evs = [event("ivy", "payment_failed", T0, n=1, order_id="o")]
     first = sc.feed(*evs)
     again = sc.feed(*evs)  # redelivery after a crash: the event id is already applied
     assert len(first.actions) == 1
     assert again.actions == [] and again.stats.duplicates == 1
-    fresh = Scenario()
+    fresh = scenario()
     fresh.profile("ivy", consent=ALL)
     assert fresh.feed(*evs).actions[0].action_id == first.actions[0].action_id
 
 
-def test_unknown_types_count_as_other_and_update_recency(sc: Scenario) -> None:
+def test_unknown_types_count_as_other_and_update_recency(sc: Harness) -> None:
     res = sc.feed(event("jo", "loyalty_points_redeemed", T0, n=1))
     assert res.stats.events_by_type == {"other": 1}
-    state = sc.store.get("jo")
+    state = sc.state("jo")
     assert state is not None and state.last_seen == T0.timestamp()
     assert state.recent_events() == [("loyalty_points_redeemed", T0.timestamp())]
 
 
-def test_a_profile_tombstone_removes_consent(sc: Scenario) -> None:
+def test_a_profile_tombstone_removes_consent(sc: Harness) -> None:
     sc.profile("kit", consent=ALL)
-    sc.engine.process([RawRecord("customer-profiles", 0, 1, b"kit", None)])
+    sc.records(profiles=[RawRecord("customer-profiles", 0, 1, b"kit", None)])
     res = sc.feed(event("kit", "delivery_delayed", T0, n=1))
     assert res.decisions[0].suppressed_by is SuppressionReason.consent
 
@@ -207,7 +188,7 @@ kinds = st.sampled_from(
 def test_the_same_trigger_never_yields_two_actions_and_suppressions_have_reasons(
     steps: list[tuple[str, int]], batch: int
 ) -> None:
-    sc = Scenario()
+    sc = scenario()
     sc.profile("max", consent=ALL)
     evs = [event("max", k, T0 + timedelta(minutes=m), n=i) for i, (k, m) in enumerate(steps)]
     actions, decisions = [], []
@@ -241,7 +222,7 @@ def test_decisions_and_state_do_not_depend_on_where_batches_are_cut(
     evs = [
         event(c, k, T0 + timedelta(minutes=m, seconds=i), n=i) for i, (c, k, m) in enumerate(steps)
     ]
-    whole, cut = Scenario(), Scenario()
+    whole, cut = scenario(), scenario()
     for sc in (whole, cut):
         sc.profile("max", consent=ALL)
         sc.profile("ned", consent=Consent(email=True))
@@ -254,28 +235,30 @@ def test_decisions_and_state_do_not_depend_on_where_batches_are_cut(
     key = [(d.action.action_id, d.status, d.suppressed_by) for d in one.decisions]
     assert [(d.action.action_id, d.status, d.suppressed_by) for d in decisions] == key
     for cid in ("max", "ned"):
-        a, b = whole.store.get(cid), cut.store.get(cid)
+        a, b = whole.state(cid), cut.state(cid)
         assert a is not None and b is not None
         assert encode_state(a) == encode_state(b)
 
 
 def test_records_replayed_at_their_old_offsets_are_skipped_whatever_their_number(
-    sc: Scenario,
+    sc: Harness,
 ) -> None:
     """More events than the id memory holds, replayed after a failure: none counts twice."""
     sc.profile("ola", consent=ALL)
     evs = [event("ola", "payment_failed" if i == 0 else "page_view", T0 + timedelta(seconds=i),
                  n=i) for i in range(40)]  # fmt: skip
     recs = [RawRecord("journey-events", 0, 100 + i, b"ola", encode(e)) for i, e in enumerate(evs)]
-    first = sc.engine.process(recs)
-    state = sc.store.get("ola")
+    first = sc.records(events=recs)
+    state = sc.state("ola")
     assert state is not None and state.events_seen == 40 and state.last_offset == 139
-    again = sc.engine.process(recs)
-    assert again.stats.replayed == 40 and again.decisions == [] and state.events_seen == 40
+    again = sc.records(events=recs)
+    after = sc.state("ola")
+    assert again.stats.replayed == 40 and again.decisions == []
+    assert after is not None and after.events_seen == 40
     assert len(first.actions) == 1
 
 
-class _BrokenStore(MemoryStateStore):
+class _BrokenStore(MemoryStore):
     """A state store with a bug that bites one customer."""
 
     def get(self, customer_id: str) -> CustomerState | None:
@@ -285,17 +268,11 @@ class _BrokenStore(MemoryStateStore):
 
 
 def test_a_record_that_makes_scoring_raise_is_dead_lettered_and_the_batch_goes_on() -> None:
-    stores = MemoryStateStores()
-    stores.stores[0] = _BrokenStore()
-    rules = load_rulebook(POLICIES_RULEBOOK)
-    engine = ScoringEngine(clock=ManualClock(T0), stores=stores, rulebook=rules)
+    sc = scenario()
+    sc.stores.stores[0] = _BrokenStore()
     for cid in ("ok1", "ok2"):
-        p = CustomerProfile(customer_id=cid, consent=ALL)
-        engine.process([RawRecord("customer-profiles", 0, 0, cid.encode(), encode(p))])
-    evs = [event(c, "delivery_delayed", T0, n=1) for c in ("ok1", "boom", "ok2")]
-    recs = [RawRecord("journey-events", 0, i, e.customer_id.encode(), encode(e))
-            for i, e in enumerate(evs)]  # fmt: skip
-    res = engine.process(recs)
+        sc.profile(cid, consent=ALL)
+    res = sc.feed(*[event(c, "delivery_delayed", T0, n=1) for c in ("ok1", "boom", "ok2")])
     (dl,) = res.dead_letters
     assert (dl.error_type.value, dl.offset) == ("processing_error", 1)
     assert dl.error_detail == "KeyError: 'corrupt state for boom'"
@@ -303,7 +280,7 @@ def test_a_record_that_makes_scoring_raise_is_dead_lettered_and_the_batch_goes_o
     assert res.stats.dead_letters_by_reason == {"processing_error": 1}
 
 
-def test_only_short_text_and_finite_numbers_become_attributes(sc: Scenario) -> None:
+def test_only_short_text_and_finite_numbers_become_attributes(sc: Harness) -> None:
     # An action stays small and valid JSON whatever upstream puts in a whitelisted property.
     sc.profile("ann", consent=ALL)
     raw = (
@@ -314,6 +291,6 @@ def test_only_short_text_and_finite_numbers_become_attributes(sc: Scenario) -> N
         + b'","amount":1e400,'
         b'"payment_method":"card"}}'
     )
-    res = sc.engine.process([RawRecord("journey-events", 0, 1, b"ann", raw)])
+    res = sc.records(events=[sc.event_record(raw, "ann")])
     (a,) = res.actions
     assert a.attributes == {"payment_method": "card"}

@@ -19,7 +19,7 @@ from forewarn.models.contracts import (
     SuppressionReason,
     json_schemas,
 )
-from forewarn.models.coverage import proactive_coverage
+from forewarn.offline.measures import measure
 from forewarn.offline.simulator import Incident, JourneySimulator
 from forewarn.streams.settings import Settings, kafka_config
 from tests.conftest import ROOT
@@ -106,10 +106,10 @@ def test_json_schemas_match_the_committed_files() -> None:
 
 
 def test_a_suppressed_decision_must_say_why() -> None:
-    from tests.unit.test_scenarios import Scenario
-
-    sc = Scenario()
     from tests.conftest import event
+    from tests.unit.test_scenarios import scenario
+
+    sc = scenario()
 
     (d,) = sc.feed(event("x", "delivery_delayed", sc.clock.now(), n=1)).decisions
     assert d.suppressed_by is SuppressionReason.consent
@@ -183,6 +183,11 @@ def test_coverage_counts_only_actions_before_the_contact_within_the_window() -> 
         ("b", t + timedelta(minutes=1)),  # after the contact: too late
         ("c", t - timedelta(hours=25)),
     ]  # outside the window
-    cov = proactive_coverage(contacts, actions)
-    assert (cov.contacts, cov.covered, cov.lead_minutes) == (4, 1, (10.0,))
-    assert cov.share == 0.25
+    cov = measure(
+        [(c, t.timestamp()) for c, t in contacts],
+        [],
+        [(c, t.timestamp(), "r", "p") for c, t in actions],
+        customers=4,
+        days=1,
+    )
+    assert (cov.contact_coverage, cov.lead_time_minutes.median) == (0.25, 10.0)

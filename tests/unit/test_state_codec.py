@@ -99,7 +99,7 @@ def test_idle_customers_expire_in_stream_time_and_keep_their_profile() -> None:
         return [(c.customer_id, c.state is not None and c.state.active) for c in res.changes]
 
     prof = CustomerProfile(customer_id="kept", consent=Consent(email=True))
-    engine.process([RawRecord("customer-profiles", 0, 0, b"kept", encode(prof))])
+    engine.process(profiles=[RawRecord("customer-profiles", 0, 0, b"kept", encode(prof))])
     feed(event("kept", "page_view", T0, n=1), event("gone", "page_view", T0, n=1))
     feed(event("busy", "page_view", T0 + timedelta(days=1), n=1))
     assert len(engine.stores.partition(0)) == 3  # one day idle: nothing expires

@@ -27,124 +27,42 @@ from rocksdict import Options, Rdict, WriteBatch
 
 from forewarn.models.state import CustomerState
 from forewarn.models.state_codec import StateDecodeError, decode_state
-from forewarn.pipeline.ports import MemoryStateStore
+from forewarn.pipeline.ports import Encoded
+from forewarn.pipeline.stores import MemoryStore
 from forewarn.streams.scoring.outputs import STREAM_TIME_HEADER
 
 log = logging.getLogger("forewarn.state")
-
-#: customer id -> encoded state, or None for a deletion (what a batch commits)
-Encoded = dict[str, bytes | None]
-
-
-class PartitionStore(MemoryStateStore):
-    """One partition's customers in memory.
-
-    Writes wait in a pending layer until the batch's transaction commits (``commit``) or
-    is aborted (``discard``), as in the RocksDB store: the committed layer only ever holds
-    what the changelog holds.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._pending: dict[str, CustomerState | None] = {}
-        #: the changelog offset this store is complete up to (None: never restored)
-        self.checkpoint: int | None = None
-        self.stream_time = -math.inf
-        #: customers whose changelog record could not be read, with the reason
-        self.unreadable: dict[str, str] = {}
-
-    def get(self, customer_id: str) -> CustomerState | None:
-        if customer_id in self._pending:
-            pending = self._pending[customer_id]
-            return None if pending is None else pending.copy()
-        if customer_id in self.unreadable:
-            # Raised to the engine, which dead-letters the customer's records with it: an
-            # operator sees it and can delete the record (a tombstone) to start afresh.
-            raise StateDecodeError(f"{customer_id}: {self.unreadable[customer_id]}")
-        return super().get(customer_id)
-
-    def put(self, state: CustomerState) -> None:
-        self._pending[state.customer_id] = state
-
-    def delete(self, customer_id: str) -> None:
-        self._pending[customer_id] = None
-
-    def __len__(self) -> int:
-        n = super().__len__()
-        for cid, pending in self._pending.items():
-            held = cid in self._states
-            n += (pending is not None and not held) - (pending is None and held)
-        return n
-
-    def __iter__(self) -> Iterator[CustomerState]:
-        for state in super().__iter__():
-            if state.customer_id not in self._pending:
-                yield state
-        for pending in list(self._pending.values()):
-            if pending is not None:
-                yield pending
-
-    def apply(self, encoded: Encoded) -> int:
-        """Take restored changelog records; the number that could not be read."""
-        bad = 0
-        for cid, value in encoded.items():
-            self.unreadable.pop(cid, None)
-            if value is None:
-                super().delete(cid)
-                continue
-            try:
-                super().put(decode_state(value))
-            except StateDecodeError as e:
-                super().delete(cid)
-                self.unreadable[cid] = str(e)
-                bad += 1
-        return bad
-
-    def commit(self, encoded: Encoded, checkpoint: int | None, stream_time: float) -> None:
-        """The batch's transaction committed: its writes become the store's."""
-        for cid, pending in self._pending.items():
-            self.unreadable.pop(cid, None)
-            if pending is None:
-                super().delete(cid)
-            else:
-                super().put(pending)
-        self._pending.clear()
-        self.checkpoint = checkpoint if checkpoint is not None else self.checkpoint
-        self.stream_time = max(self.stream_time, stream_time)
-
-    def discard(self) -> None:
-        """The batch's transaction was aborted: forget its writes."""
-        self._pending.clear()
-
-    def clear(self) -> None:
-        """Forget everything, checkpoint included (the changelog was recreated)."""
-        self._states.clear()
-        self._pending.clear()
-        self.unreadable.clear()
-        self.checkpoint = None
-        self.stream_time = -math.inf
-
-    def close(self) -> None:
-        """Nothing to release in memory."""
-
 
 _CUSTOMER = b"c"
 _CHECKPOINT = b"m:checkpoint"
 _STREAM_TIME = b"m:stream-time"
 
 
-class RocksPartitionStore:
-    """One partition's customers in a RocksDB database; survives restarts (checkpoint)."""
+class RocksStore:
+    """One partition's customers in a RocksDB database; survives restarts (checkpoint).
+
+    The ``StateStore`` contract (``forewarn/pipeline/ports.py``): the transaction's writes
+    wait in memory; a commit writes them, the checkpoint and the stream time atomically.
+    """
 
     def __init__(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.db = Rdict(str(path), Options(raw_mode=True))
         self._pending: dict[str, CustomerState | None] = {}
+        self._pending_stream_time: float | None = None
+        self._load_marks()
+
+    def _load_marks(self) -> None:
         cp = self.db.get(_CHECKPOINT)
         self.checkpoint: int | None = None if cp is None else int(cp)
         st = self.db.get(_STREAM_TIME)
-        self.stream_time = -math.inf if st is None else float(st)
+        self._stream_time = -math.inf if st is None else float(st)
+
+    @property
+    def stream_time(self) -> float:
+        pending = self._pending_stream_time
+        return self._stream_time if pending is None else pending
 
     def get(self, customer_id: str) -> CustomerState | None:
         if customer_id in self._pending:
@@ -159,6 +77,9 @@ class RocksPartitionStore:
     def delete(self, customer_id: str) -> None:
         self._pending[customer_id] = None
 
+    def advance(self, stream_time: float) -> None:
+        self._pending_stream_time = max(self.stream_time, stream_time)
+
     def _customers(self) -> Iterator[tuple[str, bytes]]:
         for key, value in self.db.items(from_key=_CUSTOMER):
             k = cast(bytes, key)
@@ -169,7 +90,7 @@ class RocksPartitionStore:
     def __len__(self) -> int:
         return sum(1 for _ in self._customers())
 
-    def estimated_customers(self) -> int:
+    def approximate_size(self) -> int:
         """RocksDB's own estimate (cheap, unlike counting): for the metrics gauge."""
         keys = self.db.property_int_value("rocksdb.estimate-num-keys") or 0
         return max(0, keys - 2)  # the checkpoint and stream-time entries
@@ -196,9 +117,10 @@ class RocksPartitionStore:
         self._write(encoded, None, None)
         return 0
 
-    def commit(self, encoded: Encoded, checkpoint: int | None, stream_time: float) -> None:
-        self._write(encoded, checkpoint, stream_time)
+    def commit(self, encoded: Encoded, checkpoint: int | None) -> None:
+        self._write(encoded, checkpoint, self._pending_stream_time)
         self._pending.clear()
+        self._pending_stream_time = None
 
     def _write(self, encoded: Encoded, checkpoint: int | None, stream_time: float | None) -> None:
         # One atomic write: the states and the checkpoint they bring the store up to.
@@ -211,32 +133,33 @@ class RocksPartitionStore:
         if checkpoint is not None:
             self.checkpoint = checkpoint
             wb.put(_CHECKPOINT, str(checkpoint).encode())
-        if stream_time is not None and stream_time > self.stream_time:
-            self.stream_time = stream_time
+        if stream_time is not None and stream_time > self._stream_time:
+            self._stream_time = stream_time
             wb.put(_STREAM_TIME, repr(stream_time).encode())
         self.db.write(wb)
 
     def discard(self) -> None:
         self._pending.clear()
+        self._pending_stream_time = None
 
     def clear(self) -> None:
-        """Forget everything, checkpoint included (the changelog was recreated)."""
         self.db.close()
         Rdict.destroy(str(self.path))
         self.db = Rdict(str(self.path), Options(raw_mode=True))
         self._pending.clear()
-        self.checkpoint = None
-        self.stream_time = -math.inf
+        self._pending_stream_time = None
+        self._load_marks()
 
     def close(self) -> None:
         self.db.close()
 
 
-Store = PartitionStore | RocksPartitionStore
+Store = MemoryStore | RocksStore
 
 
-class WorkerStores:
-    """The stores of the partitions a worker owns (the engine's ``StateStores``)."""
+class PartitionStores:
+    """The stores of the partitions a worker owns (the engine's ``StateStores``): in memory,
+    or RocksDB databases under ``state_dir``."""
 
     def __init__(self, state_dir: Path | None, changelog: str) -> None:
         self.state_dir = state_dir
@@ -251,8 +174,8 @@ class WorkerStores:
 
     def _open(self, p: int) -> Store:
         if self.state_dir is None:
-            return PartitionStore()
-        return RocksPartitionStore(self.state_dir / f"{self.changelog}-{p}")
+            return MemoryStore()
+        return RocksStore(self.state_dir / f"{self.changelog}-{p}")
 
     def drop(self, p: int) -> None:
         """Forget a partition's store in this process (RocksDB files stay for next time)."""
@@ -266,10 +189,7 @@ class WorkerStores:
 
     def customers(self) -> int:
         """Customers held (RocksDB: its estimate), for the ``customers_tracked`` gauge."""
-        return sum(
-            len(s) if isinstance(s, PartitionStore) else s.estimated_customers()
-            for s in self.stores.values()
-        )
+        return sum(s.approximate_size() for s in self.stores.values())
 
     def close(self) -> None:
         for p in list(self.stores):
@@ -334,7 +254,8 @@ def restore_partition(
         return None
     records, latest, end, stream_time = read
     unreadable = store.apply(latest)
-    store.commit({}, end, stream_time)
+    store.advance(stream_time)
+    store.commit({}, end)
     seconds = time.perf_counter() - started
     return RestoreResult(p, records, len(latest), seconds, start, unreadable)
 

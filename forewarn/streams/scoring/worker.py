@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
 import signal
 import threading
 import time
@@ -38,7 +37,7 @@ from forewarn.models.friction import load_friction
 from forewarn.models.state_codec import encode_state
 from forewarn.pipeline.codecs import Headers, RawRecord
 from forewarn.pipeline.engine import BatchResult, ScoringEngine, process_isolating
-from forewarn.pipeline.ports import Clock
+from forewarn.pipeline.ports import Clock, Encoded
 from forewarn.streams.metrics import Health, ScoringMetrics
 from forewarn.streams.scoring.commit import (
     BrokerUnreachable,
@@ -51,10 +50,9 @@ from forewarn.streams.scoring.gate import ProfileGate
 from forewarn.streams.scoring.membership import AssignmentWatch, GroupProgress
 from forewarn.streams.scoring.outputs import Limits, OutputTopics, batch_records
 from forewarn.streams.scoring.stores import (
-    Encoded,
+    PartitionStores,
     RestoreResult,
     RestoreStalled,
-    WorkerStores,
     partition_end,
     restore_partition,
 )
@@ -110,7 +108,7 @@ class ScoringWorker:
         self.settings = settings
         self.metrics = metrics or ScoringMetrics()
         self.health = Health(settings.liveness_timeout_seconds)
-        self.stores = WorkerStores(settings.state_dir, settings.topics.state)
+        self.stores = PartitionStores(settings.state_dir, settings.topics.state)
         friction = load_friction(settings.friction_path)
         self.models = ModelWatch(settings.model_path, friction.version)
         self.rules = RulebookWatch(settings.rules_path)
@@ -121,7 +119,6 @@ class ScoringWorker:
             decode=settings.decode_settings(),
             stores=self.stores,
             clock=clock,
-            profiles_topic=settings.topics.customer_profiles,
             idle_ttl_seconds=settings.idle_ttl_days * 86400,
         )
         t = settings.topics
@@ -273,7 +270,6 @@ class ScoringWorker:
                 return
             if checkpoint is not None and result.from_checkpoint is None:
                 self.metrics.changelog_resets.inc()
-            self.engine.stream_times[p] = store.stream_time
             self._to_restore.discard(p)
             self.health.restoring.discard(p)
             self.restores.append(result)
@@ -314,12 +310,14 @@ class ScoringWorker:
             store = self.stores.stores.get(p)
             if store is not None:
                 store.discard()
-                self.engine.stream_times[p] = store.stream_time
 
     # -- one batch --
 
     def _process(self, records: list[RawRecord]) -> BatchResult:
-        result, failed = process_isolating(self.engine, records)
+        topic = self.settings.topics.journey_events
+        events = [r for r in records if r.topic == topic]
+        profiles = [r for r in records if r.topic != topic]
+        result, failed = process_isolating(self.engine, events, profiles)
         if failed:
             log.error(
                 "scoring raised on a batch of %d records: %d failed passes isolated %d "
@@ -353,9 +351,10 @@ class ScoringWorker:
             self._rollback({r.partition for r in records})
             rewind(consumer, records)
             return False
-        for p, states in encoded.items():
-            st = result.stream_times.get(p, -math.inf)
-            self.stores.partition(p).commit(states, self.committer.changelog_next.get(p), st)
+        for p in {r.partition for r in records} | set(encoded):
+            self.stores.partition(p).commit(
+                encoded.get(p, {}), self.committer.changelog_next.get(p)
+            )
         return True
 
     def _reload(self) -> None:
@@ -366,7 +365,7 @@ class ScoringWorker:
             self.metrics.model_reloads.labels("refused").inc()
             log.error("refused the new churn model, keeping %s: %s", old_model, model.refused)
         elif model.loaded is not None:
-            self.engine.churn = model.loaded
+            self.engine.use(churn=model.loaded)
             self.metrics.model_reloads.labels("loaded").inc()
             self.metrics.model_in_use(old_model, model.loaded.version)
             log.info("churn model %s replaced %s", model.loaded.version, old_model)
@@ -375,7 +374,7 @@ class ScoringWorker:
             self.metrics.rulebook_reloads.labels("refused").inc()
             log.error("refused the changed rulebook, keeping %s:\n%s", old_book, book.refused)
         elif book.loaded is not None:
-            self.engine.rulebook = book.loaded
+            self.engine.use(rulebook=book.loaded)
             self.metrics.rulebook_reloads.labels("loaded").inc()
             self.metrics.rulebook_in_use(old_book, book.loaded.version)
             log.info("rulebook %s (%d rules) replaced %s", book.loaded.version,

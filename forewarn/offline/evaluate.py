@@ -1,0 +1,249 @@
+"""``forewarn evaluate``: replay a history through the decision path and measure it.
+
+The report (``EvaluationReport``, ``to_json()`` for the file) holds the rulebook's measures
+(``measures.py``: contact coverage, lead time, outreach precision, volume, churn capture),
+each rule's, the ``on_errors`` and ``random`` baselines at the rulebook's volume, friction
+alone at a threshold, and the churn model's ranking quality. ``format_report`` prints it as a
+table for people.
+
+>>> from datetime import UTC, datetime, timedelta
+>>> from forewarn.offline.simulator import JourneySimulator
+>>> sim = JourneySimulator(40, seed=3, start=datetime(2026, 1, 1, tzinfo=UTC),
+...                        span=timedelta(days=2))
+>>> report = evaluate(list(sim.events()), sim.profiles())
+>>> report.baselines["random"].actions == report.actions
+True
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from forewarn.models.churn import ChurnModel
+from forewarn.models.contracts import CustomerProfile, JourneyEvent
+from forewarn.offline.measures import (
+    Act,
+    LeadTime,
+    Measures,
+    followed_by,
+    friction_sweep,
+    measure,
+    on_errors_baseline,
+    random_baseline,
+    roc_auc,
+    threshold_crossings,
+)
+from forewarn.offline.replay import replay
+from forewarn.offline.training import churn_times
+from forewarn.rules.rulebook import Rulebook, load_rulebook
+
+FRICTION_THRESHOLD = 60.0
+
+
+class _Report(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class History(_Report):
+    events: int
+    customers: int
+    days: float
+    support_contacts: int
+    churners: int
+    #: "given", or "assumed: every channel consented" for history without profiles
+    profiles: str
+
+
+class RuleMeasures(Measures):
+    customers_reached: int
+    #: suppression reason -> decisions it stopped
+    suppressed: dict[str, int]
+
+
+class FrictionAlone(_Report):
+    """Acting whenever friction crosses ``threshold`` upward, without rules."""
+
+    roc_auc_contact_within_window: float | None
+    threshold: float
+    actions: int
+    contact_coverage: float
+    lead_time_minutes: LeadTime
+    outreach_precision: float
+    actions_per_1000_customers_per_day: float
+
+
+class ChurnModelQuality(_Report):
+    version: str
+    roc_auc_churn_within_14_days: float | None
+    held_out_at_training: dict[str, Any]
+
+
+class BeatsBaselines(_Report):
+    coverage_above_random: bool
+    precision_above_on_errors: bool
+
+
+class EvaluationReport(Measures):
+    """The rulebook's measures, and everything to judge them by."""
+
+    history: History
+    rulebook_version: str
+    model_version: str | None
+    window_hours: float
+    by_rule: dict[str, RuleMeasures]
+    baselines: dict[str, Measures]
+    friction_alone: FrictionAlone
+    churn_model: ChurnModelQuality | None = None
+    beats_baselines: BeatsBaselines
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as written to ``--report`` (no ``churn_model`` without a model)."""
+        data: dict[str, Any] = self.model_dump(mode="json")
+        if self.churn_model is None:
+            del data["churn_model"]
+        return data
+
+
+def evaluate(
+    events: Sequence[JourneyEvent],
+    profiles: Sequence[CustomerProfile] | None = None,
+    *,
+    rulebook: Rulebook | None = None,
+    churn: ChurnModel | None = None,
+    window_hours: float = 24.0,
+    seed: int = 7,
+    plot: Path | None = None,
+) -> EvaluationReport:
+    """Replay the history through the decision path and measure it against the baselines."""
+    book = rulebook or load_rulebook()
+    out = replay(events, profiles, rulebook=book, churn=churn)
+    window = window_hours * 3600
+    flat = [(e.customer_id, e.occurred_at.timestamp(), e.type) for e in events]
+    contacts = [(c, t) for c, t, k in flat if k == "support_contact"]
+    churns = list(churn_times(events).items())
+    customers = len({c for c, _, _ in flat})
+    days = max((flat[-1][1] - flat[0][1]) / 86400, 1 / 24) if flat else 1.0
+    acts = [(a.customer_id, a.triggered_at.timestamp(), a.rule_id, a.playbook) for a in out.actions]
+
+    def m(actions: list[Act], any_retains: bool = False) -> Measures:
+        return measure(
+            contacts, churns, actions, customers=customers, days=days, window=window,
+            any_action_retains=any_retains,
+        )  # fmt: skip
+
+    def by_rule(rule_id: str) -> RuleMeasures:
+        mine = [a for a in acts if a[2] == rule_id]
+        suppressed = Counter(
+            d.suppressed_by.value
+            for d in out.decisions
+            if d.rule_id == rule_id and d.suppressed_by is not None
+        )
+        return RuleMeasures(
+            **m(mine).model_dump(),
+            customers_reached=len({a[0] for a in mine}),
+            suppressed=dict(sorted(suppressed.items())),
+        )
+
+    overall = m(acts)
+    baselines = {
+        "on_errors": m(on_errors_baseline(flat), any_retains=True),
+        "random": m(random_baseline(flat, len(acts), seed), any_retains=True),
+    }
+    label = followed_by(out.scored, contacts, window)
+    friction = m(threshold_crossings(out.scored, FRICTION_THRESHOLD)).model_dump(
+        exclude={"churn_capture"}
+    )
+    quality = None
+    if churn is not None:
+        churned = followed_by(out.scored, churns, 14 * 86400)
+        quality = ChurnModelQuality(
+            version=churn.version,
+            roc_auc_churn_within_14_days=_round(
+                roc_auc([s.churn_risk or 0.0 for s in out.scored], churned)
+            ),
+            held_out_at_training=churn.card.held_out.model_dump(exclude={"calibration"}),
+        )
+    report = EvaluationReport(
+        **overall.model_dump(),
+        history=History(
+            events=len(events),
+            customers=customers,
+            days=round(days, 2),
+            support_contacts=len(contacts),
+            churners=len(churns),
+            profiles="assumed: every channel consented" if out.assumed_consent else "given",
+        ),
+        rulebook_version=book.version,
+        model_version=churn.version if churn else None,
+        window_hours=window_hours,
+        by_rule={r.id: by_rule(r.id) for r in book.rules},
+        baselines=baselines,
+        friction_alone=FrictionAlone(
+            roc_auc_contact_within_window=_round(roc_auc([s.friction for s in out.scored], label)),
+            threshold=FRICTION_THRESHOLD,
+            **friction,
+        ),
+        churn_model=quality,
+        beats_baselines=BeatsBaselines(
+            coverage_above_random=overall.contact_coverage > baselines["random"].contact_coverage,
+            precision_above_on_errors=overall.outreach_precision
+            > baselines["on_errors"].outreach_precision,
+        ),
+    )
+    if plot is not None:
+        from forewarn.offline.plots import plot_report
+
+        per = max(customers, 1)
+        points = {
+            name: (r.actions / per, r.contact_coverage)
+            for name, r in (("rulebook", report), *baselines.items())
+        }
+        sweep = friction_sweep(out.scored, contacts, customers, window)
+        plot_report(plot, out.scored, label, sweep, points)
+    return report
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 4)
+
+
+def format_report(report: EvaluationReport) -> str:
+    """The report as a table for people."""
+    rows: list[tuple[str, Measures | FrictionAlone]] = [("rulebook", report)]
+    rows += [(f"  {rule}", r) for rule, r in report.by_rule.items()]
+    rows += [(f"baseline {k}", v) for k, v in report.baselines.items()]
+    fa = report.friction_alone
+    rows += [(f"friction >= {fa.threshold:g} alone", fa)]
+    head = (
+        f"{'':<26}{'actions':>8}{'coverage':>10}{'lead min':>10}{'precision':>11}"
+        f"{'per 1k/day':>12}{'churn capt.':>13}"
+    )
+    lines = [head]
+    for name, r in rows:
+        lead = r.lead_time_minutes.median
+        capture = r.churn_capture if isinstance(r, Measures) else None
+        lines.append(
+            f"{name:<26}{r.actions:>8}{r.contact_coverage:>10.1%}"
+            f"{'-' if lead is None else f'{lead:.0f}':>10}{r.outreach_precision:>11.1%}"
+            f"{r.actions_per_1000_customers_per_day:>12.1f}"
+            f"{'-' if capture is None else f'{capture:.1%}':>13}"
+        )
+    h = report.history
+    lines.append(
+        f"\n{h.events:,} events, {h.customers:,} customers, {h.days} days, "
+        f"{h.support_contacts:,} support contacts, {h.churners:,} churners; "
+        f"friction ROC AUC for a contact within {report.window_hours:g} h: "
+        f"{fa.roc_auc_contact_within_window}"
+    )
+    if report.churn_model is not None:
+        cm = report.churn_model
+        lines.append(
+            f"churn model {cm.version}: ROC AUC for churn within 14 days of an event "
+            f"{cm.roc_auc_churn_within_14_days}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,79 @@
+"""The ``forewarn evaluate --plot`` picture (matplotlib, the ``eval`` extra)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from forewarn.offline.measures import Sweep
+from forewarn.pipeline.engine import ScoredEvent
+
+
+class PlottingUnavailable(RuntimeError):
+    """matplotlib is not installed (it is an optional extra: ``pip install 'forewarn[eval]'``)."""
+
+
+def plot_report(
+    path: Path,
+    scored: Sequence[ScoredEvent],
+    contact_label: Sequence[int],
+    sweep: Sweep,
+    points: dict[str, tuple[float, float]],
+) -> None:
+    """Score distributions for events followed by a contact or not, and the coverage curve."""
+    try:
+        import matplotlib
+    except ImportError as e:  # an optional extra: production workers need no plots
+        raise PlottingUnavailable(
+            "plots need matplotlib: pip install 'forewarn[eval]' (make install has it)"
+        ) from e
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    friction = np.array([s.friction for s in scored])
+    y = np.array(contact_label, dtype=bool)
+    has_churn = any(s.churn_risk is not None for s in scored)
+    fig, axes = plt.subplots(1, 3 if has_churn else 2, figsize=(15 if has_churn else 10, 4.2))
+    friction_bins = np.linspace(0, 100, 41)
+    _split_histogram(axes[0], friction, y, friction_bins, "Friction", "friction score")
+    if has_churn:
+        churn = np.array([s.churn_risk or 0.0 for s in scored])
+        _split_histogram(axes[1], churn, y, np.linspace(0, 1, 41), "Churn risk", "churn risk")
+    ax = axes[-1]
+    ax.plot(sweep.actions_per_customer, sweep.coverage, marker=".", label="friction threshold")
+    for thr, x, c in zip(sweep.thresholds, sweep.actions_per_customer, sweep.coverage, strict=True):
+        if thr % 20 == 0:
+            ax.annotate(f"{thr:g}", (x, c), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    for k, (name, (x, c)) in enumerate(points.items()):
+        ax.scatter([x], [c], s=40, zorder=3)
+        # alternate the labels above and below: points often sit close together
+        ax.annotate(name, (x, c), textcoords="offset points", xytext=(6, 8 - 18 * (k % 2)),
+                    fontsize=9)  # fmt: skip
+    ax.set(
+        title="Contact coverage vs outreach volume",
+        xlabel="actions per customer over the history",
+        ylabel="share of support contacts anticipated",
+    )
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _split_histogram(
+    ax: Any,
+    values: NDArray[np.float64],
+    contact: NDArray[np.bool_],
+    bins: Any,
+    what: str,
+    unit: str,
+) -> None:
+    ax.hist(values[~contact], bins=bins, density=True, alpha=0.6, label="no contact within 24 h")
+    ax.hist(values[contact], bins=bins, density=True, alpha=0.6, label="contact within 24 h")
+    ax.set(title=f"{what} at each event", xlabel=unit, ylabel="density")
+    ax.set_yscale("log")
+    ax.legend()

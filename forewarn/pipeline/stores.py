@@ -1,0 +1,132 @@
+"""State stores in memory: the ``StateStore`` contract (``ports.py``) without a disk.
+
+The worker uses them when ``FOREWARN_STATE_DIR`` is not set (the changelog is the durable
+copy), offline replays and tests use them always.
+
+>>> from forewarn.models.state import CustomerState
+>>> store = MemoryStore()
+>>> store.put(CustomerState("ann", events_seen=1))
+>>> store.get("ann").events_seen, len(store)      # the transaction sees its own writes
+(1, 1)
+>>> store.discard(); store.get("ann") is None     # an aborted batch leaves nothing
+True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+from forewarn.models.state import CustomerState
+from forewarn.models.state_codec import StateDecodeError, decode_state
+from forewarn.pipeline.ports import Encoded
+
+
+class MemoryStore:
+    """One partition's customers in memory, in two layers: committed, and the transaction."""
+
+    def __init__(self) -> None:
+        self._states: dict[str, CustomerState] = {}
+        self._pending: dict[str, CustomerState | None] = {}
+        self.checkpoint: int | None = None
+        self._stream_time = -math.inf
+        self._pending_stream_time: float | None = None
+        #: customers whose changelog record could not be read, with the reason
+        self.unreadable: dict[str, str] = {}
+
+    @property
+    def stream_time(self) -> float:
+        pending = self._pending_stream_time
+        return self._stream_time if pending is None else pending
+
+    def get(self, customer_id: str) -> CustomerState | None:
+        if customer_id in self._pending:
+            pending = self._pending[customer_id]
+            return None if pending is None else pending.copy()
+        if customer_id in self.unreadable:
+            # Raised to the engine, which dead-letters the customer's records with it: an
+            # operator sees it and can delete the record (a tombstone) to start afresh.
+            raise StateDecodeError(f"{customer_id}: {self.unreadable[customer_id]}")
+        state = self._states.get(customer_id)
+        return None if state is None else state.copy()
+
+    def put(self, state: CustomerState) -> None:
+        self._pending[state.customer_id] = state
+
+    def delete(self, customer_id: str) -> None:
+        self._pending[customer_id] = None
+
+    def advance(self, stream_time: float) -> None:
+        self._pending_stream_time = max(self.stream_time, stream_time)
+
+    def commit(self, encoded: Encoded | None = None, checkpoint: int | None = None) -> None:
+        for cid, pending in self._pending.items():
+            self.unreadable.pop(cid, None)
+            if pending is None:
+                self._states.pop(cid, None)
+            else:
+                self._states[cid] = pending
+        self._pending.clear()
+        if self._pending_stream_time is not None:
+            self._stream_time, self._pending_stream_time = self._pending_stream_time, None
+        if checkpoint is not None:
+            self.checkpoint = checkpoint
+
+    def discard(self) -> None:
+        self._pending.clear()
+        self._pending_stream_time = None
+
+    def apply(self, encoded: Encoded) -> int:
+        bad = 0
+        for cid, value in encoded.items():
+            self.unreadable.pop(cid, None)
+            self._states.pop(cid, None)
+            if value is None:
+                continue
+            try:
+                self._states[cid] = decode_state(value)
+            except StateDecodeError as e:
+                self.unreadable[cid] = str(e)
+                bad += 1
+        return bad
+
+    def clear(self) -> None:
+        self._states.clear()
+        self._pending.clear()
+        self.unreadable.clear()
+        self.checkpoint = None
+        self._stream_time, self._pending_stream_time = -math.inf, None
+
+    def approximate_size(self) -> int:
+        return len(self)
+
+    def close(self) -> None:
+        """Nothing to release in memory."""
+
+    def __len__(self) -> int:
+        n = len(self._states)
+        for cid, pending in self._pending.items():
+            held = cid in self._states
+            n += (pending is not None and not held) - (pending is None and held)
+        return n
+
+    def __iter__(self) -> Iterator[CustomerState]:
+        for cid, state in list(self._states.items()):
+            if cid not in self._pending:
+                yield state
+        for pending in list(self._pending.values()):
+            if pending is not None:
+                yield pending
+
+
+class MemoryStores:
+    """One ``MemoryStore`` per partition, made on first use."""
+
+    def __init__(self) -> None:
+        self.stores: dict[int, MemoryStore] = {}
+
+    def partition(self, p: int) -> MemoryStore:
+        store = self.stores.get(p)
+        if store is None:
+            store = self.stores[p] = MemoryStore()
+        return store
