@@ -223,7 +223,8 @@ def rulebook_scaling(
     compile_condition(expr)
     from forewarn.models.contracts import JourneyEvent
     from forewarn.models.state import CustomerState
-    from forewarn.rules.decide import Moment, condition_data
+    from forewarn.rules.conditions import condition_data
+    from forewarn.rules.moment import Moment
 
     e = JourneyEvent(event_id="b", customer_id="c", type="payment_failed", occurred_at=now)
     m = Moment(e, now.timestamp(), CustomerState("c"), (), False, 50.0, 10.0, [0.0])

@@ -66,7 +66,8 @@ from forewarn.pipeline.codecs import (
 )
 from forewarn.pipeline.ports import Clock, StateStore, StateStores
 from forewarn.pipeline.stores import MemoryStores
-from forewarn.rules.decide import DecisionMaker, Moment
+from forewarn.rules.decide import DecisionMaker
+from forewarn.rules.moment import Moment
 from forewarn.rules.rulebook import Rulebook, load_rulebook
 
 OTHER = "other"

@@ -32,6 +32,9 @@ from typing import Any
 
 from cel_expr_python import cel
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, struct_pb2
+from google.protobuf.struct_pb2 import Struct
+
+from forewarn.rules.moment import Moment
 
 _F = descriptor_pb2.FieldDescriptorProto
 _SCHEMA: dict[str, list[tuple[str, int, str | None]]] = {
@@ -145,3 +148,47 @@ def evaluate(expression: str, data: dict[str, Any]) -> bool:
         return result.value() is True
     except Exception:
         return False
+
+
+def condition_data(m: Moment) -> dict[str, Any]:
+    """What a rule's CEL ``when`` sees of this moment (built once per moment)."""
+    e, state, profile = m.event, m.state, m.state.profile
+    props = Struct()
+    props.update(e.properties)
+    last = state.last_support_contact
+    counts: dict[str, dict[str, int]] = {"counts_24h": {}, "counts_7d": {}}
+    for kind, times in state.occurrences.items():
+        for key, window in (("counts_24h", 86400.0), ("counts_7d", 7 * 86400.0)):
+            n = sum(1 for t in times if m.at - window < t <= m.at)
+            if n:
+                counts[key][kind] = n
+    return {
+        "event": message_class("Event")(
+            type=e.type,
+            customer_id=e.customer_id,
+            channel=e.channel.value if e.channel else "",
+            session_id=e.session_id or "",
+            value=e.value or 0.0,
+            properties=props,
+        ),
+        "customer": message_class("Customer")(
+            tier=(profile.tier or "") if profile else "",
+            timezone=profile.timezone if profile else "",
+            locale=(profile.locale or "") if profile else "",
+            preferred_channel=(
+                profile.preferred_channel.value if profile and profile.preferred_channel else ""
+            ),
+            do_not_contact=bool(profile and profile.do_not_contact),
+            has_profile=profile is not None,
+            in_checkout=m.in_checkout,
+            events_seen=state.events_seen,
+            hours_since_support_contact=-1.0 if last is None else max(0.0, m.at - last) / 3600,
+            **counts,
+        ),
+        "scores": message_class("Scores")(
+            friction=m.friction,
+            friction_before=m.prev_friction,
+            churn_risk=-1.0 if m.churn is None else m.churn,
+            churn_risk_before=-1.0 if m.prev_churn is None else m.prev_churn,
+        ),
+    }

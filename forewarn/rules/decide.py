@@ -1,7 +1,7 @@
 """From scored events to decisions: requirements, reasons, policies, arbitration.
 
-Policies run in this order, and the first that says no is recorded as the decision's
-``suppressed_by``:
+Policies (``policies.POLICIES``) run in this order, and the first that says no is recorded as
+the decision's ``suppressed_by``:
 
 1. ``do_not_contact`` - the profile forbids any contact;
 2. ``consent`` - none of the rule's channels is consented to (no profile: no consent);
@@ -32,19 +32,11 @@ crashed and replayed decides exactly what an uninterrupted one did (docs/decisio
 
 from __future__ import annotations
 
-import hashlib
 import math
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from functools import lru_cache
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
-
-import numpy as np
-from google.protobuf.struct_pb2 import Struct
-from numpy.typing import NDArray
 
 from forewarn.models.contracts import (
     MAX_ATTRIBUTE_CHARS,
@@ -52,7 +44,6 @@ from forewarn.models.contracts import (
     AttributeValue,
     Decision,
     DecisionStatus,
-    JourneyEvent,
     OutreachAction,
     Reason,
     Scores,
@@ -60,8 +51,10 @@ from forewarn.models.contracts import (
 )
 from forewarn.models.friction import FrictionConfig
 from forewarn.models.state import CustomerState
-from forewarn.rules.conditions import evaluate, message_class
-from forewarn.rules.rulebook import QuietHours, Rule, Rulebook
+from forewarn.rules.conditions import condition_data, evaluate
+from forewarn.rules.moment import Moment
+from forewarn.rules.policies import Proposal, ago, apply_policies
+from forewarn.rules.rulebook import Rule, Rulebook
 
 _IDS = uuid.UUID("6f1c2a9e-3b1d-4f7a-9d0e-6a4b8f2c1e55")
 
@@ -73,72 +66,6 @@ def action_id(rule_id: str, customer_id: str, trigger_event_id: str) -> str:
 
 def decision_id(action: str) -> str:
     return str(uuid.uuid5(_IDS, f"decision\x1f{action}"))
-
-
-@dataclass(frozen=True, slots=True)
-class Moment:
-    """One scored event, as the rules see it."""
-
-    event: JourneyEvent
-    at: float
-    state: CustomerState
-    derived: tuple[str, ...]
-    in_checkout: bool
-    friction: float
-    prev_friction: float
-    #: points each friction signal adds to the score (one row of the batch matrix)
-    contributions: Sequence[float] | NDArray[np.float64]
-    #: churn risk 0-1 after this event, and before it (None: no churn model loaded)
-    churn: float | None = None
-    prev_churn: float | None = None
-    #: what raises the churn risk most, as (words, log-odds), largest first
-    churn_reasons: tuple[tuple[str, float], ...] = ()
-    #: the partition's stream time when the event was processed (None: the event's own)
-    stream_time: float | None = None
-
-
-def condition_data(m: Moment) -> dict[str, Any]:
-    """What a rule's CEL ``when`` sees of this moment (built once per moment)."""
-    e, state, profile = m.event, m.state, m.state.profile
-    props = Struct()
-    props.update(e.properties)
-    last = state.last_support_contact
-    counts: dict[str, dict[str, int]] = {"counts_24h": {}, "counts_7d": {}}
-    for kind, times in state.occurrences.items():
-        for key, window in (("counts_24h", 86400.0), ("counts_7d", 7 * 86400.0)):
-            n = sum(1 for t in times if m.at - window < t <= m.at)
-            if n:
-                counts[key][kind] = n
-    return {
-        "event": message_class("Event")(
-            type=e.type,
-            customer_id=e.customer_id,
-            channel=e.channel.value if e.channel else "",
-            session_id=e.session_id or "",
-            value=e.value or 0.0,
-            properties=props,
-        ),
-        "customer": message_class("Customer")(
-            tier=(profile.tier or "") if profile else "",
-            timezone=profile.timezone if profile else "",
-            locale=(profile.locale or "") if profile else "",
-            preferred_channel=(
-                profile.preferred_channel.value if profile and profile.preferred_channel else ""
-            ),
-            do_not_contact=bool(profile and profile.do_not_contact),
-            has_profile=profile is not None,
-            in_checkout=m.in_checkout,
-            events_seen=state.events_seen,
-            hours_since_support_contact=-1.0 if last is None else max(0.0, m.at - last) / 3600,
-            **counts,
-        ),
-        "scores": message_class("Scores")(
-            friction=m.friction,
-            friction_before=m.prev_friction,
-            churn_risk=-1.0 if m.churn is None else m.churn,
-            churn_risk_before=-1.0 if m.prev_churn is None else m.prev_churn,
-        ),
-    }
 
 
 def requirements_met(rule: Rule, m: Moment, data: dict[str, Any] | None = None) -> bool:
@@ -175,11 +102,6 @@ def _words(kind: str) -> str:
     return kind.replace("_", " ")
 
 
-def _ago(seconds: float) -> str:
-    hours = seconds / 3600
-    return f"{hours:g} h" if hours < 48 else f"{hours / 24:g} days"
-
-
 def explain(rule: Rule, m: Moment, config: FrictionConfig) -> list[Reason]:
     """Why: the trigger, then the signals that add most to the friction score."""
     hits = [k for k in (m.event.type, *m.derived) if k in rule.triggers.events]
@@ -201,7 +123,7 @@ def explain(rule: Rule, m: Moment, config: FrictionConfig) -> list[Reason]:
             break
         sig = config.signals[i]
         n = m.state.window_count(sig.counted, window, m.at)
-        detail = f"{sig.label}: {n} in the last {_ago(window)}" if n else f"{sig.label} earlier on"
+        detail = f"{sig.label}: {n} in the last {ago(window)}" if n else f"{sig.label} earlier on"
         reasons.append(Reason(signal=sig.name, contribution=round(points, 1), detail=detail))
     for words, log_odds in m.churn_reasons:
         reasons.append(
@@ -220,66 +142,6 @@ def choose_channel(rule: Rule, state: CustomerState) -> ActionChannel | None:
     if profile is None:
         return None
     return next((c for c in rule.action.channels if profile.consent.allows(c)), None)
-
-
-def _ts(at: float) -> datetime:
-    return datetime.fromtimestamp(at, tz=UTC)
-
-
-def in_holdout(customer_id: str, group: str, percent: float) -> bool:
-    """Whether a customer is in a holdout group: sticky, the same answer every time.
-
-    >>> in_holdout("c1", "r", 0.0), in_holdout("c1", "r", 100.0)
-    (False, True)
-    """
-    if percent <= 0:
-        return False
-    digest = hashlib.blake2b(f"{group}\x1f{customer_id}".encode(), digest_size=4).digest()
-    return int.from_bytes(digest, "big") % 10_000 < percent * 100
-
-
-@lru_cache(maxsize=1024)
-def customer_zone(name: str) -> ZoneInfo:
-    """The customer's time zone; UTC for a name that does not load (profiles are checked
-    when decoded, but a state written by an older version may hold anything).
-
-    >>> customer_zone("Europe/Berlin").key, customer_zone("America").key
-    ('Europe/Berlin', 'UTC')
-    """
-    try:
-        return ZoneInfo(name)
-    except Exception:
-        return ZoneInfo("UTC")
-
-
-def quiet_until(quiet: QuietHours, at: float, timezone: str) -> datetime | None:
-    """When the quiet hours around ``at`` end (UTC), or None outside them.
-
-    >>> from forewarn.rules.rulebook import QuietHours
-    >>> q = QuietHours(start="21:00", end="08:00")
-    >>> at = datetime(2026, 1, 1, 22, 30, tzinfo=UTC).timestamp()  # 23:30 in Berlin
-    >>> quiet_until(q, at, "Europe/Berlin").isoformat()
-    '2026-01-02T07:00:00+00:00'
-    >>> quiet_until(q, at, "America/New_York") is None  # 17:30 there
-    True
-    """
-    zone = customer_zone(timezone)
-    local = datetime.fromtimestamp(at, tz=zone)
-    minute = local.hour * 60 + local.minute
-    start, end = quiet.start, quiet.end
-    inside = start <= minute < end if start < end else (minute >= start or minute < end)
-    if not inside:
-        return None
-    day = local.date() if minute < end else local.date() + timedelta(days=1)
-    ends = datetime(day.year, day.month, day.day, end // 60, end % 60, tzinfo=zone)
-    return ends.astimezone(UTC)
-
-
-@dataclass(slots=True)
-class _Proposal:
-    rule: Rule
-    moment: Moment
-    action: OutreachAction
 
 
 @dataclass(slots=True)
@@ -366,82 +228,18 @@ class DecisionMaker:
             )
         )
 
-    def _decide(self, rule: Rule, m: Moment) -> list[_Proposal]:
+    def _decide(self, rule: Rule, m: Moment) -> list[Proposal]:
         """The rule's action if no policy stops it (else its suppression is recorded)."""
-        state = m.state
-        profile = state.profile
-        channel = choose_channel(rule, state)
+        channel = choose_channel(rule, m.state)
         action = self._action(rule, m, channel or rule.action.channels[0])
-        if profile is not None and profile.do_not_contact:
-            self._record(action, SuppressionReason.do_not_contact, "profile says do not contact")
+        proposal = Proposal(rule, m, action, channel, self.rulebook)
+        action, no = apply_policies(proposal)
+        if no is not None:
+            self._record(action, no.reason, no.detail)
             return []
-        if channel is None:
-            wanted = ", ".join(c.value for c in rule.action.channels)
-            why = "no profile yet" if profile is None else f"no consent for any of {wanted}"
-            self._record(action, SuppressionReason.consent, why)
-            return []
-        ttl = rule.action.ttl
-        age = (m.stream_time if m.stream_time is not None else m.at) - m.at
-        if age > ttl:
-            self._record(
-                action,
-                SuppressionReason.expired,
-                f"trigger arrived {_ago(age)} behind the stream; the action lives {_ago(ttl)}",
-            )
-            return []
-        if state.sent(action.action_id):
-            self._record(action, SuppressionReason.duplicate, "this action was already sent")
-            return []
-        last = state.last_contact_by_rule.get(rule.id)
-        cooldown = rule.policies.cooldown
-        if last is not None and last <= m.at < last + cooldown:
-            self._record(
-                action,
-                SuppressionReason.cooldown,
-                f"rule reached this customer {_ago(m.at - last)} ago",
-            )
-            return []
-        quiet = rule.policies.quiet_hours
-        tz = profile.timezone if profile else "UTC"
-        ends = quiet_until(quiet, m.at, tz) if quiet is not None else None
-        # A deferred action reaches the customer when the quiet hours end: that is when it
-        # counts against the budget, and what it is charged at (``_settle``).
-        deferred = ends is not None and quiet is not None and quiet.mode == "defer"
-        deliver_at = ends.timestamp() if deferred and ends is not None else m.at
-        if not rule.action.transactional:
-            for w in self.rulebook.budget:
-                # Every window of this length that holds the delivery lies inside
-                # (t - w, t + w): counting there keeps the budget even when events arrive
-                # out of order.
-                used = sum(1 for t in state.contact_times if abs(t - deliver_at) < w.within)
-                if used >= w.at_most:
-                    self._record(
-                        action,
-                        SuppressionReason.frequency_cap,
-                        f"contact budget spent: {used} of {w.at_most} in {_ago(w.within)}",
-                    )
-                    return []
-        if quiet is not None and ends is not None:
-            if quiet.mode == "drop":
-                self._record(action, SuppressionReason.quiet_hours, "in the customer's quiet hours")
-                return []
-            if ends > action.expires_at:
-                self._record(
-                    action,
-                    SuppressionReason.quiet_hours,
-                    "quiet hours outlast the action's time-to-live",
-                )
-                return []
-            action = action.model_copy(update={"not_before": ends})
-        cid = m.event.customer_id
-        if in_holdout(cid, "global", self.rulebook.holdout_percent) or in_holdout(
-            cid, rule.id, rule.policies.holdout_percent
-        ):
-            self._record(action, SuppressionReason.holdout, "customer is in the holdout group")
-            return []
-        return [_Proposal(rule, m, action)]
+        return [replace(proposal, action=action)]
 
-    def _settle(self, proposals: list[_Proposal]) -> None:
+    def _settle(self, proposals: list[Proposal]) -> None:
         """One action per trigger: the highest priority, then the earliest in the rulebook."""
         order = self.rulebook.position
         best = max(proposals, key=lambda p: (p.rule.action.priority, -order[p.rule.id]))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import given, settings
@@ -9,14 +12,20 @@ from hypothesis import strategies as st
 
 from forewarn.models.contracts import (
     ALL_CONSENT,
+    CustomerProfile,
     SuppressionReason,
 )
+from forewarn.models.friction import FrictionConfig
+from forewarn.models.state import CustomerState
 from forewarn.pipeline.clocks import ManualClock
 from forewarn.pipeline.engine import BatchResult
 from forewarn.pipeline.harness import Harness
-from forewarn.rules.decide import in_holdout
-from forewarn.rules.rulebook import load_rulebook_text
-from tests.conftest import event
+from forewarn.rules import decide
+from forewarn.rules.decide import DecisionMaker
+from forewarn.rules.moment import Moment
+from forewarn.rules.policies import POLICIES, Proposal, apply_policies, in_holdout
+from forewarn.rules.rulebook import Rule, load_rulebook_text
+from tests.conftest import ROOT, event
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)  # 13:00 in Berlin
 
@@ -203,3 +212,85 @@ def test_a_holdout_customer_never_receives_that_rules_action(steps: list[tuple[i
         assert not in_holdout(a.customer_id, "on_delay", 50.0)
     held = [d for d in res.decisions if d.suppressed_by is SuppressionReason.holdout]
     assert all(in_holdout(d.customer_id, "on_delay", 50.0) for d in held)
+
+
+def test_policies_say_no_in_the_order_of_the_policies_tuple() -> None:
+    """A proposal every policy refuses; unblock them one by one, in POLICIES order: each
+    time the next policy in the tuple is the one that says no."""
+    book = load_rulebook_text(
+        BOOK.replace(
+            "policies: {cooldown: 0s}",
+            'policies: {cooldown: 1d, holdout_percent: 100, quiet_hours: {start: "00:00", '
+            'end: "23:59", mode: drop}}',
+            1,
+        ),
+        "all-refusing.yaml",
+    )
+    rule = book.rules[0]
+    at = T0.timestamp()
+    state = CustomerState(
+        "gus",
+        profile=CustomerProfile(customer_id="gus", do_not_contact=True),
+        contact_times=[at - 60],
+    )
+    e = event("gus", "delivery_delayed", T0, n=1)
+    m = Moment(e, at, state, (), False, 10.0, 0.0, [0.0], stream_time=at + 86400)
+    action = DecisionMaker(book, FrictionConfig.default(), T0, "v")._action(
+        rule, m, rule.action.channels[0]
+    )
+    state.remember_action(action.action_id, rule.id, "email", at - 3600)  # duplicate, cooldown
+    unblock: dict[str, Callable[[Proposal], Proposal]] = {
+        "do_not_contact": lambda p: _with_profile(p, do_not_contact=False),
+        "consent": lambda p: replace(
+            _with_profile(p, consent=ALL_CONSENT), channel=rule.action.channels[0]
+        ),
+        "expired": lambda p: replace(p, moment=replace(p.moment, stream_time=at)),
+        "duplicate": lambda p: _with_state(p, recent_actions=[]),
+        "cooldown": lambda p: _with_state(p, last_contact_by_rule={}),
+        "frequency_cap": lambda p: _with_state(p, contact_times=[]),
+        "quiet_hours": lambda p: replace(p, rule=_with_policies(p.rule, quiet_hours=None)),
+        "holdout": lambda p: replace(p, rule=_with_policies(p.rule, holdout_percent=0.0)),
+    }
+    assert list(unblock) == [policy.__name__ for policy in POLICIES]
+    p = Proposal(rule, m, action, None, book)
+    for policy in POLICIES:
+        _, no = apply_policies(p)
+        assert no is not None and no.reason.value == policy.__name__
+        p = unblock[policy.__name__](p)
+    assert apply_policies(p)[1] is None, "every policy unblocked: the action goes out"
+
+
+def _with_state(p: Proposal, **fields: object) -> Proposal:
+    state = p.moment.state.copy()
+    for k, v in fields.items():
+        setattr(state, k, v)
+    return replace(p, moment=replace(p.moment, state=state))
+
+
+def _with_profile(p: Proposal, **fields: object) -> Proposal:
+    profile = p.moment.state.profile
+    assert profile is not None
+    return _with_state(p, profile=profile.model_copy(update=fields))
+
+
+def _with_policies(rule: Rule, **fields: object) -> Rule:
+    return rule.model_copy(update={"policies": rule.policies.model_copy(update=fields)})
+
+
+def test_the_documented_order_is_the_order_policies_apply_in() -> None:
+    names = [policy.__name__ for policy in POLICIES]
+    assert re.findall(r"^\d+\. ``(\w+)``", decide.__doc__ or "", re.M) == [*names, "arbitration"]
+    readme = (ROOT / "README.md").read_text()
+    said = readme[readme.index("Then come the **policies**") :][:400]
+    words = {
+        "do_not_contact": "do-not-contact",
+        "consent": "consent",
+        "expired": "trigger too old",
+        "duplicate": "duplicate action",
+        "cooldown": "per-rule cooldown",
+        "frequency_cap": "contact budget",
+        "quiet_hours": "quiet hours",
+        "holdout": "holdouts",
+    }
+    places = [said.index(words[n]) for n in names]
+    assert places == sorted(places), "the README lists the policies in POLICIES order"

@@ -1,0 +1,35 @@
+"""What the rules see of one scored event: the event, the customer's state at that moment,
+and the scores before and after it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from forewarn.models.contracts import JourneyEvent
+from forewarn.models.state import CustomerState
+
+
+@dataclass(frozen=True, slots=True)
+class Moment:
+    """One scored event, as the rules see it."""
+
+    event: JourneyEvent
+    at: float
+    state: CustomerState
+    derived: tuple[str, ...]
+    in_checkout: bool
+    friction: float
+    prev_friction: float
+    #: points each friction signal adds to the score (one row of the batch matrix)
+    contributions: Sequence[float] | NDArray[np.float64]
+    #: churn risk 0-1 after this event, and before it (None: no churn model loaded)
+    churn: float | None = None
+    prev_churn: float | None = None
+    #: what raises the churn risk most, as (words, log-odds), largest first
+    churn_reasons: tuple[tuple[str, float], ...] = ()
+    #: the partition's stream time when the event was processed (None: the event's own)
+    stream_time: float | None = None
