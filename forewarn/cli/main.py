@@ -12,12 +12,12 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from forewarn.models.churn import ArtifactError, ChurnModel
+from forewarn.errors import ForewarnError
+from forewarn.models.churn import ChurnModel
 from forewarn.models.config_file import ConfigFileError
 from forewarn.models.contracts import CustomerProfile, JourneyEvent, write_json_schemas
-from forewarn.offline.history import HistoryError
-from forewarn.offline.training import TrainingError
 from forewarn.rules.rulebook import Rulebook
+from forewarn.streams.settings import LoggingSettings
 
 log = logging.getLogger("forewarn")
 
@@ -42,12 +42,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from forewarn.streams.scoring.worker import (
-        BrokerUnreachable,
-        ProducerFailed,
-        ScoringWorker,
-        WorkerFenced,
-    )
+    from forewarn.streams.scoring.worker import ScoringWorker
     from forewarn.streams.settings import Settings
 
     settings = Settings()
@@ -61,14 +56,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             settings.http_host,
             settings.http_port,
         )
-    try:
-        worker.run()
-    except WorkerFenced as e:
-        log.error("%s", e)
-        return 3
-    except (BrokerUnreachable, ProducerFailed) as e:
-        log.error("%s", e)
-        return 1
+    worker.run()  # WorkerFenced, BrokerUnreachable: ForewarnErrors, exit codes in main
     return 0
 
 
@@ -409,21 +397,21 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     try:
-        rc: int = args.func(args)
-    except ConfigFileError as e:
-        print(f"forewarn: refused configuration:\n{e}", file=sys.stderr)
-        return 2
+        level = LoggingSettings().log_level
     except ValidationError as e:
         print(f"forewarn: invalid settings:\n{e}", file=sys.stderr)
         return 2
-    except (HistoryError, ArtifactError, TrainingError) as e:
-        print(f"forewarn: {e}", file=sys.stderr)
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        rc: int = args.func(args)
+    except ForewarnError as e:  # the one place refusals become exit codes
+        print(f"forewarn: {e.headline}{e}", file=sys.stderr)
+        return e.exit_code
+    except ValidationError as e:
+        print(f"forewarn: invalid settings:\n{e}", file=sys.stderr)
         return 2
     return rc
 

@@ -31,6 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from forewarn.errors import ForewarnError
 from forewarn.models.config_file import first_error
 from forewarn.models.features import CHURN_FEATURES
 
@@ -57,7 +58,7 @@ FEATURE_WORDS = {
 }
 
 
-class ArtifactError(ValueError):
+class ArtifactError(ForewarnError, ValueError):
     """A model artifact that cannot be used, and why (naming the file)."""
 
 

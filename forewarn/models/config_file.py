@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from forewarn.errors import ForewarnError
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -35,8 +37,10 @@ class Problem:
         return f"{self.file}:{self.line}:{self.column}: {where}{self.message}"
 
 
-class ConfigFileError(ValueError):
+class ConfigFileError(ForewarnError, ValueError):
     """A configuration file was refused; ``problems`` says where and why."""
+
+    headline = "refused configuration:\n"
 
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems

@@ -32,6 +32,7 @@ from typing import Any
 
 import msgpack
 
+from forewarn.errors import ForewarnError
 from forewarn.models.contracts import ActionChannel, Consent, CustomerProfile
 from forewarn.models.session import SessionState
 from forewarn.models.state import ID_HASH_BYTES, CustomerState
@@ -41,7 +42,7 @@ _CONSENT = tuple(Consent.model_fields)
 _CHANNELS = {c.value: c for c in ActionChannel}
 
 
-class StateDecodeError(ValueError):
+class StateDecodeError(ForewarnError, ValueError):
     """Bytes that are not a customer state this version can read."""
 
 

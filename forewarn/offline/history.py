@@ -34,13 +34,14 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from forewarn.errors import ForewarnError
 from forewarn.models.config_file import first_error, load_yaml_file
 from forewarn.models.contracts import CustomerProfile, JourneyEvent
 from forewarn.offline.simulator import JourneySimulator
 from forewarn.pipeline.codecs import encode
 
 
-class HistoryError(ValueError):
+class HistoryError(ForewarnError, ValueError):
     """A history file that cannot be read, naming the file, line and column."""
 
 
@@ -78,6 +79,15 @@ def load_mapping(path: Path) -> Mapping:
 
 
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    try:
+        yield from _read_rows(path)
+    except OSError as e:  # missing, a directory, no permission
+        raise HistoryError(f"{path}: cannot read: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise HistoryError(f"{path}: not UTF-8 (byte {e.start} of a line)") from e
+
+
+def _read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     if path.suffix.lower() == ".csv":
         with path.open(newline="", encoding="utf-8") as f:
             for i, row in enumerate(csv.DictReader(f), start=2):
@@ -173,9 +183,12 @@ def profiles_beside(history: Path) -> Path | None:
 
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    try:
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as e:
+        raise HistoryError(f"{path}: cannot read: {e.strerror or e}") from e
     return h.hexdigest()
 
 

@@ -9,11 +9,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from forewarn.errors import ForewarnError
 from forewarn.offline.measures import Sweep
 from forewarn.pipeline.engine import ScoredEvent
 
 
-class PlottingUnavailable(RuntimeError):
+class PlottingUnavailable(ForewarnError, RuntimeError):
     """matplotlib is not installed (it is an optional extra: ``pip install 'forewarn[eval]'``)."""
 
 

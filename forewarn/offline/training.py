@@ -33,6 +33,7 @@ from sklearn.metrics import (
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from forewarn.errors import ForewarnError
 from forewarn.models.churn import (
     CalibrationBin,
     ClassBalance,
@@ -52,7 +53,7 @@ from forewarn.models.state import CustomerState, apply_event
 CHURN_EVENT = "subscription_cancelled"
 
 
-class TrainingError(ValueError):
+class TrainingError(ForewarnError, ValueError):
     """History that cannot train a model (too short, one class only...)."""
 
 

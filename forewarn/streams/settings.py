@@ -40,6 +40,17 @@ def masked_properties(properties: dict[str, str]) -> dict[str, str]:
     return {k: MASK if _SECRET_PROPERTY.search(k) else v for k, v in properties.items()}
 
 
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+class LoggingSettings(BaseSettings):
+    """``FOREWARN_LOG_LEVEL`` alone: every command reads it, Kafka settings or not."""
+
+    model_config = SettingsConfigDict(env_prefix="FOREWARN_", extra="ignore")
+
+    log_level: LogLevel = "INFO"
+
+
 Role = Literal["consumer", "producer", "transactional_producer", "restore", "admin"]
 
 
@@ -126,7 +137,7 @@ class Settings(BaseSettings):
     #: model up between batches, and keeps the last good one if the new one is refused.
     model_path: Path | None = None
     #: how often the worker looks for a changed model or rulebook (between batches)
-    model_check_seconds: float = Field(default=5.0, gt=0)
+    reload_check_seconds: float = Field(default=5.0, gt=0)
     #: the friction score's versioned config (default: forewarn/models/friction.yaml)
     friction_path: Path | None = None
     state_dir: Path | None = None
@@ -181,8 +192,6 @@ class Settings(BaseSettings):
     max_record_bytes: int = Field(default=1_000_000, ge=64 * 1024)
     #: events stamped further than this in the future are dead-lettered
     future_tolerance_seconds: float = Field(default=300.0, ge=0)
-
-    log_level: str = "INFO"
 
     def decode_settings(self) -> DecodeSettings:
         return DecodeSettings(

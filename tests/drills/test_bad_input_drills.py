@@ -174,7 +174,7 @@ def test_a_malicious_model_file_is_refused_and_nothing_in_it_runs(
     model = tmp_path / "model"
     shutil.copytree(default_model_path(), model)
     s = new_settings(bootstrap, 1)
-    w = workers(s, FOREWARN_MODEL_PATH=str(model), FOREWARN_MODEL_CHECK_SECONDS="0.5")
+    w = workers(s, FOREWARN_MODEL_PATH=str(model), FOREWARN_RELOAD_CHECK_SECONDS="0.5")
     wait_until("ready", lambda: w.get("/readyz")[0] == 200, 60, w)
     marker = tmp_path / "pwned"
     payload = pickle.dumps(_Payload(marker))

@@ -47,7 +47,7 @@ def test_a_new_model_is_picked_up_between_batches_and_a_broken_one_refused(
 ) -> None:
     model = tmp_path / "model"
     shutil.copytree(default_model_path(), model)
-    s = make_settings(partitions=1, model_path=model, model_check_seconds=0.2)
+    s = make_settings(partitions=1, model_path=model, reload_check_seconds=0.2)
     p = Producer(kafka_config(s, "producer"))
     for cid in ("a1", "a2", "a3"):
         prof = CustomerProfile(customer_id=cid, consent=Consent(email=True))
@@ -84,7 +84,7 @@ def test_a_changed_rulebook_takes_effect_without_restart_and_a_broken_one_is_ref
     rules = tmp_path / "rules.yaml"
     original = POLICIES_RULEBOOK.read_text()
     rules.write_text(original)
-    s = make_settings(partitions=1, rules_path=rules, model_check_seconds=0.2)
+    s = make_settings(partitions=1, rules_path=rules, reload_check_seconds=0.2)
     p = Producer(kafka_config(s, "producer"))
     for cid in ("r1", "r2", "r3"):
         prof = CustomerProfile(customer_id=cid, consent=Consent(email=True, sms=True))

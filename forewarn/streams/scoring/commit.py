@@ -34,6 +34,7 @@ from typing import Literal
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from forewarn.errors import ForewarnError
 from forewarn.pipeline.codecs import RawRecord
 from forewarn.streams.metrics import Health, ScoringMetrics
 from forewarn.streams.scoring.outputs import Limits, OutputRecord
@@ -60,16 +61,22 @@ _FENCED = (KafkaError._FENCED, KafkaError.PRODUCER_FENCED)
 _TOO_LARGE = (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE)
 
 
-class WorkerFenced(RuntimeError):
+class WorkerFenced(ForewarnError, RuntimeError):
     """Another worker started with this worker's transactional id and took over."""
 
+    exit_code = 3
 
-class ProducerFailed(RuntimeError):
+
+class ProducerFailed(ForewarnError, RuntimeError):
     """The producer hit a fatal error (not fencing): it must be replaced."""
 
+    exit_code = 1
 
-class BrokerUnreachable(RuntimeError):
+
+class BrokerUnreachable(ForewarnError, RuntimeError):
     """Kafka did not answer at start within ``FOREWARN_STARTUP_TIMEOUT_SECONDS``."""
+
+    exit_code = 1
 
 
 def classify(err: KafkaError) -> ErrorKind:

@@ -426,12 +426,12 @@ class ScoringWorker:
         self.metrics.up.set(1)
         self.metrics.model_in_use(None, self.models.version)
         self.metrics.rulebook_in_use(None, self.rules.book.version)
-        next_check = time.monotonic() + s.model_check_seconds
+        next_check = time.monotonic() + s.reload_check_seconds
         try:
             while not self._stop.is_set():
                 self.health.beat()
                 if time.monotonic() >= next_check:  # between batches, never inside one
-                    next_check = time.monotonic() + s.model_check_seconds
+                    next_check = time.monotonic() + s.reload_check_seconds
                     self._reload()
                 consumer = self._watch_assignment(consumer)
                 records = self._read(consumer)
