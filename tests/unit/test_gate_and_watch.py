@@ -78,13 +78,17 @@ def test_events_wait_until_their_profiles_are_read_to_where_they_stood() -> None
     assert not c.paused and not gate.holding
 
 
-def test_a_revoked_partition_forgets_what_it_held() -> None:
+def test_a_revoked_partition_forgets_what_it_held_and_is_not_left_paused() -> None:
     gate = ProfileGate("events", "profiles")
-    c = Partitions()
-    gate.on_assign([TopicPartition("profiles", 0)])
-    gate.filter(c, [ev(0, 0)])
-    gate.on_revoke([TopicPartition("events", 0), TopicPartition("profiles", 0)])
-    assert not gate.holding  # never committed: the next owner reads them again
+    c = Partitions()  # like librdkafka, it keeps a pause across unassign and assign
+    gate.on_assign([TopicPartition("profiles", 0), TopicPartition("profiles", 1)])
+    gate.filter(c, [ev(0, 0), ev(1, 0)])
+    assert c.paused == {("events", 0), ("events", 1)}
+    gate.on_revoke(c, [TopicPartition("events", 0), TopicPartition("profiles", 0)])
+    assert gate.waiting_for() == [1]  # never committed: the next owner reads them again
+    assert c.paused == {("events", 1)}, "a partition that comes back is read again"
+    gate.on_revoke(c, [TopicPartition("events", 1), TopicPartition("profiles", 1)])
+    assert not gate.holding and not c.paused
 
 
 def _model_dir(tmp_path: Path) -> Path:

@@ -46,11 +46,13 @@ log = logging.getLogger("forewarn.score")
 CALL_TIMEOUT_SECONDS = 10.0
 #: how often a retrying call says so in the log
 _RETRY_LOG_SECONDS = 30.0
-#: how long one transactional call may take, whatever timeout it was given, before the
-#: producer is given up: above librdkafka's own request timeout (60 s), below liveness's
-#: (120 s). librdkafka 2.16's send_offsets_to_transaction never returned, timeout or not,
-#: once the embedded broker had failed the transaction (a broker stall, a restart).
-STUCK_SECONDS = 75.0
+#: how long one transactional call may take before the producer is given up. Every call is
+#: given CALL_TIMEOUT_SECONDS and returns within it while librdkafka honours it (a stalled
+#: broker's request that times out after 60 s surfaces across several such calls), so three
+#: times that is stuck: librdkafka 2.16's send_offsets_to_transaction never returned, timeout
+#: or not, once the embedded broker had failed the transaction (a broker stall, a restart).
+#: It was 75 s; in the 90 s stall drill that wait alone nearly used up the recovery bound.
+STUCK_SECONDS = 3 * CALL_TIMEOUT_SECONDS
 #: how long an abort is retried before the producer is replaced instead (a new producer's
 #: init_transactions aborts what the old one left open; some brokers never answer the
 #: epoch bump an abort after timed-out messages needs, the embedded one among them)

@@ -17,7 +17,10 @@ throughput against the embedded broker.) If the end is never reached (a profile 
 never pauses), the events are released after ``max_wait_seconds`` with a warning.
 
 Pausing happens here, not in the rebalance callback: partitions are not assigned yet while
-the callback runs.
+the callback runs. Resuming on revocation does happen in the callback: librdkafka keeps a
+partition's application pause across an unassign and a new assign, so a partition revoked or
+lost while held came back paused and was never read again (a 90 s broker stall at start
+left one partition of the drill unread for good).
 """
 
 from __future__ import annotations
@@ -73,14 +76,16 @@ class ProfileGate:
                 self._deadlines[tp.partition] = deadline
                 self._ends.pop(tp.partition, None)
 
-    def on_revoke(self, partitions: list[TopicPartition]) -> None:
-        # Held events were never committed: the partition's next owner reads them again.
+    def on_revoke(self, consumer: GatedConsumer, partitions: list[TopicPartition]) -> None:
+        """Forget ``partitions``: held events were never committed, so the partition's next
+        owner (this worker again, perhaps) reads them again; what the gate paused is resumed
+        (the pause would outlive the assignment)."""
         for tp in partitions:
             if tp.topic == self.profiles_topic:
                 self._deadlines.pop(tp.partition, None)
                 self._ends.pop(tp.partition, None)
-            elif tp.topic == self.events_topic:
-                self._held.pop(tp.partition, None)
+            elif tp.topic == self.events_topic and self._held.pop(tp.partition, None) is not None:
+                consumer.resume([TopicPartition(self.events_topic, tp.partition)])
 
     def ends_wanted(self) -> list[int]:
         """Profiles partitions whose end the worker must find (``read_to``)."""

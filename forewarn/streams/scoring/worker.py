@@ -174,14 +174,14 @@ class ScoringWorker:
         self.metrics.rebalances.labels("assigned").inc()
         log.info("assigned partitions %s", sorted(mine))
 
-    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._lose(partitions, "revoked")
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._lose(consumer, partitions, "revoked")
 
-    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._lose(partitions, "lost")
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._lose(consumer, partitions, "lost")
 
-    def _lose(self, partitions: list[TopicPartition], kind: str) -> None:
-        self.gate.on_revoke(partitions)
+    def _lose(self, consumer: Consumer, partitions: list[TopicPartition], kind: str) -> None:
+        self.gate.on_revoke(consumer, partitions)
         gone = self._events_partitions(partitions)
         self.health.assigned -= gone
         self.health.restoring -= gone
