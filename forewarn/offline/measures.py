@@ -30,7 +30,7 @@ from statistics import median, quantiles
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from forewarn.pipeline.engine import ScoredEvent
+from forewarn.pipeline.results import ScoredEvent
 
 HOUR = 3600.0
 DAY = 24 * HOUR

@@ -11,7 +11,7 @@ from numpy.typing import NDArray
 
 from forewarn.errors import ForewarnError
 from forewarn.offline.measures import Sweep
-from forewarn.pipeline.engine import ScoredEvent
+from forewarn.pipeline.results import ScoredEvent
 
 
 class PlottingUnavailable(ForewarnError, RuntimeError):

@@ -30,8 +30,8 @@ from forewarn.models.contracts import (
 )
 from forewarn.models.friction import FrictionConfig
 from forewarn.pipeline.codecs import encode
-from forewarn.pipeline.engine import ScoredEvent
 from forewarn.pipeline.harness import Harness
+from forewarn.pipeline.results import ScoredEvent
 from forewarn.rules.rulebook import Rulebook
 
 

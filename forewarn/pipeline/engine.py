@@ -31,9 +31,8 @@ raises leaves the stores as they were (``process_isolating`` relies on it).
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
@@ -46,9 +45,7 @@ from forewarn.models.contracts import (
     CustomerProfile,
     DeadLetter,
     DeadLetterReason,
-    Decision,
     JourneyEvent,
-    OutreachAction,
 )
 from forewarn.models.features import CHURN_FEATURES, churn_features
 from forewarn.models.friction import FrictionConfig, friction_scores
@@ -65,6 +62,7 @@ from forewarn.pipeline.codecs import (
     decode_profile,
 )
 from forewarn.pipeline.ports import Clock, StateStore, StateStores
+from forewarn.pipeline.results import BatchResult, BatchStats, ScoredEvent, StateChange
 from forewarn.pipeline.stores import MemoryStores
 from forewarn.rules.decide import DecisionMaker
 from forewarn.rules.moment import Moment
@@ -75,94 +73,6 @@ OTHER = "other"
 DEFAULT_IDLE_TTL_SECONDS = 30 * 24 * 3600.0
 #: how often, in stream time, a partition is swept for idle customers
 EXPIRY_SWEEP_SECONDS = 3600.0
-
-
-@dataclass(slots=True)
-class BatchStats:
-    """What happened in one batch, for metrics and progress lines."""
-
-    #: event type (``other`` outside the vocabulary) -> accepted events
-    events_by_type: Counter[str] = field(default_factory=Counter)
-    dead_letters_by_reason: Counter[str] = field(default_factory=Counter)
-    duplicates: int = 0
-    #: records at or below their customer's last applied offset (a replay after a failure)
-    replayed: int = 0
-    key_missing: int = 0
-    key_mismatch: int = 0
-    profiles_updated: int = 0
-    profiles_deleted: int = 0
-    #: idle customers whose activity expired in this batch
-    expired: int = 0
-    #: seconds between each decision's trigger event and the decision
-    decision_event_ages: list[float] = field(default_factory=list)
-
-    @property
-    def events_accepted(self) -> int:
-        return sum(self.events_by_type.values())
-
-
-@dataclass(frozen=True, slots=True)
-class StateChange:
-    """One customer's state after a batch: one changelog record (``state`` None deletes it)."""
-
-    partition: int
-    customer_id: str
-    state: CustomerState | None
-
-
-@dataclass(frozen=True, slots=True)
-class ScoredEvent:
-    """One event as the engine scored it (offline evaluation reads these)."""
-
-    customer_id: str
-    #: event time, epoch seconds
-    at: float
-    friction: float
-    #: None when no churn model is loaded
-    churn_risk: float | None
-
-
-@dataclass(slots=True)
-class BatchResult:
-    actions: list[OutreachAction]
-    decisions: list[Decision]
-    dead_letters: list[DeadLetter]
-    #: the customers whose state this batch changed, one entry each
-    changes: list[StateChange]
-    stats: BatchStats
-    #: partition -> stream time (latest event time seen, epoch seconds) after the batch
-    stream_times: dict[int, float] = field(default_factory=dict)
-    #: with ``taps``: every scored event, and its churn feature row (one row per event)
-    scored: list[ScoredEvent] | None = None
-    features: NDArray[np.float64] | None = None
-
-    @staticmethod
-    def empty() -> BatchResult:
-        return BatchResult([], [], [], [], BatchStats())
-
-    def extend(self, other: BatchResult) -> None:
-        """Add another (smaller) batch's results to this one."""
-        self.actions += other.actions
-        self.decisions += other.decisions
-        self.dead_letters += other.dead_letters
-        self.changes += other.changes
-        self.stream_times.update(other.stream_times)
-        if other.scored is not None:
-            self.scored = (self.scored or []) + other.scored
-        if other.features is not None:
-            mine = self.features
-            self.features = other.features if mine is None else np.vstack([mine, other.features])
-        a, b = self.stats, other.stats
-        a.events_by_type.update(b.events_by_type)
-        a.dead_letters_by_reason.update(b.dead_letters_by_reason)
-        a.duplicates += b.duplicates
-        a.replayed += b.replayed
-        a.key_missing += b.key_missing
-        a.key_mismatch += b.key_mismatch
-        a.profiles_updated += b.profiles_updated
-        a.profiles_deleted += b.profiles_deleted
-        a.expired += b.expired
-        a.decision_event_ages += b.decision_event_ages
 
 
 #: what ``use`` leaves as it is

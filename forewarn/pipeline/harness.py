@@ -34,7 +34,8 @@ from forewarn.models.friction import FrictionConfig
 from forewarn.models.state import CustomerState
 from forewarn.pipeline.clocks import ManualClock, SystemClock
 from forewarn.pipeline.codecs import DecodeSettings, RawRecord, encode
-from forewarn.pipeline.engine import BatchResult, ScoredEvent, ScoringEngine
+from forewarn.pipeline.engine import ScoringEngine
+from forewarn.pipeline.results import BatchResult, ScoredEvent
 from forewarn.pipeline.stores import MemoryStores
 from forewarn.rules.rulebook import Rulebook
 

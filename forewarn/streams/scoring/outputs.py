@@ -12,7 +12,7 @@ that fails every retry stops its partition for good:
   the start of the record, so the batch goes through and an operator sees it.
 
 >>> from datetime import UTC, datetime
->>> from forewarn.pipeline.engine import BatchResult
+>>> from forewarn.pipeline.results import BatchResult
 >>> topics = OutputTopics("actions", "decisions", "dlq", "state")
 >>> batch_records(BatchResult.empty(), {0: {"c1": b"x" * 900}}, topics, Limits(1000),
 ...               datetime.now(UTC)).records[0].topic
@@ -28,7 +28,7 @@ from datetime import datetime
 
 from forewarn.models.contracts import DeadLetter, DeadLetterReason, Truncation
 from forewarn.pipeline.codecs import RawRecord, dead_letter, encode
-from forewarn.pipeline.engine import BatchResult
+from forewarn.pipeline.results import BatchResult
 
 #: bytes Kafka adds around a record's key, value and headers (record and batch framing)
 RECORD_OVERHEAD = 512

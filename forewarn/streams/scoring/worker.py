@@ -31,24 +31,25 @@ from datetime import UTC, datetime
 from http.server import ThreadingHTTPServer
 from types import FrameType
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from forewarn.models.friction import load_friction
 from forewarn.models.state_codec import encode_state
-from forewarn.pipeline.codecs import Headers, RawRecord
-from forewarn.pipeline.engine import BatchResult, ScoringEngine, process_isolating
+from forewarn.pipeline.codecs import RawRecord
+from forewarn.pipeline.engine import ScoringEngine, process_isolating
 from forewarn.pipeline.ports import Clock, Encoded
+from forewarn.pipeline.results import BatchResult
 from forewarn.streams.metrics import Health, ScoringMetrics
 from forewarn.streams.scoring.commit import (
     BrokerUnreachable,
     Committer,
     ProducerFailed,
     WorkerFenced,
-    rewind,
 )
 from forewarn.streams.scoring.gate import ProfileGate
-from forewarn.streams.scoring.membership import AssignmentWatch, GroupProgress
+from forewarn.streams.scoring.membership import AssignmentWatch
 from forewarn.streams.scoring.outputs import Limits, OutputTopics, batch_records
+from forewarn.streams.scoring.reading import group_progress, read_batch, rewind
 from forewarn.streams.scoring.stores import (
     PartitionStores,
     RestoreResult,
@@ -59,7 +60,7 @@ from forewarn.streams.scoring.stores import (
 from forewarn.streams.scoring.watch import ModelWatch, RulebookWatch
 from forewarn.streams.settings import Settings, kafka_config
 
-__all__ = ["BrokerUnreachable", "ProducerFailed", "ScoringWorker", "WorkerFenced", "to_raw"]
+__all__ = ["BrokerUnreachable", "ProducerFailed", "ScoringWorker", "WorkerFenced"]
 
 log = logging.getLogger("forewarn.score")
 
@@ -73,28 +74,6 @@ GC_THRESHOLDS = (50_000, 20, 100)
 def tune_garbage_collector() -> None:
     """Collect young objects less often (process-wide; the worker's only cycles are rare)."""
     gc.set_threshold(*GC_THRESHOLDS)
-
-
-def _bytes(v: str | bytes | None) -> bytes | None:
-    return v.encode() if isinstance(v, str) else v
-
-
-def to_raw(msg: Message) -> RawRecord:
-    """A consumed message as plain data (only error-free messages get here)."""
-    return RawRecord(
-        topic=msg.topic() or "",
-        partition=msg.partition() or 0,
-        offset=msg.offset() or 0,
-        key=_bytes(msg.key()),
-        value=_bytes(msg.value()),
-        headers=_headers(msg),
-    )
-
-
-def _headers(msg: Message) -> Headers:
-    raw = msg.headers() or ()
-    pairs = raw.items() if isinstance(raw, dict) else raw
-    return tuple((k, _bytes(v)) for k, v in pairs)
 
 
 class ScoringWorker:
@@ -207,7 +186,9 @@ class ScoringWorker:
         fails liveness (``membership.py``); a spare in a working group does nothing."""
         if not self.membership.due():
             return consumer
-        verdict = self.membership.observe(self._group_progress(consumer))
+        verdict = self.membership.observe(
+            group_progress(consumer, self.settings.topics.journey_events)
+        )
         waited = self.settings.rejoin_after_seconds
         if verdict == "rejoin":
             log.warning(
@@ -224,25 +205,6 @@ class ScoringWorker:
                 log.error("%s: failing liveness so that the process is restarted", why)
             self.health.failing = why
         return consumer
-
-    def _group_progress(self, consumer: Consumer) -> GroupProgress | None:
-        """The group's committed offsets on journey-events and whether records wait beyond
-        them (None: the topic is missing or the broker is not answering)."""
-        topic = self.settings.topics.journey_events
-        try:
-            t = consumer.list_topics(topic, timeout=5).topics.get(topic)
-            if t is None or t.error is not None or not t.partitions:
-                return None
-            tps = [TopicPartition(topic, p) for p in sorted(t.partitions)]
-            committed = consumer.committed(tps, timeout=5)
-            waiting = False
-            for tp in committed:
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition),
-                                                           timeout=5)  # fmt: skip
-                waiting |= high > (tp.offset if tp.offset >= 0 else low)
-        except KafkaException:
-            return None
-        return GroupProgress(tuple(tp.offset for tp in committed), waiting)
 
     # -- state --
 
@@ -382,15 +344,7 @@ class ScoringWorker:
 
     def _read(self, consumer: Consumer) -> list[RawRecord]:
         s = self.settings
-        records = []
-        for m in consumer.consume(s.batch_size, s.batch_timeout_seconds):
-            err = m.error()
-            if err is None:
-                records.append(to_raw(m))
-            elif err.code() != KafkaError._PARTITION_EOF:
-                self.metrics.consume_errors.labels(err.name()).inc()
-                log.warning("consume error: %s", err)
-        return records
+        return read_batch(consumer, s.batch_size, s.batch_timeout_seconds, self.metrics)
 
     def _find_profile_ends(self, consumer: Consumer, restorer: Consumer) -> None:
         """Tell the gate how far each newly assigned profiles partition must be read."""

@@ -1,0 +1,91 @@
+"""What the worker reads from Kafka, as plain data: a batch of records, going back to read a
+batch again, and how far the group has got on journey-events (for ``membership.py``, which
+holds no Kafka types)."""
+
+from __future__ import annotations
+
+import logging
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from forewarn.pipeline.codecs import Headers, RawRecord
+from forewarn.streams.metrics import ScoringMetrics
+from forewarn.streams.scoring.membership import GroupProgress
+
+log = logging.getLogger("forewarn.score")
+
+
+def read_batch(
+    consumer: Consumer, size: int, timeout: float, metrics: ScoringMetrics
+) -> list[RawRecord]:
+    """Up to ``size`` records within ``timeout`` seconds; consume errors are counted and
+    logged, never raised (the next call reads on)."""
+    records = []
+    for m in consumer.consume(size, timeout):
+        err = m.error()
+        if err is None:
+            records.append(to_raw(m))
+        elif err.code() != KafkaError._PARTITION_EOF:
+            metrics.consume_errors.labels(err.name()).inc()
+            log.warning("consume error: %s", err)
+    return records
+
+
+def to_raw(msg: Message) -> RawRecord:
+    """A consumed message as plain data (only error-free messages get here)."""
+    return RawRecord(
+        topic=msg.topic() or "",
+        partition=msg.partition() or 0,
+        offset=msg.offset() or 0,
+        key=_bytes(msg.key()),
+        value=_bytes(msg.value()),
+        headers=_headers(msg),
+    )
+
+
+def _bytes(v: str | bytes | None) -> bytes | None:
+    return v.encode() if isinstance(v, str) else v
+
+
+def _headers(msg: Message) -> Headers:
+    raw = msg.headers() or ()
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    return tuple((k, _bytes(v)) for k, v in pairs)
+
+
+def group_progress(consumer: Consumer, topic: str) -> GroupProgress | None:
+    """The group's committed offsets on ``topic`` and whether records wait beyond them (None:
+    the topic is missing or the broker is not answering)."""
+    try:
+        t = consumer.list_topics(topic, timeout=5).topics.get(topic)
+        if t is None or t.error is not None or not t.partitions:
+            return None
+        tps = [TopicPartition(topic, p) for p in sorted(t.partitions)]
+        committed = consumer.committed(tps, timeout=5)
+        waiting = False
+        for tp in committed:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition),
+                                                       timeout=5)  # fmt: skip
+            waiting |= high > (tp.offset if tp.offset >= 0 else low)
+    except KafkaException:
+        return None
+    return GroupProgress(tuple(tp.offset for tp in committed), waiting)
+
+
+def rewind(consumer: Consumer, records: list[RawRecord]) -> None:
+    """Send the consumer back to the batch's first record of each partition.
+
+    Everything consumed and not committed is in the batch (the profile gate holds back whole
+    partitions, which are then not in it), so its first offsets are the committed ones; no
+    broker round trip is needed. A partition that went to another worker in the meantime is
+    left alone: its new owner starts from the committed offset.
+    """
+    first: dict[tuple[str, int], int] = {}
+    for r in records:
+        key = (r.topic, r.partition)
+        first[key] = min(first.get(key, r.offset), r.offset)
+    for (topic, partition), offset in first.items():
+        try:
+            consumer.seek(TopicPartition(topic, partition, offset))
+        except KafkaException as e:
+            log.info("not rewinding %s[%d]: %s", topic, partition, e.args[0])
