@@ -22,17 +22,15 @@ from forewarn.models.state_codec import StateDecodeError, decode_state
 from forewarn.pipeline.ports import Encoded
 
 
-class MemoryStore:
-    """One partition's customers in memory, in two layers: committed, and the transaction."""
+class PendingWrites:
+    """The transaction every store keeps the same way: a batch's writes and stream time wait
+    here, seen by its own reads, until ``commit`` (the store's) or ``discard``."""
+
+    _stream_time: float
 
     def __init__(self) -> None:
-        self._states: dict[str, CustomerState] = {}
         self._pending: dict[str, CustomerState | None] = {}
-        self.checkpoint: int | None = None
-        self._stream_time = -math.inf
         self._pending_stream_time: float | None = None
-        #: customers whose changelog record could not be read, with the reason
-        self.unreadable: dict[str, str] = {}
 
     @property
     def stream_time(self) -> float:
@@ -43,12 +41,11 @@ class MemoryStore:
         if customer_id in self._pending:
             pending = self._pending[customer_id]
             return None if pending is None else pending.copy()
-        if customer_id in self.unreadable:
-            # Raised to the engine, which dead-letters the customer's records with it: an
-            # operator sees it and can delete the record (a tombstone) to start afresh.
-            raise StateDecodeError(f"{customer_id}: {self.unreadable[customer_id]}")
-        state = self._states.get(customer_id)
-        return None if state is None else state.copy()
+        return self._committed(customer_id)
+
+    def _committed(self, customer_id: str) -> CustomerState | None:
+        """The customer as last committed: a copy the caller may change."""
+        raise NotImplementedError
 
     def put(self, state: CustomerState) -> None:
         self._pending[state.customer_id] = state
@@ -58,6 +55,30 @@ class MemoryStore:
 
     def advance(self, stream_time: float) -> None:
         self._pending_stream_time = max(self.stream_time, stream_time)
+
+    def discard(self) -> None:
+        self._pending.clear()
+        self._pending_stream_time = None
+
+
+class MemoryStore(PendingWrites):
+    """One partition's customers in memory, in two layers: committed, and the transaction."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._states: dict[str, CustomerState] = {}
+        self.checkpoint: int | None = None
+        self._stream_time = -math.inf
+        #: customers whose changelog record could not be read, with the reason
+        self.unreadable: dict[str, str] = {}
+
+    def _committed(self, customer_id: str) -> CustomerState | None:
+        if customer_id in self.unreadable:
+            # Raised to the engine, which dead-letters the customer's records with it: an
+            # operator sees it and can delete the record (a tombstone) to start afresh.
+            raise StateDecodeError(f"{customer_id}: {self.unreadable[customer_id]}")
+        state = self._states.get(customer_id)
+        return None if state is None else state.copy()
 
     def commit(self, encoded: Encoded | None = None, checkpoint: int | None = None) -> None:
         for cid, pending in self._pending.items():
@@ -71,10 +92,6 @@ class MemoryStore:
             self._stream_time, self._pending_stream_time = self._pending_stream_time, None
         if checkpoint is not None:
             self.checkpoint = checkpoint
-
-    def discard(self) -> None:
-        self._pending.clear()
-        self._pending_stream_time = None
 
     def apply(self, encoded: Encoded) -> int:
         bad = 0

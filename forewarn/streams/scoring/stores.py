@@ -28,7 +28,7 @@ from rocksdict import Options, Rdict, WriteBatch
 from forewarn.models.state import CustomerState
 from forewarn.models.state_codec import StateDecodeError, decode_state
 from forewarn.pipeline.ports import Encoded
-from forewarn.pipeline.stores import MemoryStore
+from forewarn.pipeline.stores import MemoryStore, PendingWrites
 from forewarn.streams.scoring.outputs import STREAM_TIME_HEADER
 
 log = logging.getLogger("forewarn.state")
@@ -38,7 +38,7 @@ _CHECKPOINT = b"m:checkpoint"
 _STREAM_TIME = b"m:stream-time"
 
 
-class RocksStore:
+class RocksStore(PendingWrites):
     """One partition's customers in a RocksDB database; survives restarts (checkpoint).
 
     The ``StateStore`` contract (``forewarn/pipeline/ports.py``): the transaction's writes
@@ -48,9 +48,8 @@ class RocksStore:
     def __init__(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
+        super().__init__()
         self.db = Rdict(str(path), Options(raw_mode=True))
-        self._pending: dict[str, CustomerState | None] = {}
-        self._pending_stream_time: float | None = None
         self._load_marks()
 
     def _load_marks(self) -> None:
@@ -59,26 +58,9 @@ class RocksStore:
         st = self.db.get(_STREAM_TIME)
         self._stream_time = -math.inf if st is None else float(st)
 
-    @property
-    def stream_time(self) -> float:
-        pending = self._pending_stream_time
-        return self._stream_time if pending is None else pending
-
-    def get(self, customer_id: str) -> CustomerState | None:
-        if customer_id in self._pending:
-            pending = self._pending[customer_id]
-            return None if pending is None else pending.copy()
+    def _committed(self, customer_id: str) -> CustomerState | None:
         value = self.db.get(_CUSTOMER + customer_id.encode())
         return None if value is None else decode_state(value)
-
-    def put(self, state: CustomerState) -> None:
-        self._pending[state.customer_id] = state
-
-    def delete(self, customer_id: str) -> None:
-        self._pending[customer_id] = None
-
-    def advance(self, stream_time: float) -> None:
-        self._pending_stream_time = max(self.stream_time, stream_time)
 
     def _customers(self) -> Iterator[tuple[str, bytes]]:
         for key, value in self.db.items(from_key=_CUSTOMER):
@@ -137,10 +119,6 @@ class RocksStore:
             self._stream_time = stream_time
             wb.put(_STREAM_TIME, repr(stream_time).encode())
         self.db.write(wb)
-
-    def discard(self) -> None:
-        self._pending.clear()
-        self._pending_stream_time = None
 
     def clear(self) -> None:
         self.db.close()
