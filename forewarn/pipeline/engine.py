@@ -88,7 +88,7 @@ class Decoded:
     dead: list[DeadLetter]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass costs ~0.5 µs more to build, per event
 class FoldedEvent:
     """Phase 2: one event applied to its customer's state."""
 

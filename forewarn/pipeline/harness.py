@@ -117,6 +117,8 @@ class Harness:
     ) -> BatchResult:
         """One batch of raw records through the engine; what it published is collected."""
         result = self.engine.process(events or [], profiles or [])
+        for store in self.stores.stores.values():  # as the worker does once it is published
+            store.commit()
         self.actions += result.actions
         self.decisions += result.decisions
         self.dead_letters += result.dead_letters

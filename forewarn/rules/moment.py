@@ -13,9 +13,10 @@ from forewarn.models.contracts import JourneyEvent
 from forewarn.models.state import CustomerState
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Moment:
-    """One scored event, as the rules see it."""
+    """One scored event, as the rules see it; read-only by convention (built for every event:
+    frozen, it cost ~0.8 µs more each)."""
 
     event: JourneyEvent
     at: float

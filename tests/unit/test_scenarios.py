@@ -294,3 +294,13 @@ def test_only_short_text_and_finite_numbers_become_attributes(sc: Harness) -> No
     res = sc.records(events=[sc.event_record(raw, "ann")])
     (a,) = res.actions
     assert a.attributes == {"payment_method": "card"}
+
+
+def test_the_harness_commits_each_batch_as_the_worker_does(sc: Harness) -> None:
+    sc.profile("ann", consent=ALL)
+    sc.feed(event("ann", "page_view", T0, n=1))
+    store = sc.stores.partition(0)
+    store.discard()  # an abort after the batch was published must not undo it
+    state = sc.state("ann")
+    assert state is not None and state.events_seen == 1
+    assert store.stream_time == T0.timestamp()
