@@ -1,0 +1,142 @@
+"""The volume target (issue 11 §2): a threshold that holds N actions per 1,000 active customers
+per day through traffic changes, score shifts and policies that stop part of what passes it."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from forewarn.rules.volume import AdaptiveThreshold, VolumeTarget
+
+DAY = 86_400.0
+TARGET = VolumeTarget(per_1000_active_per_day=40, warm_up_seconds=DAY)
+
+
+def day_of_traffic(
+    rng: random.Random, day: int, customers: int, moments_each: int, incident: bool
+) -> list[tuple[float, int, float]]:
+    """(time, customer, score) for one day, in time order. In an incident a third of the
+    moments score high (trouble everywhere), as after the clickstream's mid-history outage."""
+    out = []
+    for c in range(customers):
+        for _ in range(moments_each):
+            score = rng.betavariate(2, 8)
+            if incident and rng.random() < 1 / 3:
+                score = rng.betavariate(6, 3)
+            out.append((day * DAY + rng.random() * DAY, c, score))
+    return sorted(out)
+
+
+def run(
+    days: list[tuple[int, int, bool]], suppressed: float = 0.0, seed: int = 7
+) -> tuple[Counter[int], dict[int, float], dict[int, float], AdaptiveThreshold]:
+    """Feed ``days`` of (customers, moments each, incident); actions sent per day, the target
+    per day (N per 1,000 of that day's active customers), the threshold at each day's end,
+    and the controller."""
+    rng = random.Random(seed)
+    t = AdaptiveThreshold(TARGET, start=0.0)
+    sent: Counter[int] = Counter()
+    target: dict[int, float] = {}
+    thresholds: dict[int, float] = {}
+    for day, (customers, each, incident) in enumerate(days):
+        target[day] = customers * TARGET.per_1000_active_per_day / 1000
+        seen: set[int] = set()
+        for at, c, score in day_of_traffic(rng, day, customers, each, incident):
+            if c not in seen:
+                seen.add(c)
+                t.customer_active(at)
+            if t.observe(at, score) and rng.random() >= suppressed:
+                t.sent(at)
+                sent[day] += 1
+        thresholds[day] = t.threshold
+    return sent, target, thresholds, t
+
+
+def off_target(sent: Counter[int], target: dict[int, float], from_day: int) -> dict[int, float]:
+    return {d: round(sent[d] / target[d], 2) for d in target if d >= from_day}
+
+
+def test_nothing_is_sent_during_the_warm_up() -> None:
+    sent, _, _, _ = run([(5_000, 4, False)] * 2)
+    assert sent[0] == 0 and sent[1] > 0
+
+
+def test_the_volume_holds_through_three_times_the_traffic() -> None:
+    # traffic triples over four days (the clickstream's did over its history), then stays
+    days = [(5_000, 4, False)] * 3 + [(round(5_000 * 3 ** (d / 4)), 4, False) for d in (1, 2, 3)]
+    days += [(15_000, 4, False)] * 3
+    sent, target, _, _ = run(days)
+    ratios = off_target(sent, target, from_day=2)
+    assert all(0.8 <= r <= 1.2 for r in ratios.values()), ratios
+
+
+def test_the_volume_holds_when_the_scores_shift() -> None:
+    # an incident from day 4: trouble everywhere, so far more moments score high
+    days = [(5_000, 4, False)] * 4 + [(5_000, 4, True)] * 4
+    sent, target, thresholds, _ = run(days)
+    ratios = off_target(sent, target, from_day=5)
+    assert all(0.8 <= r <= 1.2 for r in ratios.values()), ratios
+    assert sent[4] < 1.5 * target[4], "the short window holds the incident's first day"
+    # what keeping day 3's threshold fixed would have sent on an incident day
+    rng = random.Random(99)
+    fixed = sum(s >= thresholds[3] for _, _, s in day_of_traffic(rng, 6, 5_000, 4, True))
+    assert fixed > 5 * target[6], "a fixed threshold sends several times the volume"
+
+
+def test_policies_that_stop_part_of_what_passes_are_learned() -> None:
+    days = [(5_000, 4, False)] * 8
+    sent, target, _, t = run(days, suppressed=0.4)
+    assert 1.5 < t.correction < 1.85, "1 / 0.6 pass the threshold for each one sent"
+    ratios = off_target(sent, target, from_day=2)
+    assert all(0.8 <= r <= 1.2 for r in ratios.values()), ratios
+
+
+def test_more_moments_per_customer_do_not_raise_the_volume() -> None:
+    days = [(5_000, 3, False)] * 4 + [(5_000, 9, False)] * 5
+    sent, target, _, _ = run(days)
+    ratios = off_target(sent, target, from_day=5)
+    assert all(0.8 <= r <= 1.2 for r in ratios.values()), ratios
+
+
+def test_stream_time_never_goes_back() -> None:
+    t = AdaptiveThreshold(VolumeTarget(per_1000_active_per_day=5, warm_up_seconds=0), start=0.0)
+    t.observe(1_000.0, 0.5)
+    before = t.to_record()
+    t.observe(10.0, 0.5)  # a late event counts, with its own (smaller) weight
+    assert t.to_record()["last"] == before["last"] == 1_000.0
+
+
+@settings(max_examples=30, deadline=None)
+@given(cut=st.integers(min_value=1, max_value=5_999), seed=st.integers(0, 1_000))
+def test_a_restart_anywhere_continues_exactly(cut: int, seed: int) -> None:
+    rng = random.Random(seed)
+    # (time, score, the customer's first event of the day)
+    stream = sorted((rng.random() * 3 * DAY, rng.random(), rng.random() < 0.25)
+                    for _ in range(6_000))  # fmt: skip
+    target = VolumeTarget(per_1000_active_per_day=50, warm_up_seconds=DAY / 2)
+
+    def feed(t: AdaptiveThreshold, part: list[tuple[float, float, bool]]) -> list[bool]:
+        out = []
+        for at, score, first in part:
+            if first:
+                t.customer_active(at)
+            hit = t.observe(at, score)
+            if hit:
+                t.sent(at)
+            out.append(hit)
+        return out
+
+    whole = AdaptiveThreshold(target, start=0.0)
+    expected = feed(whole, stream)
+    assert any(expected), "the stream is long enough to act"
+    first = AdaptiveThreshold(target, start=0.0)
+    got = feed(first, stream[:cut])
+    record = json.loads(json.dumps(first.to_record()))  # as it travels
+    resumed = AdaptiveThreshold.from_record(target, record)
+    got += feed(resumed, stream[cut:])
+    assert got == expected
+    assert resumed.to_record() == whole.to_record()
