@@ -2,7 +2,8 @@
 
 The report (``EvaluationReport``, ``to_json()`` for the file) holds the rulebook's measures
 (``measures.py``: contact coverage, lead time, outreach precision, volume, churn capture),
-each rule's, the ``on_errors`` and ``random`` baselines at the rulebook's volume, friction
+each rule's, the ``on_errors`` baseline (at its own volume and at the rulebook's) and the
+``random`` one at the rulebook's volume, friction
 alone at a threshold, and the churn model's ranking quality. ``format_report`` prints it as a
 table for people.
 
@@ -30,6 +31,7 @@ from forewarn.offline.measures import (
     Act,
     LeadTime,
     Measures,
+    at_most,
     followed_by,
     friction_sweep,
     measure,
@@ -85,6 +87,7 @@ class ChurnModelQuality(_Report):
 
 class BeatsBaselines(_Report):
     coverage_above_random: bool
+    coverage_at_least_on_errors_at_equal_volume: bool
     precision_above_on_errors: bool
 
 
@@ -150,8 +153,10 @@ def evaluate(
         )
 
     overall = m(acts)
+    errors = on_errors_baseline(flat)
     baselines = {
-        "on_errors": m(on_errors_baseline(flat), any_retains=True),
+        "on_errors": m(errors, any_retains=True),
+        "on_errors at equal volume": m(at_most(errors, len(acts), seed), any_retains=True),
         "random": m(random_baseline(flat, len(acts), seed), any_retains=True),
     }
     label = followed_by(out.scored, contacts, window)
@@ -191,6 +196,8 @@ def evaluate(
         churn_model=quality,
         beats_baselines=BeatsBaselines(
             coverage_above_random=overall.contact_coverage > baselines["random"].contact_coverage,
+            coverage_at_least_on_errors_at_equal_volume=overall.contact_coverage
+            >= baselines["on_errors at equal volume"].contact_coverage,
             precision_above_on_errors=overall.outreach_precision
             > baselines["on_errors"].outreach_precision,
         ),

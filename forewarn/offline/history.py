@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from forewarn.errors import ForewarnError
 from forewarn.models.config_file import first_error, load_yaml_file
 from forewarn.models.contracts import CustomerProfile, JourneyEvent
-from forewarn.offline.simulator import JourneySimulator
+from forewarn.offline.simulator import OURS, JourneySimulator, World
 from forewarn.pipeline.codecs import encode
 
 
@@ -210,10 +210,10 @@ def read_labels(path: Path) -> dict[str, float]:
 
 
 def write_history(
-    path: Path, *, customers: int, days: float, seed: int, start: datetime
+    path: Path, *, customers: int, days: float, seed: int, start: datetime, world: World = OURS
 ) -> tuple[int, Path]:
     """Write ``days`` of simulated events as JSON Lines, and the profiles beside them."""
-    sim = JourneySimulator(customers, seed, start=start, span=timedelta(days=days))
+    sim = JourneySimulator(customers, seed, start=start, span=timedelta(days=days), world=world)
     n = 0
     with path.open("wb") as f:
         for e in sim.events():

@@ -9,8 +9,11 @@
 * **churn capture**: the share of churners who got a retention action in the
   ``churn_window`` before they cancelled (for a baseline: any of its actions).
 
-Two baselines run on the same history: ``on_errors`` acts on every ``payment_failed`` and
-``checkout_error``; ``random`` acts on randomly chosen events, as many as the rulebook did.
+Baselines run on the same history: ``on_errors`` acts on every error the journey reports
+(``ERROR_EVENTS``), ``on_errors at equal volume`` on a random sample of those as large as the
+rulebook's volume (all of them when there are fewer), and ``random`` on randomly chosen
+events, as many as the rulebook acted on. A rulebook is judged at equal volume: acting more
+often covers more contacts whatever the judgement.
 
 >>> from datetime import UTC, datetime, timedelta
 >>> t = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
@@ -35,7 +38,8 @@ from forewarn.pipeline.results import ScoredEvent
 HOUR = 3600.0
 DAY = 24 * HOUR
 RETENTION_PLAYBOOK = "retention_offer"
-ERROR_EVENTS = ("payment_failed", "checkout_error")
+#: every error the vocabulary has: what "act on every error" acts on
+ERROR_EVENTS = ("payment_failed", "checkout_error", "error_page", "app_crash", "login_failed")
 
 #: (customer id, time in epoch seconds): a support contact, a cancellation
 CustomerTime = tuple[str, float]
@@ -137,6 +141,14 @@ def _round(v: float | None, digits: int) -> float | None:
 def on_errors_baseline(events: Sequence[tuple[str, float, str]]) -> list[Act]:
     """Act on every failed payment and checkout error. ``events``: (customer, time, type)."""
     return [(c, t, "on_errors", "baseline") for c, t, kind in events if kind in ERROR_EVENTS]
+
+
+def at_most(acts: list[Act], n: int, seed: int) -> list[Act]:
+    """A random sample of ``n`` of ``acts`` (all of them when there are no more), in order."""
+    if len(acts) <= n:
+        return acts
+    picked = random.Random(seed).sample(range(len(acts)), n)
+    return [acts[i] for i in sorted(picked)]
 
 
 def random_baseline(events: Sequence[tuple[str, float, str]], n: int, seed: int) -> list[Act]:

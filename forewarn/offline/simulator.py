@@ -10,6 +10,13 @@ wave) hit a share of customers for a while.
 Every customer draws from its own random stream seeded by ``(seed, customer index)``, so the
 same seed gives the same events, ids and time offsets however the streams interleave.
 
+Two worlds (``WORLDS``). ``ours`` is the one the shipped defaults were tuned on. ``elsewhere``
+is a world they were not tuned on, shaped after what a real clickstream from another source
+showed (issue 11): trouble is rarer and mostly single errors (friction seldom builds up),
+customers contact support within minutes of an error in the same session, an incident starts
+in the second half and lasts to the end, and traffic triples over the history (customers
+keep joining). Judge defaults on the world they were not tuned on.
+
 >>> from datetime import UTC, datetime, timedelta
 >>> sim = JourneySimulator(customers=5, seed=7, start=datetime(2026, 1, 1, tzinfo=UTC),
 ...                        span=timedelta(days=1))
@@ -24,7 +31,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
@@ -71,6 +78,37 @@ PERSONAS = (
 
 
 @dataclass(frozen=True, slots=True)
+class World:
+    """What kind of business the simulator plays: its rates and how customers react."""
+
+    name: str
+    personas: tuple[Persona, ...]
+    frustration: dict[str, float]
+    #: chance that a frustrating event leads to a support contact: min(cap, per_unit * f)
+    contact_per_frustration: float
+    contact_cap: float
+    #: mean delay from the event to the contact
+    contact_delay_seconds: float
+    #: chance per session of a contact that no trouble explains (a question), and its delay
+    unrelated_contact_per_session: float
+    unrelated_contact_delay_seconds: float
+    #: per step: login failure, site error, slow page, app crash, no search results,
+    #: checkout error, payment failure, late delivery
+    login_failed: float
+    site_errors: float
+    slow_page: float
+    app_crash: float
+    search_no_results: float
+    checkout_error: float
+    payment_failed: float
+    delivery_delayed: float
+    #: share of customers present from the start; the rest join evenly over the history
+    #: (1.0: everyone from the start; 1/3: traffic triples)
+    present_from_start: float
+    incidents: Callable[[datetime, timedelta], tuple[Incident, ...]]
+
+
+@dataclass(frozen=True, slots=True)
 class Incident:
     """A period in which something upstream is broken for some customers."""
 
@@ -90,6 +128,73 @@ def default_incidents(start: datetime, span: timedelta) -> tuple[Incident, ...]:
         Incident("payment_gateway_outage", start + span * 0.40, start + span * 0.55, 0.45),
         Incident("carrier_delays", start + span * 0.60, start + span * 0.80, 0.35),
     )
+
+
+def late_site_incident(start: datetime, span: timedelta) -> tuple[Incident, ...]:
+    """Site errors from 55% into the run to its end (none like it before)."""
+    return (Incident("site_errors", start + span * 0.55, start + span, 0.03),)
+
+
+OURS = World(
+    name="ours",
+    personas=PERSONAS,
+    frustration=FRUSTRATION,
+    contact_per_frustration=0.3,
+    contact_cap=0.6,
+    contact_delay_seconds=1.5 * HOUR,
+    unrelated_contact_per_session=0.004,
+    unrelated_contact_delay_seconds=HOUR,
+    login_failed=0.03,
+    site_errors=0.015,
+    slow_page=0.03,
+    app_crash=0.006,
+    search_no_results=0.12,
+    checkout_error=0.04,
+    payment_failed=0.03,
+    delivery_delayed=0.05,
+    present_from_start=1.0,
+    incidents=default_incidents,
+)
+
+ELSEWHERE = World(
+    name="elsewhere",
+    personas=(
+        Persona("browser", 0.55, 1.0, 7.0, 0.05, False, 0.2),
+        Persona("shopper", 0.35, 1.5, 9.0, 0.22, False, 0.3),
+        Persona("subscriber", 0.10, 1.2, 6.0, 0.12, True, 0.5),
+    ),
+    # one error is enough to send someone to support; little piles up
+    frustration={
+        "payment_failed": 0.6,
+        "checkout_error": 0.6,
+        "search_no_results": 0.02,
+        "error_page": 0.45,
+        "app_crash": 0.5,
+        "slow_page": 0.02,
+        "login_failed": 0.3,
+        "delivery_delayed": 0.3,
+        "order_cancelled": 0.3,
+        "rage_click": 0.02,
+    },
+    # on the outside clickstream acting on every error anticipated only a quarter of contacts
+    contact_per_frustration=0.08,
+    contact_cap=0.12,
+    contact_delay_seconds=180.0,
+    unrelated_contact_per_session=0.06,
+    unrelated_contact_delay_seconds=600.0,
+    login_failed=0.01,
+    site_errors=0.004,
+    slow_page=0.01,
+    app_crash=0.002,
+    search_no_results=0.05,
+    checkout_error=0.015,
+    payment_failed=0.015,
+    delivery_delayed=0.03,
+    present_from_start=1 / 3,
+    incidents=late_site_incident,
+)
+
+WORLDS = {w.name: w for w in (OURS, ELSEWHERE)}
 
 
 _TIMEZONES = (
@@ -112,10 +217,11 @@ class _Customer:
         self.index = index
         self.id = f"cust-{index:06d}"
         self.rng = random.Random(f"forewarn-sim:{sim.seed}:{index}")
+        self.world = world = sim.world
         r = self.rng.random()
         acc = 0.0
-        self.persona = PERSONAS[-1]
-        for p in PERSONAS:
+        self.persona = world.personas[-1]
+        for p in world.personas:
             acc += p.share
             if r < acc:
                 self.persona = p
@@ -133,22 +239,23 @@ class _Customer:
 
     # -- ground truth ---------------------------------------------------------------------
     def _frustrate(self, kind: str, at: float) -> None:
-        self.frustration = self.frustration_now(at) + FRUSTRATION.get(kind, 0.0)
+        w = self.world
+        self.frustration = self.frustration_now(at) + w.frustration.get(kind, 0.0)
         self.frustration_at = at
-        hurt = FRUSTRATION.get(kind, 0.0) + (0.4 if kind == "support_contact" else 0.0)
+        hurt = w.frustration.get(kind, 0.0) + (0.4 if kind == "support_contact" else 0.0)
         if hurt:
             self.grievance = self.grievance_now(at) + hurt
             self.grievance_at = at
         # The hazard of contacting support grows with frustration; the contact comes later,
         # which is the window in which proactive outreach can pre-empt it.
         if (
-            kind in FRUSTRATION
+            kind in w.frustration
             and not self.contact_pending
-            and self.rng.random() < min(0.6, 0.3 * self.frustration)
+            and self.rng.random() < min(w.contact_cap, w.contact_per_frustration * self.frustration)
         ):
             self.contact_pending = True
             self._schedule(
-                at + self.rng.expovariate(1 / (1.5 * HOUR)),
+                at + self.rng.expovariate(1 / w.contact_delay_seconds),
                 "support_contact",
                 {"kind": self.rng.choice(("chat", "call", "email", "ticket"))},
             )
@@ -205,7 +312,7 @@ class _Customer:
 
     def events(self) -> Iterator[JourneyEvent]:
         sim, rng, p = self.sim, self.rng, self.persona
-        t = sim.start_ts + rng.expovariate(p.sessions_per_day / (24 * HOUR))
+        t = self._joined() + rng.expovariate(p.sessions_per_day / (24 * HOUR))
         while t < sim.end_ts and not self.cancelled:
             yield from self._drain_pending(t)
             if self.cancelled:
@@ -220,13 +327,24 @@ class _Customer:
                 if e.occurred_at.timestamp() >= sim.end_ts:
                     return  # the simulated period is over, mid-session or not
                 yield e
-            if rng.random() < 0.004:  # a question unrelated to friction
-                self._schedule(t + rng.expovariate(1 / HOUR), "support_contact", {"kind": "chat"})
+            w = self.world
+            if rng.random() < w.unrelated_contact_per_session:  # a question, not trouble
+                delay = rng.expovariate(1 / w.unrelated_contact_delay_seconds)
+                self._schedule(t + delay, "support_contact", {"kind": "chat"})
             t += rng.expovariate(p.sessions_per_day / (24 * HOUR))
         yield from self._drain_pending(sim.end_ts)
 
+    def _joined(self) -> float:
+        """When this customer's first visit can come: at the start for those present from
+        it, evenly over the history for the others (traffic grows)."""
+        sim, present = self.sim, self.world.present_from_start
+        share = self.index / max(1, sim.customers)
+        if share < present:
+            return sim.start_ts
+        return sim.start_ts + (share - present) / (1 - present) * (sim.end_ts - sim.start_ts)
+
     def _session(self, t: float) -> Generator[JourneyEvent, None, float]:
-        sim, rng, p = self.sim, self.rng, self.persona
+        sim, rng, p, w = self.sim, self.rng, self.persona, self.world
         self.sessions += 1
         sid = f"s-{self.index}-{self.sessions}"
         ch = EventChannel.app if rng.random() < p.app_share else EventChannel.web
@@ -240,16 +358,16 @@ class _Customer:
             yield self._event(t, kind, sid, ch, props, value)
 
         yield from step("session_start")
-        if rng.random() < 0.03:
+        if rng.random() < w.login_failed:
             yield from step("login_failed")
             if rng.random() < 0.4:
                 yield from step("password_reset")
-        site_errors = max(0.015, sim.incident_severity("site_errors", t))
+        site_errors = max(w.site_errors, sim.incident_severity("site_errors", t))
         for _ in range(max(1, int(rng.expovariate(1 / p.pages_per_session)))):
             r = rng.random()
             if r < 0.25:
                 yield from step("search", query=rng.choice(("shoes", "jacket", "gift")))
-                if rng.random() < 0.12:
+                if rng.random() < w.search_no_results:
                     yield from step("search_no_results")
             elif r < 0.6:
                 yield from step("product_view", page=rng.choice(_PAGES[4:7]))
@@ -257,9 +375,9 @@ class _Customer:
                 yield from step("page_view", page=rng.choice(_PAGES[:4]))
             if rng.random() < site_errors:
                 yield from step("error_page", page=rng.choice(_PAGES))
-            if rng.random() < 0.03:
+            if rng.random() < w.slow_page:
                 yield from step("slow_page", page=rng.choice(_PAGES))
-            if ch is EventChannel.app and rng.random() < 0.006:
+            if ch is EventChannel.app and rng.random() < w.app_crash:
                 yield from step("app_crash")
                 return t
         f = self.frustration_now(t)
@@ -281,7 +399,7 @@ class _Customer:
         cart = round(rng.lognormvariate(4.0, 0.6), 2)
         yield from step("add_to_cart", cart_value=cart)
         yield from step("checkout_started", cart_value=cart, step="address")
-        if rng.random() < 0.04:
+        if rng.random() < w.checkout_error:
             yield from step("checkout_error", step="address", cart_value=cart)
             if rng.random() < 0.35:
                 for _ in range(3):
@@ -290,7 +408,7 @@ class _Customer:
                 return t
         order = f"ord-{self.index}-{self.orders + 1}"
         method = rng.choice(("card", "paypal", "klarna"))
-        fail_p = max(0.03, sim.incident_severity("payment_gateway_outage", t))
+        fail_p = max(w.payment_failed, sim.incident_severity("payment_gateway_outage", t))
         for _attempt in range(3):
             if rng.random() >= fail_p:
                 break
@@ -307,7 +425,7 @@ class _Customer:
         yield from step("purchase", order_id=order, value=cart)
         self.frustration = max(0.0, self.frustration_now(t) - 0.2)
         self.frustration_at = t
-        delay_p = max(0.05, sim.incident_severity("carrier_delays", t))
+        delay_p = max(w.delivery_delayed, sim.incident_severity("carrier_delays", t))
         if rng.random() < delay_p:
             when = t + rng.uniform(6 * HOUR, 30 * HOUR)
             eta = sim.at(when + 2 * 24 * HOUR).date().isoformat()
@@ -354,6 +472,7 @@ class JourneySimulator:
         start: datetime,
         span: timedelta,
         incidents: tuple[Incident, ...] | None = None,
+        world: World = OURS,
     ) -> None:
         if start.tzinfo is None:
             raise ValueError("start must be timezone-aware")
@@ -363,7 +482,8 @@ class JourneySimulator:
         self.span = span
         self.start_ts = start.timestamp()
         self.end_ts = (start + span).timestamp()
-        self.incidents = default_incidents(start, span) if incidents is None else incidents
+        self.world = world
+        self.incidents = world.incidents(start, span) if incidents is None else incidents
         self._tz = start.tzinfo
 
     def at(self, ts: float) -> datetime:

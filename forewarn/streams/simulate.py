@@ -26,7 +26,7 @@ from forewarn.offline.samples import (
     as_cloudevent_structured,
     bad_record,
 )
-from forewarn.offline.simulator import JourneySimulator, span_for
+from forewarn.offline.simulator import OURS, JourneySimulator, World, span_for
 from forewarn.pipeline.codecs import Headers, encode
 from forewarn.streams.settings import Settings, kafka_config
 
@@ -53,6 +53,7 @@ def publish_live(
     cloudevents_share: float = 0.2,
     stop: threading.Event | None = None,
     on_progress: Callable[[PublishStats], None] | None = None,
+    world: World = OURS,
 ) -> PublishStats:
     """Publish profiles, then about ``rate`` events/s for ``duration`` seconds."""
     stop = stop or threading.Event()
@@ -60,7 +61,7 @@ def publish_live(
     topics = settings.topics
     span = span_for(int(rate * duration), customers)
     now = datetime.now(UTC)
-    sim = JourneySimulator(customers, seed, start=now - span, span=span)
+    sim = JourneySimulator(customers, seed, start=now - span, span=span, world=world)
     stats = PublishStats()
     for p in sim.profiles():
         producer.produce(topics.customer_profiles, key=p.customer_id.encode(), value=encode(p))

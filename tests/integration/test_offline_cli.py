@@ -49,7 +49,9 @@ def test_train_then_evaluate_then_replay(tmp_path: Path) -> None:
     for section in (rep, *rep["by_rule"].values(), *rep["baselines"].values()):
         assert all(k in section for k in measures)
         assert set(section["lead_time_minutes"]) == {"median", "p10", "p90"}
-    assert set(rep["baselines"]) == {"on_errors", "random"}
+    assert set(rep["baselines"]) == {"on_errors", "on_errors at equal volume", "random"}
+    equal = rep["baselines"]["on_errors at equal volume"]["actions"]
+    assert equal == min(rep["actions"], rep["baselines"]["on_errors"]["actions"])
     assert rep["model_version"] == "churn-e2e"
     assert rep["baselines"]["random"]["actions"] == rep["actions"] > 0
     assert rep["history"]["support_contacts"] > 0

@@ -16,11 +16,12 @@ from pydantic import ValidationError
 from forewarn.models.contracts import (
     Decision,
     DecisionStatus,
+    JourneyEvent,
     SuppressionReason,
     json_schemas,
 )
 from forewarn.offline.measures import measure
-from forewarn.offline.simulator import Incident, JourneySimulator
+from forewarn.offline.simulator import ELSEWHERE, Incident, JourneySimulator
 from forewarn.streams.settings import Settings, kafka_config
 from tests.conftest import ROOT
 
@@ -66,6 +67,47 @@ def test_frustration_drives_support_contacts() -> None:
     rate_struggled = len(contacted & struggled) / max(1, len(struggled))
     rate_rest = len(contacted - struggled) / max(1, len(everyone - struggled))
     assert rate_struggled > 3 * rate_rest
+
+
+def test_the_world_the_defaults_were_not_tuned_on_is_another_business() -> None:
+    """``elsewhere`` (issue 11): traffic triples, trouble is rarer, contacts come within
+    minutes of the error, and an incident starts in the second half."""
+    days = 8
+    span = timedelta(days=days)
+    ours = list(JourneySimulator(300, seed=21, start=START, span=span).events())
+    there = list(JourneySimulator(300, seed=21, start=START, span=span, world=ELSEWHERE).events())
+    per_day = Counter(int((e.occurred_at - START) / timedelta(days=1)) for e in there)
+    assert per_day[days - 1] > 2.2 * per_day[0], per_day  # customers keep joining
+    flat = Counter(int((e.occurred_at - START) / timedelta(days=1)) for e in ours)
+    assert flat[days - 1] < 1.3 * flat[0]
+
+    trouble = {"payment_failed", "checkout_error", "error_page", "app_crash", "login_failed"}
+
+    def share(evs: list[JourneyEvent], kinds: set[str]) -> float:
+        return sum(e.type in kinds for e in evs) / len(evs)
+
+    def calm(evs: list[JourneyEvent]) -> list[JourneyEvent]:  # before any incident
+        return [e for e in evs if e.occurred_at < START + span * 0.4]
+
+    assert share(calm(there), trouble) < 0.6 * share(calm(ours), trouble)
+
+    def contact_delays(evs: list[JourneyEvent]) -> list[float]:
+        """Minutes from each contact back to the customer's previous event."""
+        last: dict[str, datetime] = {}
+        out = []
+        for e in evs:
+            if e.type == "support_contact" and e.customer_id in last:
+                out.append((e.occurred_at - last[e.customer_id]).total_seconds() / 60)
+            last[e.customer_id] = e.occurred_at
+        return sorted(out)
+
+    near, far = contact_delays(there), contact_delays(ours)
+    assert near[len(near) // 2] < 5 < far[len(far) // 2]
+
+    half = START + span * 0.55
+    errors_before = sum(e.type == "error_page" and e.occurred_at < half for e in there)
+    errors_after = sum(e.type == "error_page" and e.occurred_at >= half for e in there)
+    assert errors_after > 4 * errors_before  # the late incident (and more traffic)
 
 
 def test_history_file_from_the_cli_is_deterministic(tmp_path: Path) -> None:
