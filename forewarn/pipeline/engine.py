@@ -67,10 +67,12 @@ from forewarn.pipeline.stores import MemoryStores
 from forewarn.rules.decide import DecisionMaker
 from forewarn.rules.moment import Moment
 from forewarn.rules.rulebook import Rulebook, load_rulebook
+from forewarn.rules.volume import VOLUME_KEY, PartitionVolumes
 
 OTHER = "other"
 #: idle customers (no event for this long, in stream time) lose their activity state
 DEFAULT_IDLE_TTL_SECONDS = 30 * 24 * 3600.0
+DAY = 86_400.0
 #: how often, in stream time, a partition is swept for idle customers
 EXPIRY_SWEEP_SECONDS = 3600.0
 
@@ -102,6 +104,8 @@ class FoldedEvent:
     record: RawRecord
     #: the partition's stream time at this event (for "too old to act on")
     stream_time: float
+    #: the customer's first event of one of their days (an active customer, for volumes)
+    new_day: bool
 
 
 @dataclass(slots=True)
@@ -182,7 +186,7 @@ class ScoringEngine:
         decoded = self._decode(events, profiles, now, stats)
         folded = self._fold(decoded, stats)
         scored = self._score(folded)
-        maker = self._decide(folded, scored, now, decoded.dead)
+        maker, volumes = self._decide(folded, scored, now, decoded.dead)
         changes = self._save(folded, stats)
         for d in decoded.dead:
             stats.dead_letters_by_reason[d.error_type.value] += 1
@@ -192,6 +196,10 @@ class ScoringEngine:
         after = folded.after
         times = {p: after[p] for p in {c.partition for c in changes} if p in after}
         result = BatchResult(maker.finish(), maker.decisions, decoded.dead, changes, stats, times)
+        for p, v in volumes.items():  # saved with the customers, in the same transaction
+            data = v.encode()
+            self.stores.partition(p).put_record(VOLUME_KEY, data)
+            result.partition_records[p] = {VOLUME_KEY: data}
         if self.taps:
             risks = scored.churn
             result.scored = [
@@ -276,6 +284,7 @@ class ScoringEngine:
                 if rec.offset <= state.last_offset:
                     stats.replayed += 1
                     continue
+                seen_before = state.last_seen
                 applied = apply_event(state, e, self.friction)
                 state.last_offset = rec.offset
             except Exception as error:
@@ -290,9 +299,16 @@ class ScoringEngine:
             state.signal_row(self.friction, applied.at, signals[row])
             if churn is not None:
                 churn_features(state, applied.at, 0.0, features[row])
+            # Days counted from the customer's own first event, not midnight: first events of
+            # the day would all fall just after midnight and skew a decayed count of them.
+            first = state.first_seen
+            new_day = (
+                seen_before == -math.inf
+                or (applied.at - first) // DAY > (seen_before - first) // DAY
+            )
             folded.append(
                 FoldedEvent(e, applied.at, state, applied.derived, state.session.in_checkout,
-                            rec, st)
+                            rec, st, new_day)
             )  # fmt: skip
         n = len(folded)
         return Folded(folded, signals[:n], features[:n], touched, before, after)
@@ -311,13 +327,24 @@ class ScoringEngine:
 
     def _decide(
         self, folded: Folded, scored: Scored, now: datetime, dead: list[DeadLetter]
-    ) -> DecisionMaker:
+    ) -> tuple[DecisionMaker, dict[int, PartitionVolumes]]:
         churn, book = self._churn, self._rulebook
         version = churn.version if churn is not None else self.friction.version
         maker = DecisionMaker(book, self.friction, now, version)
         risks = scored.churn
+        targets = book.volume_targets
+        volumes: dict[int, PartitionVolumes] = {}
         for row, f in enumerate(folded.events):
             state = f.state
+            vol = None
+            if targets:  # every event counts towards the volume, acted on or not
+                p = f.record.partition
+                vol = volumes.get(p)
+                if vol is None:
+                    saved = self.stores.partition(p).get_record(VOLUME_KEY)
+                    vol = volumes[p] = PartitionVolumes.decode(saved, targets, f.stream_time)
+                if f.new_day:
+                    vol.customer_active(f.stream_time)
             friction = float(scored.friction[row])
             prev, state.last_friction = state.last_friction, friction
             risk = prev_risk = None
@@ -347,10 +374,10 @@ class ScoringEngine:
                 stream_time=f.stream_time,
             )
             try:
-                maker.consider(moment, rules)
+                maker.consider(moment, rules, vol)
             except Exception as error:
                 dead.append(self.processing_error(f.record, error))
-        return maker
+        return maker, volumes
 
     # -- 5. save and sweep --
 

@@ -14,8 +14,14 @@ from typing import Protocol
 
 from forewarn.models.state import CustomerState
 
-#: customer id -> encoded state, or None for a deletion (what a batch commits)
+#: customer id -> encoded state, or None for a deletion (what a batch commits); keys that
+#: start with a space are the partition's own records (``StateStore.get_record``)
 Encoded = dict[str, bytes | None]
+
+
+def is_partition_record(key: str) -> bool:
+    """Whether a changelog key names a partition record rather than a customer."""
+    return key[:1] == " "
 
 
 class Clock(Protocol):
@@ -59,6 +65,13 @@ class StateStore(Protocol):
         ...
 
     def discard(self) -> None: ...
+
+    def get_record(self, key: str) -> bytes | None:
+        """A record of the partition itself (``key`` starts with a space, which no customer
+        id can): the volume thresholds. Written, committed and discarded like a customer."""
+        ...
+
+    def put_record(self, key: str, value: bytes) -> None: ...
 
     def apply(self, encoded: Encoded) -> int:
         """Take changelog records as they are (a restore); how many could not be read."""

@@ -71,6 +71,9 @@ class BatchResult:
     stats: BatchStats
     #: partition -> stream time (latest event time seen, epoch seconds) after the batch
     stream_times: dict[int, float] = field(default_factory=dict)
+    #: partition -> its own records this batch changed (key -> bytes: the volume thresholds),
+    #: for the changelog beside the customers
+    partition_records: dict[int, dict[str, bytes]] = field(default_factory=dict)
     #: with ``taps``: every scored event, and its churn feature row (one row per event)
     scored: list[ScoredEvent] | None = None
     features: NDArray[np.float64] | None = None
@@ -86,6 +89,8 @@ class BatchResult:
         self.dead_letters += other.dead_letters
         self.changes += other.changes
         self.stream_times.update(other.stream_times)
+        for p, records in other.partition_records.items():
+            self.partition_records.setdefault(p, {}).update(records)
         if other.scored is not None:
             self.scored = (self.scored or []) + other.scored
         if other.features is not None:

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 from forewarn.models.state import CustomerState
 from forewarn.models.state_codec import StateDecodeError, decode_state
-from forewarn.pipeline.ports import Encoded
+from forewarn.pipeline.ports import Encoded, is_partition_record
 
 
 class PendingWrites:
@@ -31,6 +31,7 @@ class PendingWrites:
     def __init__(self) -> None:
         self._pending: dict[str, CustomerState | None] = {}
         self._pending_stream_time: float | None = None
+        self._pending_records: dict[str, bytes] = {}
 
     @property
     def stream_time(self) -> float:
@@ -47,6 +48,17 @@ class PendingWrites:
         """The customer as last committed: a copy the caller may change."""
         raise NotImplementedError
 
+    def get_record(self, key: str) -> bytes | None:
+        if key in self._pending_records:
+            return self._pending_records[key]
+        return self._committed_record(key)
+
+    def _committed_record(self, key: str) -> bytes | None:
+        raise NotImplementedError
+
+    def put_record(self, key: str, value: bytes) -> None:
+        self._pending_records[key] = value
+
     def put(self, state: CustomerState) -> None:
         self._pending[state.customer_id] = state
 
@@ -59,6 +71,7 @@ class PendingWrites:
     def discard(self) -> None:
         self._pending.clear()
         self._pending_stream_time = None
+        self._pending_records.clear()
 
 
 class MemoryStore(PendingWrites):
@@ -67,6 +80,7 @@ class MemoryStore(PendingWrites):
     def __init__(self) -> None:
         super().__init__()
         self._states: dict[str, CustomerState] = {}
+        self._records: dict[str, bytes] = {}
         self.checkpoint: int | None = None
         self._stream_time = -math.inf
         #: customers whose changelog record could not be read, with the reason
@@ -80,6 +94,9 @@ class MemoryStore(PendingWrites):
         state = self._states.get(customer_id)
         return None if state is None else state.copy()
 
+    def _committed_record(self, key: str) -> bytes | None:
+        return self._records.get(key)
+
     def commit(self, encoded: Encoded | None = None, checkpoint: int | None = None) -> None:
         for cid, pending in self._pending.items():
             self.unreadable.pop(cid, None)
@@ -88,6 +105,8 @@ class MemoryStore(PendingWrites):
             else:
                 self._states[cid] = pending
         self._pending.clear()
+        self._records.update(self._pending_records)
+        self._pending_records.clear()
         if self._pending_stream_time is not None:
             self._stream_time, self._pending_stream_time = self._pending_stream_time, None
         if checkpoint is not None:
@@ -96,6 +115,12 @@ class MemoryStore(PendingWrites):
     def apply(self, encoded: Encoded) -> int:
         bad = 0
         for cid, value in encoded.items():
+            if is_partition_record(cid):
+                if value is None:
+                    self._records.pop(cid, None)
+                else:
+                    self._records[cid] = value
+                continue
             self.unreadable.pop(cid, None)
             self._states.pop(cid, None)
             if value is None:
@@ -110,6 +135,8 @@ class MemoryStore(PendingWrites):
     def clear(self) -> None:
         self._states.clear()
         self._pending.clear()
+        self._records.clear()
+        self._pending_records.clear()
         self.unreadable.clear()
         self.checkpoint = None
         self._stream_time, self._pending_stream_time = -math.inf, None

@@ -55,6 +55,7 @@ from forewarn.rules.conditions import condition_data, evaluate
 from forewarn.rules.moment import Moment
 from forewarn.rules.policies import Proposal, ago, apply_policies
 from forewarn.rules.rulebook import Rule, Rulebook
+from forewarn.rules.volume import AdaptiveThreshold, PartitionVolumes, tiebreak
 
 _IDS = uuid.UUID("6f1c2a9e-3b1d-4f7a-9d0e-6a4b8f2c1e55")
 
@@ -96,6 +97,33 @@ def _structured(rule: Rule, m: Moment) -> bool:
     ):
         return False
     return all(m.state.window_count(c.types, c.within, m.at) >= c.at_least for c in req.counts)
+
+
+def volume_score(rule: Rule, m: Moment) -> float | None:
+    """The score a volume-targeted rule ranks moments by (None: no churn model)."""
+    assert rule.require.volume is not None
+    return m.friction if rule.require.volume.score == "friction" else m.churn
+
+
+def _stream_time(m: Moment) -> float:
+    return m.at if m.stream_time is None else m.stream_time
+
+
+def volume_reason(rule: Rule, m: Moment, threshold: AdaptiveThreshold) -> Reason:
+    """'churn risk 0.31, in the top 0.4% of the last 24 h (target 5 per 1,000 ...)'."""
+    vol = rule.require.volume
+    assert vol is not None
+    score = volume_score(rule, m) or 0.0
+    shown = f"{score:.0f}" if vol.score == "friction" else f"{score:.2f}"
+    return Reason(
+        signal="volume",
+        contribution=0.0,
+        detail=(
+            f"{_words(vol.score)} {shown}, in the top {threshold.top_share():.1%} of the last "
+            f"{ago(vol.window)} (target {vol.per_1000_active_per_day:g} per 1,000 active "
+            "customers a day)"
+        ),
+    )
 
 
 def _words(kind: str) -> str:
@@ -155,22 +183,44 @@ class DecisionMaker:
     decisions: list[Decision] = field(default_factory=list)
     actions: list[OutreachAction] = field(default_factory=list)
 
-    def consider(self, m: Moment, rules: list[Rule] | None = None) -> None:
-        """Decide every rule ``m`` triggers (``rules``, when the caller already looked)."""
+    def consider(
+        self, m: Moment, rules: list[Rule] | None = None, volumes: PartitionVolumes | None = None
+    ) -> None:
+        """Decide every rule ``m`` triggers (``rules``, when the caller already looked);
+        ``volumes``: the partition's thresholds for the rules with a volume target."""
         if rules is None:
             rules = self.rulebook.rules_for(
                 m.event.type, m.derived, m.prev_friction, m.friction, m.prev_churn, m.churn
             )
         data = condition_data(m) if any(r.when for r in rules) else None
         proposals = [
-            p for rule in rules if requirements_met(rule, m, data) for p in self._decide(rule, m)
+            p
+            for rule in rules
+            if requirements_met(rule, m, data) and self._within_volume(rule, m, volumes)
+            for p in self._decide(rule, m, volumes)
         ]
         live = [p for p in proposals if not p.rule.policies.shadow]
         if live:
-            self._settle(live)
+            best = self._settle(live)
+            self._sent(best, volumes)
         for p in proposals:
             if p.rule.policies.shadow:  # never competes with, or blocks, a live rule
                 self._record(p.action, shadow=True)
+                self._sent(p, volumes)  # what it would have sent, so its volume is real
+
+    def _within_volume(self, rule: Rule, m: Moment, volumes: PartitionVolumes | None) -> bool:
+        """A volume-targeted rule's moment counts towards its recent moments, and passes when
+        its score is among the riskiest enough to hold the volume (``rules/volume.py``)."""
+        if rule.require.volume is None:
+            return True
+        score = volume_score(rule, m)
+        if volumes is None or score is None:
+            return False
+        return volumes.rules[rule.id].observe(_stream_time(m), score, tiebreak(m.event.event_id))
+
+    def _sent(self, p: Proposal, volumes: PartitionVolumes | None) -> None:
+        if volumes is not None and p.rule.require.volume is not None:
+            volumes.rules[p.rule.id].sent(_stream_time(p.moment))
 
     def _action(self, rule: Rule, m: Moment, channel: ActionChannel) -> OutreachAction:
         e = m.event
@@ -228,10 +278,15 @@ class DecisionMaker:
             )
         )
 
-    def _decide(self, rule: Rule, m: Moment) -> list[Proposal]:
+    def _decide(
+        self, rule: Rule, m: Moment, volumes: PartitionVolumes | None = None
+    ) -> list[Proposal]:
         """The rule's action if no policy stops it (else its suppression is recorded)."""
         channel = choose_channel(rule, m.state)
         action = self._action(rule, m, channel or rule.action.channels[0])
+        if volumes is not None and rule.require.volume is not None:
+            reason = volume_reason(rule, m, volumes.rules[rule.id])
+            action = action.model_copy(update={"reasons": [*action.reasons, reason]})
         proposal = Proposal(rule, m, action, channel, self.rulebook)
         action, no = apply_policies(proposal)
         if no is not None:
@@ -239,7 +294,7 @@ class DecisionMaker:
             return []
         return [replace(proposal, action=action)]
 
-    def _settle(self, proposals: list[Proposal]) -> None:
+    def _settle(self, proposals: list[Proposal]) -> Proposal:
         """One action per trigger: the highest priority, then the earliest in the rulebook."""
         order = self.rulebook.position
         best = max(proposals, key=lambda p: (p.rule.action.priority, -order[p.rule.id]))
@@ -257,6 +312,7 @@ class DecisionMaker:
         for p in proposals:
             if p is not best:
                 self._record(p.action, SuppressionReason.arbitration, f"{a.rule_id} took priority")
+        return best
 
     def finish(self) -> list[OutreachAction]:
         """The batch's emitted actions."""

@@ -40,6 +40,7 @@ from forewarn.models.contracts import VOCABULARY, ActionChannel
 from forewarn.models.session import DERIVED_TRIGGERS
 from forewarn.models.state import POOR_SURVEY
 from forewarn.rules.conditions import check
+from forewarn.rules.volume import VolumeTarget
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -97,6 +98,32 @@ class WindowCount(_Part):
     at_least: int = Field(ge=1)
 
 
+class VolumeRequirement(_Part):
+    """Act on the riskiest of the rule's moments by a score, at most
+    ``per_1000_active_per_day`` actions per 1,000 active customers per day: the threshold
+    follows the traffic (``forewarn/rules/volume.py``)."""
+
+    score: Literal["friction", "churn_risk"]
+    per_1000_active_per_day: float = Field(gt=0)
+    #: how long a moment keeps counting (the "recent" in "the top 0.4% of recent moments")
+    window: Duration = 24 * 3600.0
+    #: nothing is sent before this much stream time has been seen on a partition
+    warm_up: Duration = 24 * 3600.0
+    #: also held to the target's share of this short a window (scores that shift at once)
+    guard: Duration = 3600.0
+
+    def target(self) -> VolumeTarget:
+        high = 100.0 if self.score == "friction" else 1.0
+        return VolumeTarget(
+            per_1000_active_per_day=self.per_1000_active_per_day,
+            low=0.0,
+            high=high,
+            lifetime_seconds=max(self.window, 1.0),
+            warm_up_seconds=self.warm_up,
+            guard_seconds=max(self.guard, 1.0),
+        )
+
+
 class Requirements(_Part):
     friction_at_least: float = Field(default=0.0, ge=0, le=100)
     #: needs a churn model; without one the rule never fires
@@ -108,6 +135,8 @@ class Requirements(_Part):
     tiers: tuple[str, ...] = ()
     #: skip customers who already contacted support within this time
     no_support_contact_within: Duration | None = None
+    #: a volume instead of a fixed threshold: checked after every other requirement
+    volume: VolumeRequirement | None = None
 
 
 class ActionTemplate(_Part):
@@ -265,6 +294,11 @@ class Rulebook(BaseModel):
                 seen.add(r.id)
                 found.append(r)
         return found
+
+    @cached_property
+    def volume_targets(self) -> dict[str, VolumeTarget]:
+        """Rule id -> its volume target, for the rules that have one."""
+        return {r.id: r.require.volume.target() for r in self.rules if r.require.volume}
 
     @cached_property
     def position(self) -> dict[str, int]:

@@ -34,9 +34,11 @@ where batches are cut, so a replay decides what the live run decided; ``to_recor
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any
 
+import msgpack
 from pydantic import BaseModel, ConfigDict, Field
 
 #: score resolution: thresholds are found to within one bin of [low, high]
@@ -45,6 +47,8 @@ BINS = 1_000
 MIN_PASSED_PER_DAY = 20.0
 #: at most this many moments pass the threshold for each action sent
 MAX_CORRECTION = 20.0
+#: the short window may pass this many times the target's share before it binds
+GUARD_FACTOR = 2.0
 _RECORD_VERSION = 1
 
 
@@ -88,6 +92,10 @@ class AdaptiveThreshold:
         #: moments passing the threshold per action sent (the policies stop the rest)
         self.correction = 1.0
         self.threshold = target.high
+        #: the threshold's bin, and the share of moments in it that pass: scores tie (a
+        #: friction score sits on a few plateaus), so a whole bin is often too much and the
+        #: next one too little; which moments of the bin pass is decided by ``tiebreak``
+        self._edge = (BINS, 0.0)
         #: False until the warm-up has passed: nothing reaches the threshold before
         self.warm = False
         self._next_update = start + target.every_seconds
@@ -100,17 +108,21 @@ class AdaptiveThreshold:
         self._advance(at)
         self._active += self._weight(at)
 
-    def observe(self, at: float, score: float) -> bool:
-        """A moment the rule could act on; True when its score reaches the threshold."""
+    def observe(self, at: float, score: float, tiebreak: float = 0.0) -> bool:
+        """A moment the rule could act on; True when its score reaches the threshold.
+        ``tiebreak`` in [0, 1) (``tiebreak(event_id)``) settles which moments of the
+        threshold's own bin pass."""
         self._advance(at)
         w = self._weight(at)
         b = self._bin(score)
+        edge, share = self._edge
+        passes = b > edge or (b == edge and tiebreak < share)
         self._scores[b] += w
         self._moments += w
         r = math.exp((at - self._origin) / self.target.guard_seconds)
         self._recent[b] += r
         self._recent_moments += r
-        if self.warm and score >= self.threshold:
+        if self.warm and passes:
             self._passed += w
             return True
         return False
@@ -136,8 +148,11 @@ class AdaptiveThreshold:
 
     def top_share(self) -> float:
         """The share of recent moments at or above the threshold (for an action's reasons)."""
-        above = sum(self._scores[self._bin(self.threshold) :])
-        return above / self._moments if self._moments > 0 else 0.0
+        edge, share = self._edge
+        if self._moments <= 0 or edge >= BINS:
+            return 0.0
+        above = sum(self._scores[edge + 1 :]) + share * self._scores[edge]
+        return above / self._moments
 
     # -- inside --
 
@@ -177,18 +192,24 @@ class AdaptiveThreshold:
             self.correction = min(MAX_CORRECTION, max(1.0, self._passed / max(self._sent, 1e-300)))
         share = min(1.0, want / moments * self.correction)
         day = self._top(self._scores, share * self._moments)
-        hour = self._top(self._recent, share * self._recent_moments)
-        self.threshold = max(day, hour)
+        # The guard binds only beyond GUARD_FACTOR times the share: an hour holds few of the
+        # riskiest moments, often from the same few customers, and a strict hourly quantile
+        # held the volume a third under its target.
+        hour = self._top(self._recent, min(1.0, GUARD_FACTOR * share) * self._recent_moments)
+        # the stricter: a higher bin, or less of the same one
+        self._edge = max(day, hour, key=lambda e: (e[0], -e[1]))
+        self.threshold = t.low + (t.high - t.low) * self._edge[0] / BINS
 
-    def _top(self, counts: list[float], need: float) -> float:
-        """The lowest threshold with at most ``need`` of ``counts`` at or above it."""
-        t = self.target
+    @staticmethod
+    def _top(counts: list[float], need: float) -> tuple[int, float]:
+        """(bin, share): every bin above passes, and that share of this one, so that
+        ``need`` of ``counts`` pass."""
         acc = 0.0
         for i in range(BINS - 1, -1, -1):
+            if acc + counts[i] >= need:
+                return i, (need - acc) / counts[i] if counts[i] > 0 else 0.0
             acc += counts[i]
-            if acc > need:
-                return t.low + (t.high - t.low) * (i + 1) / BINS
-        return t.low
+        return 0, 1.0
 
     def _rebase(self, at: float) -> None:
         f = math.exp(-(at - self._origin) / self.target.lifetime_seconds)
@@ -208,6 +229,7 @@ class AdaptiveThreshold:
         """Plain data (MessagePack- and JSON-friendly) that ``from_record`` restores exactly."""
         return {
             "v": _RECORD_VERSION,
+            "target": self.target.model_dump(),
             "origin": self._origin,
             "start": self._start,
             "scores": list(self._scores),
@@ -219,6 +241,7 @@ class AdaptiveThreshold:
             "passed": self._passed,
             "correction": self.correction,
             "threshold": self.threshold,
+            "edge": [self._edge[0], self._edge[1]],
             "warm": self.warm,
             "next_update": self._next_update,
             "last": self._last,
@@ -239,7 +262,77 @@ class AdaptiveThreshold:
         t._passed = float(record["passed"])
         t.correction = float(record["correction"])
         t.threshold = float(record["threshold"])
+        t._edge = (int(record["edge"][0]), float(record["edge"][1]))
         t.warm = bool(record["warm"])
         t._next_update = float(record["next_update"])
         t._last = float(record["last"])
         return t
+
+
+def tiebreak(event_id: str) -> float:
+    """A number in [0, 1) fixed by the event id: the same in every replay."""
+    digest = hashlib.blake2b(event_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+#: the changelog and store key of a partition's volume record: it starts with a space, which
+#: no customer id can (ids are stripped), so it never names a customer
+VOLUME_KEY = " forewarn:volume"
+
+
+class PartitionVolumes:
+    """The volume-targeted rules' thresholds on one partition, read from and written to its
+    store once per batch (so an aborted batch leaves them as they were).
+
+    >>> v = PartitionVolumes({"r": VolumeTarget(per_1000_active_per_day=5)}, start=0.0)
+    >>> PartitionVolumes.decode(v.encode(), {"r": VolumeTarget(per_1000_active_per_day=5)},
+    ...                         start=0.0).encode() == v.encode()
+    True
+    """
+
+    def __init__(self, targets: dict[str, VolumeTarget], start: float) -> None:
+        self.rules = {rule: AdaptiveThreshold(t, start) for rule, t in targets.items()}
+
+    def customer_active(self, at: float) -> None:
+        for t in self.rules.values():
+            t.customer_active(at)
+
+    def encode(self) -> bytes:
+        records = {rule: _sparse(t.to_record()) for rule, t in self.rules.items()}
+        data: bytes = msgpack.packb(records)
+        return data
+
+    @classmethod
+    def decode(
+        cls, data: bytes | None, targets: dict[str, VolumeTarget], start: float
+    ) -> PartitionVolumes:
+        """What ``encode`` wrote; a rule new to the rulebook starts afresh, one whose target
+        changed too (its history was gathered for another target), one removed is dropped."""
+        volumes = cls(targets, start)
+        if data is None:
+            return volumes
+        saved = msgpack.unpackb(data, strict_map_key=False)
+        for rule, record in saved.items():
+            target = targets.get(rule)
+            if target is None or record.get("target") != target.model_dump():
+                continue
+            volumes.rules[rule] = AdaptiveThreshold.from_record(target, _dense(record))
+        return volumes
+
+
+def _sparse(record: dict[str, Any]) -> dict[str, Any]:
+    """Histograms as {bin: count} (most bins of a score are empty)."""
+    out = dict(record)
+    for k in ("scores", "recent"):
+        out[k] = {i: c for i, c in enumerate(record[k]) if c}
+    return out
+
+
+def _dense(record: dict[str, Any]) -> dict[str, Any]:
+    out = dict(record)
+    for k in ("scores", "recent"):
+        hist = [0.0] * BINS
+        for i, c in record[k].items():
+            hist[int(i)] = float(c)
+        out[k] = hist
+    return out

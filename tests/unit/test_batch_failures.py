@@ -33,6 +33,7 @@ from forewarn.pipeline.engine import ScoringEngine, process_isolating
 from forewarn.pipeline.results import BatchResult
 from forewarn.pipeline.stores import MemoryStore, MemoryStores
 from forewarn.rules.rulebook import load_rulebook
+from forewarn.rules.volume import VOLUME_KEY
 from forewarn.streams.scoring.outputs import Limits, OutputTopics, batch_records
 from forewarn.streams.scoring.stores import RocksStore, Store
 from tests.conftest import POLICIES_RULEBOOK, T0, event
@@ -167,6 +168,27 @@ def test_every_store_keeps_a_batchs_writes_apart_until_commit(store: Store) -> N
     assert store.approximate_size() >= 1  # RocksDB estimates (and counts overwrites)
     store.clear()
     assert len(store) == 0 and store.checkpoint is None and store.stream_time == -math.inf
+
+
+def test_every_store_keeps_a_partition_record_like_a_customer(store: Store) -> None:
+    """The volume thresholds: written, discarded, committed and restored with the batch,
+    never counted or iterated as a customer."""
+    key = VOLUME_KEY
+    store.put_record(key, b"v1")
+    assert store.get_record(key) == b"v1", "the transaction sees its own record"
+    store.discard()
+    assert store.get_record(key) is None
+    store.put_record(key, b"v1")
+    store.commit({key: b"v1"}, 5)  # the worker hands the same bytes to the changelog
+    store.put_record(key, b"v2")
+    store.discard()
+    assert store.get_record(key) == b"v1"
+    assert len(store) == 0 and list(store) == [], "not a customer"
+    store.clear()
+    assert store.get_record(key) is None
+    assert store.apply({key: b"v3", "ann": encode_state(CustomerState("ann"))}) == 0
+    store.commit({}, 9)
+    assert store.get_record(key) == b"v3" and len(store) == 1
 
 
 def test_a_state_copy_is_independent_of_its_original() -> None:

@@ -27,7 +27,7 @@ from rocksdict import Options, Rdict, WriteBatch
 
 from forewarn.models.state import CustomerState
 from forewarn.models.state_codec import StateDecodeError, decode_state
-from forewarn.pipeline.ports import Encoded
+from forewarn.pipeline.ports import Encoded, is_partition_record
 from forewarn.pipeline.stores import MemoryStore, PendingWrites
 from forewarn.streams.scoring.outputs import STREAM_TIME_HEADER
 
@@ -62,12 +62,18 @@ class RocksStore(PendingWrites):
         value = self.db.get(_CUSTOMER + customer_id.encode())
         return None if value is None else decode_state(value)
 
+    def _committed_record(self, key: str) -> bytes | None:
+        value = self.db.get(_CUSTOMER + key.encode())
+        return None if value is None else cast(bytes, value)
+
     def _customers(self) -> Iterator[tuple[str, bytes]]:
         for key, value in self.db.items(from_key=_CUSTOMER):
             k = cast(bytes, key)
             if k[:1] != _CUSTOMER:
                 break
-            yield k[1:].decode(), cast(bytes, value)
+            cid = k[1:].decode()
+            if not is_partition_record(cid):
+                yield cid, cast(bytes, value)
 
     def __len__(self) -> int:
         return sum(1 for _ in self._customers())
@@ -100,9 +106,9 @@ class RocksStore(PendingWrites):
         return 0
 
     def commit(self, encoded: Encoded, checkpoint: int | None) -> None:
+        """``encoded`` holds the transaction's customers and partition records as bytes."""
         self._write(encoded, checkpoint, self._pending_stream_time)
-        self._pending.clear()
-        self._pending_stream_time = None
+        self.discard()  # all of it is written now
 
     def _write(self, encoded: Encoded, checkpoint: int | None, stream_time: float | None) -> None:
         # One atomic write: the states and the checkpoint they bring the store up to.
@@ -124,8 +130,7 @@ class RocksStore(PendingWrites):
         self.db.close()
         Rdict.destroy(str(self.path))
         self.db = Rdict(str(self.path), Options(raw_mode=True))
-        self._pending.clear()
-        self._pending_stream_time = None
+        self.discard()
         self._load_marks()
 
     def close(self) -> None:

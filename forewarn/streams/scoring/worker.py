@@ -298,6 +298,8 @@ class ScoringWorker:
             encoded.setdefault(c.partition, {})[c.customer_id] = value
             if value is not None:
                 self.metrics.state_bytes.observe(len(value))
+        for p, records in result.partition_records.items():  # the volume thresholds
+            encoded.setdefault(p, {}).update(records)
         return encoded
 
     def _publish(self, consumer: Consumer, records: list[RawRecord], result: BatchResult) -> bool:
