@@ -147,6 +147,11 @@ def sigterm_once_committed(proc: subprocess.Popen[str], s: Any, n: int, timeout:
 
 def read_all(s: Any, topic: str) -> list[tuple[bytes | None, bytes | None]]:
     """Every (key, value) of ``topic`` to its end, read_committed, in partition order."""
+    return [(k, v) for _, k, v in read_partitioned(s, topic)]
+
+
+def read_partitioned(s: Any, topic: str) -> list[tuple[int, bytes | None, bytes | None]]:
+    """Every (partition, key, value) of ``topic`` to its end, read_committed."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
     from forewarn.streams.settings import kafka_config
@@ -154,7 +159,7 @@ def read_all(s: Any, topic: str) -> list[tuple[bytes | None, bytes | None]]:
     c = Consumer(kafka_config(s, "restore", **{"group.id": f"read-{uuid.uuid4().hex[:8]}"}))
     parts = s.topics.partitions
     c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(parts)])
-    out: list[tuple[bytes | None, bytes | None]] = []
+    out: list[tuple[int, bytes | None, bytes | None]] = []
     ended: set[int] = set()
     deadline = time.monotonic() + 60
     try:
@@ -165,7 +170,7 @@ def read_all(s: Any, topic: str) -> list[tuple[bytes | None, bytes | None]]:
                     ended.add(m.partition() or 0)
                 elif err is None:
                     k, v = m.key(), m.value()
-                    out.append((k.encode() if isinstance(k, str) else k,
+                    out.append((m.partition() or 0, k.encode() if isinstance(k, str) else k,
                                 v.encode() if isinstance(v, str) else v))  # fmt: skip
     finally:
         c.close()

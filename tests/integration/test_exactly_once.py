@@ -27,14 +27,17 @@ from forewarn.models.contracts import Consent, CustomerProfile, JourneyEvent
 from forewarn.models.state_codec import decode_state, encode_state
 from forewarn.offline.simulator import JourneySimulator
 from forewarn.pipeline.codecs import encode
+from forewarn.rules.volume import VOLUME_KEY
 from forewarn.streams.settings import Settings, kafka_config
 from forewarn.streams.simulate import publish_backlog
 from tests.conftest import (
+    ROOT,
     RunningWorker,
     committed_events,
     event,
     new_settings,
     read_all,
+    read_partitioned,
     score_process,
     settings_env,
     sigterm_once_committed,
@@ -45,6 +48,9 @@ pytestmark = pytest.mark.integration
 
 PARTITIONS = 2
 BATCH = 100  # small batches: many transactions, many places for things to go wrong
+#: the policies rulebook plus a rule with a volume target: its per-partition thresholds go
+#: through every crash, rebalance and restore here
+RULES = ROOT / "tests" / "data" / "volume_rulebook.yaml"
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,10 @@ class Outcome:
     actions: Counter[str]
     decisions: Counter[str]
     states: dict[str, bytes]
+    #: partition -> its volume thresholds' last changelog record
+    volumes: dict[int, bytes]
+    #: rule id -> actions
+    by_rule: Counter[str]
 
 
 @pytest.fixture(scope="module")
@@ -68,18 +78,23 @@ def stream() -> Stream:
 
 
 def outcome(s: Settings) -> Outcome:
-    actions = Counter(json.loads(v or b"{}")["action_id"] for _, v in read_all(s, s.topics.actions))
+    sent = [json.loads(v or b"{}") for _, v in read_all(s, s.topics.actions)]
+    actions = Counter(a["action_id"] for a in sent)
     decisions = Counter(
         json.loads(v or b"{}")["decision_id"] for _, v in read_all(s, s.topics.decisions)
     )
     states: dict[str, bytes] = {}
-    for k, v in read_all(s, s.topics.state):  # the last record per customer wins
+    volumes: dict[int, bytes] = {}
+    for p, k, v in read_partitioned(s, s.topics.state):  # the last record per key wins
         assert k is not None
-        if v is None:
+        if k.decode() == VOLUME_KEY:
+            assert v is not None
+            volumes[p] = v
+        elif v is None:
             states.pop(k.decode(), None)
         else:
             states[k.decode()] = v
-    return Outcome(actions, decisions, states)
+    return Outcome(actions, decisions, states, volumes, Counter(a["rule_id"] for a in sent))
 
 
 def start(s: Settings, **update: Any) -> RunningWorker:
@@ -90,7 +105,7 @@ def start(s: Settings, **update: Any) -> RunningWorker:
 
 def uninterrupted(bootstrap: str, stream: Stream, batch_size: int) -> Outcome:
     """The stream scored by one worker from start to end, in batches of ``batch_size``."""
-    s = new_settings(bootstrap, PARTITIONS, batch_size=batch_size)
+    s = new_settings(bootstrap, PARTITIONS, batch_size=batch_size, rules_path=RULES)
     publish_backlog(s, stream.profiles, stream.events)
     w = start(s)
     try:
@@ -105,12 +120,15 @@ def reference(bootstrap: str, stream: Stream) -> Outcome:
     out = uninterrupted(bootstrap, stream, BATCH)
     assert out.actions and out.decisions and len(out.states) == len(stream.profiles)
     assert max(out.actions.values()) == 1
+    assert sorted(out.volumes) == list(range(PARTITIONS))
+    assert out.by_rule["riskiest_moments"] > 0, "the volume rule acted after its warm-up"
     return out
 
 
 def assert_same(got: Outcome, ref: Outcome) -> None:
     assert got.actions == ref.actions, "every expected action exactly once, and no other"
     assert got.decisions == ref.decisions
+    assert got.volumes == ref.volumes, "the volume thresholds came through as they were"
     assert got.states.keys() == ref.states.keys()
     differing = [c for c in ref.states if got.states[c] != ref.states[c]]
     if differing:
@@ -141,7 +159,7 @@ def _lines_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> li
 def test_a_worker_killed_mid_transaction_is_replaced_without_loss_or_duplicates(
     bootstrap: str, stream: Stream, reference: Outcome
 ) -> None:
-    s = new_settings(bootstrap, PARTITIONS, batch_size=BATCH)
+    s = new_settings(bootstrap, PARTITIONS, batch_size=BATCH, rules_path=RULES)
     n = publish_backlog(s, stream.profiles, stream.events)
     env = settings_env(s, FOREWARN_BATCH_SIZE=str(BATCH), FOREWARN_INSTANCE_ID="crash-test")
 
@@ -167,7 +185,7 @@ def test_a_worker_killed_mid_transaction_is_replaced_without_loss_or_duplicates(
 def test_adding_then_removing_a_worker_rebalances_without_loss_or_duplicates(
     bootstrap: str, stream: Stream, reference: Outcome
 ) -> None:
-    s = new_settings(bootstrap, PARTITIONS, batch_size=BATCH)
+    s = new_settings(bootstrap, PARTITIONS, batch_size=BATCH, rules_path=RULES)
     events = stream.events
     thirds = [events[: len(events) // 3], events[len(events) // 3 : 2 * len(events) // 3],
               events[2 * len(events) // 3 :]]  # fmt: skip
