@@ -62,7 +62,13 @@ from forewarn.pipeline.codecs import (
     decode_profile,
 )
 from forewarn.pipeline.ports import Clock, StateStore, StateStores
-from forewarn.pipeline.results import BatchResult, BatchStats, ScoredEvent, StateChange
+from forewarn.pipeline.results import (
+    BatchResult,
+    BatchStats,
+    ScoredEvent,
+    StateChange,
+    VolumeReading,
+)
 from forewarn.pipeline.stores import MemoryStores
 from forewarn.rules.decide import DecisionMaker
 from forewarn.rules.moment import Moment
@@ -200,6 +206,10 @@ class ScoringEngine:
             data = v.encode()
             self.stores.partition(p).put_record(VOLUME_KEY, data)
             result.partition_records[p] = {VOLUME_KEY: data}
+            result.volumes += [
+                VolumeReading(p, rule, t.threshold, t.target_per_day(), t.per_day()[2], t.warm)
+                for rule, t in v.rules.items()
+            ]
         if self.taps:
             risks = scored.churn
             result.scored = [

@@ -61,6 +61,20 @@ class ScoredEvent:
     churn_risk: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class VolumeReading:
+    """Where a volume-targeted rule stands on a partition after a batch (for the metrics)."""
+
+    partition: int
+    rule_id: str
+    #: the score a moment needs now (its score's upper bound while warming up)
+    threshold: float
+    #: actions a day it aims at, and sends, over its recent window
+    target_per_day: float
+    sent_per_day: float
+    warm: bool
+
+
 @dataclass(slots=True)
 class BatchResult:
     actions: list[OutreachAction]
@@ -74,6 +88,7 @@ class BatchResult:
     #: partition -> its own records this batch changed (key -> bytes: the volume thresholds),
     #: for the changelog beside the customers
     partition_records: dict[int, dict[str, bytes]] = field(default_factory=dict)
+    volumes: list[VolumeReading] = field(default_factory=list)
     #: with ``taps``: every scored event, and its churn feature row (one row per event)
     scored: list[ScoredEvent] | None = None
     features: NDArray[np.float64] | None = None
@@ -91,6 +106,7 @@ class BatchResult:
         self.stream_times.update(other.stream_times)
         for p, records in other.partition_records.items():
             self.partition_records.setdefault(p, {}).update(records)
+        self.volumes += other.volumes
         if other.scored is not None:
             self.scored = (self.scored or []) + other.scored
         if other.features is not None:

@@ -108,6 +108,20 @@ class ScoringMetrics:
             registry=r,
         )
         self.up = Gauge("forewarn_worker_up", "1 while the scoring loop runs", registry=r)
+        self.volume_threshold = Gauge(
+            "forewarn_volume_threshold",
+            "The score a volume-targeted rule's moment needs now, per partition (its score's "
+            "top while warming up)",
+            ["rule", "partition"],
+            registry=r,
+        )
+        self.volume_per_day = Gauge(
+            "forewarn_volume_actions_per_day",
+            "A volume-targeted rule's actions a day over its recent window, per partition: "
+            "kind=target (N per 1,000 active customers) or sent",
+            ["rule", "partition", "kind"],
+            registry=r,
+        )
         self.transactions = Counter(
             "forewarn_transactions_total",
             "Batch transactions, by outcome (committed or aborted)",
@@ -235,6 +249,11 @@ class ScoringMetrics:
                 self.suppressions.labels(d.rule_id, d.suppressed_by.value).inc()
         for age in stats.decision_event_ages:
             self.event_age.observe(age)
+        for v in result.volumes:
+            labels = (v.rule_id, str(v.partition))
+            self.volume_threshold.labels(*labels).set(v.threshold)
+            self.volume_per_day.labels(*labels, "target").set(v.target_per_day)
+            self.volume_per_day.labels(*labels, "sent").set(v.sent_per_day)
         if stats.expired:
             self.expired.inc(stats.expired)
 

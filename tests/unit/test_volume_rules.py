@@ -4,12 +4,15 @@ decisions however the stream is cut into batches."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 
 from forewarn.models.config_file import ConfigFileError
 from forewarn.models.contracts import DecisionStatus, JourneyEvent
@@ -102,3 +105,38 @@ def test_a_volume_needs_a_known_score_and_a_positive_target() -> None:
         load_rulebook_text(bad, "volume.yaml")
     with pytest.raises(ConfigFileError, match="per_1000_active_per_day"):
         load_rulebook_text(BOOK.replace(f"{TARGET}", "0"), "volume.yaml")
+
+
+def test_the_volume_is_on_the_metrics_and_passes_promtool(
+    world: tuple[list[JourneyEvent], JourneySimulator],
+) -> None:
+    from prometheus_client import generate_latest
+
+    from forewarn.streams.metrics import ScoringMetrics
+
+    events, sim = world
+    h = Harness(rulebook=book(), clock=ManualClock(START))
+    h.profiles(sim.profiles())
+    metrics = ScoringMetrics()
+    day = [e for e in events if e.occurred_at < START + timedelta(days=2)]
+    for i in range(0, len(day), 500):
+        batch = day[i : i + 500]
+        h.at(batch[-1].occurred_at)
+        metrics.observe_batch(h.feed(*batch), len(batch), 0.1)
+    text = generate_latest(metrics.registry).decode()
+    samples = {
+        (f.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
+    labels = (("partition", "0"), ("rule", "riskiest_moments"))
+    assert 0 < samples[("forewarn_volume_threshold", labels)] < 100, "warm: a real threshold"
+    target = samples[("forewarn_volume_actions_per_day", (("kind", "target"), *labels))]
+    sent = samples[("forewarn_volume_actions_per_day", (("kind", "sent"), *labels))]
+    assert target > 0 and sent > 0
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (.ci/run installs Debian's prometheus package)")
+    check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
+                           text=True, timeout=30, check=False)  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
