@@ -1,0 +1,198 @@
+"""Learning from the stream (issue 11 §3): labels that mature in stream time, a bounded sample
+to re-fit on, and a champion that a challenger must beat before it serves.
+
+A moment (a feature row at an event) is **positive** when its customer contacts support
+within ``horizon`` after it, **negative** when the horizon passes without a contact. Rows wait
+(``pending``) until one or the other happens; nobody labels them by hand and no future leaks
+in: a row's label is known only once stream time has passed its horizon, or its contact came.
+
+The sample keeps every positive and a share (``negative_rate``) of the negatives, each kept
+negative weighing ``1 / negative_rate`` so that weighted counts and a weighted fit stay
+unbiased. Which negatives are kept is fixed by the customer and the time (a hash), so a
+replay keeps the same ones. At most ``capacity`` labelled rows are kept, oldest out first.
+
+>>> s = MaturingSample(horizon=3600, negative_rate=1.0, capacity=100)
+>>> s.add("ann", 0.0, [1.0]); s.add("bob", 0.0, [0.0])
+>>> s.contact("ann", 600.0)              # ann's row is positive at once
+>>> s.advance(3600.0)                    # bob's horizon passed without a contact
+>>> [(r.customer_id, r.label, r.weight) for r in s.labelled]
+[('ann', 1, 1.0), ('bob', 0, 1.0)]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+@dataclass(frozen=True, slots=True)
+class LabelledRow:
+    customer_id: str
+    #: stream time of the moment (epoch seconds)
+    at: float
+    features: tuple[float, ...]
+    label: int
+    #: how many rows of the stream this one stands for (1 for positives)
+    weight: float
+
+
+@dataclass(slots=True)
+class _Pending:
+    customer_id: str
+    at: float
+    features: tuple[float, ...]
+
+
+@dataclass(slots=True)
+class MaturingSample:
+    """Rows waiting for their label and the labelled rows a re-fit learns from."""
+
+    horizon: float
+    negative_rate: float
+    capacity: int
+    #: pending rows at most (the oldest are dropped first: nearly all would be negatives)
+    pending_capacity: int = 200_000
+    _pending: deque[_Pending] = field(default_factory=deque)
+    labelled: deque[LabelledRow] = field(default_factory=deque)
+    #: rows dropped while pending (the pending bound) and negatives not kept (the sample)
+    dropped_pending: int = 0
+    negatives_seen: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.negative_rate <= 1:
+            raise ValueError("negative_rate is a share: above 0, at most 1")
+        if self.horizon <= 0 or self.capacity <= 0:
+            raise ValueError("horizon and capacity must be positive")
+
+    def add(self, customer_id: str, at: float, features: Sequence[float]) -> None:
+        """A moment of ``customer_id`` at stream time ``at`` (rows come in stream order)."""
+        self.advance(at)
+        self._pending.append(_Pending(customer_id, at, tuple(float(x) for x in features)))
+        if len(self._pending) > self.pending_capacity:
+            self._pending.popleft()
+            self.dropped_pending += 1
+
+    def contact(self, customer_id: str, at: float) -> None:
+        """A support contact: the customer's pending rows within ``horizon`` before it are
+        positive (rows after it wait for a contact of their own)."""
+        self.advance(at)
+        kept: deque[_Pending] = deque()
+        for p in self._pending:
+            if p.customer_id == customer_id and at - self.horizon < p.at <= at:
+                self._keep(LabelledRow(p.customer_id, p.at, p.features, 1, 1.0))
+            else:
+                kept.append(p)
+        self._pending = kept
+
+    def advance(self, now: float) -> None:
+        """Stream time moved to ``now``: rows whose horizon passed are negative."""
+        while self._pending and self._pending[0].at + self.horizon <= now:
+            p = self._pending.popleft()
+            self.negatives_seen += 1
+            if keeps_negative(p.customer_id, p.at, self.negative_rate):
+                self._keep(LabelledRow(p.customer_id, p.at, p.features, 0, 1 / self.negative_rate))
+
+    def _keep(self, row: LabelledRow) -> None:
+        self.labelled.append(row)
+        if len(self.labelled) > self.capacity:
+            self.labelled.popleft()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def arrays(
+        self, rows: Sequence[LabelledRow] | None = None
+    ) -> tuple[NDArray[np.float64], NDArray[np.int64], NDArray[np.float64]]:
+        """(features, labels, weights) of ``rows`` (default: every labelled row)."""
+        rows = list(self.labelled) if rows is None else list(rows)
+        x = np.array([r.features for r in rows], dtype=np.float64).reshape(len(rows), -1)
+        y = np.array([r.label for r in rows], dtype=np.int64)
+        w = np.array([r.weight for r in rows], dtype=np.float64)
+        return x, y, w
+
+
+def keeps_negative(customer_id: str, at: float, rate: float) -> bool:
+    """Whether the negative of ``customer_id`` at ``at`` is in the sample: fixed by both, so
+    every replay keeps the same rows."""
+    if rate >= 1:
+        return True
+    digest = hashlib.blake2b(f"{customer_id}\x1f{at!r}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < rate
+
+
+def split_by_time(
+    rows: Sequence[LabelledRow], recent_share: float
+) -> tuple[list[LabelledRow], list[LabelledRow]]:
+    """(older rows to fit on, the most recent ``recent_share`` to judge on): never a random
+    split across time."""
+    ordered = sorted(rows, key=lambda r: r.at)
+    cut = round(len(ordered) * (1 - recent_share))
+    return ordered[:cut], ordered[cut:]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Whether a challenger replaces the champion, and why (logged, counted, recorded)."""
+
+    accept: bool
+    reason: str
+    #: weighted log loss of each on the judging rows (lower is better; None: not judged)
+    champion_loss: float | None = None
+    challenger_loss: float | None = None
+    positives: int = 0
+    rows: int = 0
+
+
+def weighted_log_loss(
+    p: NDArray[np.float64], y: NDArray[np.int64], w: NDArray[np.float64]
+) -> float:
+    q = np.clip(p, 1e-6, 1 - 1e-6)
+    losses = -(y * np.log(q) + (1 - y) * np.log(1 - q))
+    return float(np.sum(w * losses) / np.sum(w))
+
+
+def judge(
+    champion: NDArray[np.float64] | None,
+    challenger: NDArray[np.float64],
+    y: NDArray[np.int64],
+    w: NDArray[np.float64],
+    *,
+    margin: float = 0.01,
+    min_positives: int = 30,
+    min_rows: int = 300,
+) -> Verdict:
+    """Champion/challenger on the most recent matured labels neither was fitted on
+    (``champion``/``challenger``: each one's predicted probabilities for them; no champion:
+    the first model). The challenger serves only if its weighted log loss is at least
+    ``margin`` (a share) below the champion's; a window with too few labels (an outage, a
+    quiet night) decides nothing, so a bad window never replaces a good model."""
+    positives, rows = int(y.sum()), len(y)
+    if positives < min_positives or rows < min_rows:
+        return Verdict(False, f"too few matured labels to judge: {positives} positives in "
+                       f"{rows} rows (needs {min_positives} and {min_rows})", None, None,
+                       positives, rows)  # fmt: skip
+    new = weighted_log_loss(challenger, y, w)
+    if not math.isfinite(new):
+        return Verdict(False, "the challenger's predictions are not finite", None, None,
+                       positives, rows)  # fmt: skip
+    base = float(np.average(y, weights=w))
+    prior = weighted_log_loss(np.full(rows, base), y, w)
+    if champion is None:
+        if new < prior * (1 - margin):
+            return Verdict(True, f"first model: log loss {new:.4f} against {prior:.4f} for "
+                           "the base rate", prior, new, positives, rows)  # fmt: skip
+        return Verdict(False, f"no better than the base rate: log loss {new:.4f} against "
+                       f"{prior:.4f}", prior, new, positives, rows)  # fmt: skip
+    old = weighted_log_loss(champion, y, w)
+    if new < old * (1 - margin):
+        return Verdict(True, f"log loss {new:.4f} against the champion's {old:.4f}", old, new,
+                       positives, rows)  # fmt: skip
+    return Verdict(False, f"not better by {margin:.0%}: log loss {new:.4f} against the "
+                   f"champion's {old:.4f}", old, new, positives, rows)  # fmt: skip
