@@ -29,7 +29,8 @@ from forewarn.models.state import CustomerState
 from forewarn.models.state_codec import encode_state
 from forewarn.pipeline.clocks import ManualClock
 from forewarn.pipeline.codecs import RawRecord, encode
-from forewarn.pipeline.engine import ScoringEngine, process_isolating
+from forewarn.pipeline.engine import ScoringEngine
+from forewarn.pipeline.isolation import process_isolating
 from forewarn.pipeline.results import BatchResult
 from forewarn.pipeline.stores import MemoryStore, MemoryStores
 from forewarn.rules.rulebook import load_rulebook

@@ -97,7 +97,8 @@ def _window(n: int, positives: int, seed: int = 1) -> tuple[np.ndarray, np.ndarr
 def _prob(signal: np.ndarray, strength: float) -> np.ndarray:
     """The true probability of a positive given ``signal`` (strength 1), or a blunter one."""
     prior = np.log(0.05 / 0.95)
-    return 1 / (1 + np.exp(-(prior + strength * (signal - 0.5) / 0.49)))
+    p: np.ndarray = 1 / (1 + np.exp(-(prior + strength * (signal - 0.5) / 0.49)))
+    return p
 
 
 def test_a_better_challenger_replaces_the_champion_and_a_worse_one_does_not() -> None:

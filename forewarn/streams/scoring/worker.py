@@ -36,7 +36,8 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from forewarn.models.friction import load_friction
 from forewarn.models.state_codec import encode_state
 from forewarn.pipeline.codecs import RawRecord
-from forewarn.pipeline.engine import ScoringEngine, process_isolating
+from forewarn.pipeline.engine import ScoringEngine
+from forewarn.pipeline.isolation import process_isolating
 from forewarn.pipeline.ports import Clock, Encoded
 from forewarn.pipeline.results import BatchResult
 from forewarn.streams.metrics import Health, ScoringMetrics
