@@ -2,9 +2,10 @@
 to re-fit on, and a champion that a challenger must beat before it serves.
 
 A moment (a feature row at an event) is **positive** when its customer contacts support
-within ``horizon`` after it, **negative** when the horizon passes without a contact. Rows wait
-(``pending``) until one or the other happens; nobody labels them by hand and no future leaks
-in: a row's label is known only once stream time has passed its horizon, or its contact came.
+within ``horizon`` after it, **negative** when the horizon passes without a contact. Every
+row waits (``pending``) until stream time has passed its horizon, whatever its label: were
+positives released at their contact, the most recent labelled rows, the ones a challenger is
+judged on, would hold twice the positives of the stream. Nobody labels rows by hand.
 
 The sample keeps every positive and a share (``negative_rate``) of the negatives, each kept
 negative weighing ``1 / negative_rate`` so that weighted counts and a weighted fit stay
@@ -13,8 +14,8 @@ replay keeps the same ones. At most ``capacity`` labelled rows are kept, oldest 
 
 >>> s = MaturingSample(horizon=3600, negative_rate=1.0, capacity=100)
 >>> s.add("ann", 0.0, [1.0]); s.add("bob", 0.0, [0.0])
->>> s.contact("ann", 600.0)              # ann's row is positive at once
->>> s.advance(3600.0)                    # bob's horizon passed without a contact
+>>> s.contact("ann", 600.0)              # ann's row will be positive
+>>> s.advance(3600.0)                    # both horizons passed: bob's without a contact
 >>> [(r.customer_id, r.label, r.weight) for r in s.labelled]
 [('ann', 1, 1.0), ('bob', 0, 1.0)]
 """
@@ -47,6 +48,7 @@ class _Pending:
     customer_id: str
     at: float
     features: tuple[float, ...]
+    positive: bool = False
 
 
 @dataclass(slots=True)
@@ -79,21 +81,20 @@ class MaturingSample:
             self.dropped_pending += 1
 
     def contact(self, customer_id: str, at: float) -> None:
-        """A support contact: the customer's pending rows within ``horizon`` before it are
-        positive (rows after it wait for a contact of their own)."""
+        """A support contact: the customer's pending rows within ``horizon`` strictly before
+        it will be positive (the contact's own moment is not a prediction of it)."""
         self.advance(at)
-        kept: deque[_Pending] = deque()
         for p in self._pending:
-            if p.customer_id == customer_id and at - self.horizon < p.at <= at:
-                self._keep(LabelledRow(p.customer_id, p.at, p.features, 1, 1.0))
-            else:
-                kept.append(p)
-        self._pending = kept
+            if p.customer_id == customer_id and at - self.horizon < p.at < at:
+                p.positive = True
 
     def advance(self, now: float) -> None:
-        """Stream time moved to ``now``: rows whose horizon passed are negative."""
+        """Stream time moved to ``now``: rows whose horizon passed get their label."""
         while self._pending and self._pending[0].at + self.horizon <= now:
             p = self._pending.popleft()
+            if p.positive:
+                self._keep(LabelledRow(p.customer_id, p.at, p.features, 1, 1.0))
+                continue
             self.negatives_seen += 1
             if keeps_negative(p.customer_id, p.at, self.negative_rate):
                 self._keep(LabelledRow(p.customer_id, p.at, p.features, 0, 1 / self.negative_rate))

@@ -390,7 +390,16 @@ def decode_profile(
         if rec.value is None:
             if not rec.key:
                 raise Rejected(DeadLetterReason.schema_violation, "tombstone without key")
-            return ProfileTombstone(_text(rec.key, "key"))
+            cid = _text(rec.key, "key")
+            # The key names a customer as their profile does (stripped, at most 128
+            # characters); anything else is no customer's, and a key with a leading space
+            # would name a partition record (the volume thresholds).
+            if cid != cid.strip() or not cid or len(cid) > 128:
+                raise Rejected(
+                    DeadLetterReason.schema_violation,
+                    "tombstone key: not a customer id (empty, padded or too long)",
+                )
+            return ProfileTombstone(cid)
         data = _json_object(rec, MAX_PROFILE_BYTES)
         try:
             return CustomerProfile.model_validate(data)

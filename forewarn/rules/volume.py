@@ -169,13 +169,15 @@ class AdaptiveThreshold:
         if at <= self._last:
             return
         self._last = at
+        t = self.target
+        # Rebase first: after a long silence exp() of the gap would overflow (a 1 h window
+        # overflows after 30 days); what is that old weighs nothing and falls to zero.
+        if at - self._origin > 50 * min(t.lifetime_seconds, t.guard_seconds):
+            self._rebase(at)
         if at >= self._next_update:
-            every = self.target.every_seconds
+            every = t.every_seconds
             self._next_update = (at // every + 1) * every
             self._update()
-        t = self.target
-        if at - self._origin > 50 * min(t.lifetime_seconds, t.guard_seconds):  # exp() finite
-            self._rebase(at)
 
     def _update(self) -> None:
         t = self.target
@@ -311,12 +313,17 @@ class PartitionVolumes:
         volumes = cls(targets, start)
         if data is None:
             return volumes
-        saved = msgpack.unpackb(data, strict_map_key=False)
-        for rule, record in saved.items():
-            target = targets.get(rule)
-            if target is None or record.get("target") != target.model_dump():
-                continue
-            volumes.rules[rule] = AdaptiveThreshold.from_record(target, _dense(record))
+        try:
+            saved = msgpack.unpackb(data, strict_map_key=False)
+            for rule, record in saved.items():
+                target = targets.get(rule)
+                if target is None or record.get("target") != target.model_dump():
+                    continue
+                volumes.rules[rule] = AdaptiveThreshold.from_record(target, _dense(record))
+        except (ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException):
+            # Unreadable (another version's, or damaged): start afresh rather than fail every
+            # batch of the partition; the warm-up says so in the metrics.
+            return cls(targets, start)
         return volumes
 
 

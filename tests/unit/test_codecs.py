@@ -220,6 +220,15 @@ def test_a_tombstone_whose_key_is_not_utf8_deletes_nobody() -> None:
     assert isinstance(got, DeadLetter) and got.error_type is DeadLetterReason.not_utf8
 
 
+@pytest.mark.parametrize("key", [b" forewarn:volume", b"ann ", b"x" * 129])
+def test_a_tombstone_whose_key_is_no_customer_id_deletes_nothing(key: bytes) -> None:
+    """A key with a leading space names a partition record (the volume thresholds): a
+    tombstone for it must not reach the store."""
+    got = decode_profile(RawRecord("customer-profiles", 0, 1, key, None), NOW)
+    assert isinstance(got, DeadLetter) and got.error_type is DeadLetterReason.schema_violation
+    assert "not a customer id" in (got.error_detail or "")
+
+
 def _with(extra: str) -> bytes:
     return (
         '{"event_id":"e1","customer_id":"c1","type":"page_view",'

@@ -4,13 +4,14 @@ per day through traffic changes, score shifts and policies that stop part of wha
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections import Counter
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from forewarn.rules.volume import AdaptiveThreshold, VolumeTarget
+from forewarn.rules.volume import AdaptiveThreshold, PartitionVolumes, VolumeTarget
 
 DAY = 86_400.0
 TARGET = VolumeTarget(per_1000_active_per_day=40, warm_up_seconds=DAY)
@@ -143,3 +144,17 @@ def test_a_restart_anywhere_continues_exactly(cut: int, seed: int) -> None:
     got += feed(resumed, stream[cut:])
     assert got == expected
     assert resumed.to_record() == whole.to_record()
+
+
+def test_a_long_silence_or_an_unreadable_record_does_not_break_the_partition() -> None:
+    target = VolumeTarget(per_1000_active_per_day=5, lifetime_seconds=3600, guard_seconds=600,
+                          warm_up_seconds=0)  # fmt: skip
+    t = AdaptiveThreshold(target, start=0.0)
+    for i in range(300):
+        t.customer_active(i * 10.0)
+        t.observe(i * 10.0, i / 300)
+    t.observe(40 * DAY, 0.5)  # 40 days later: exp() of the gap would overflow
+    assert math.isfinite(t.threshold) and t.to_record()["origin"] == 40 * DAY
+    targets = {"r": target}
+    fresh = PartitionVolumes.decode(b"\x00not msgpack of ours", targets, start=5.0)
+    assert fresh.encode() == PartitionVolumes(targets, start=5.0).encode()

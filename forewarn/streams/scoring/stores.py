@@ -240,7 +240,8 @@ def restore_partition(
     store.advance(stream_time)
     store.commit({}, end)
     seconds = time.perf_counter() - started
-    return RestoreResult(p, records, len(latest), seconds, start, unreadable)
+    customers = sum(not is_partition_record(k) for k in latest)
+    return RestoreResult(p, records, customers, seconds, start, unreadable)
 
 
 def _read_changelog(
