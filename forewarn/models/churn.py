@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -308,11 +309,11 @@ def _read(path: Path, missing: str) -> bytes:
         raise ArtifactError(f"{path}: unreadable: {e}") from e
 
 
-def linear_model_of(pipeline: object) -> LinearModel:
+def linear_model_of(pipeline: object, features: Sequence[str] = CHURN_FEATURES) -> LinearModel:
     """The numbers of a fitted scikit-learn ``StandardScaler + LogisticRegression``."""
     scaler, clf = pipeline[0], pipeline[-1]  # type: ignore[index]
     return LinearModel(
-        features=list(CHURN_FEATURES),
+        features=list(features),
         mean=[float(v) for v in scaler.mean_],
         scale=[float(v) for v in scaler.scale_],
         coef=[float(v) for v in clf.coef_[0]],

@@ -62,3 +62,67 @@ def churn_features(
         i += 1
     last = state.last_support_contact
     out[i] = _NEVER_DAYS if last is None or last > at else min(_NEVER_DAYS, (at - last) / DAY)
+
+
+# -- the contact-risk model's features: what a support contact soon after an event follows --
+
+HOUR = 3600.0
+ERRORS = ("error_page", "app_crash", "login_failed", "checkout_error", "payment_failed")
+HELP = ("help_center_view", "contact_form_opened")
+
+#: (feature name, event types counted, window in hours)
+_CONTACT_COUNTS: tuple[tuple[str, tuple[str, ...], float], ...] = (
+    ("errors_1h", ERRORS, 1),
+    ("errors_24h", ERRORS, 24),
+    ("payment_failures_24h", ("payment_failed",), 24),
+    ("checkouts_1h", ("checkout_started",), 1),
+    ("help_visits_1h", HELP, 1),
+    ("help_visits_24h", HELP, 24),
+    ("slow_or_empty_1h", ("slow_page", "search_no_results"), 1),
+    ("sessions_24h", ("session_start",), 24),
+    ("delivery_problems_7d", ("delivery_delayed", "order_cancelled", "refund_requested"), 168),
+    ("support_contacts_7d", ("support_contact",), 168),
+)
+
+CONTACT_FEATURES: tuple[str, ...] = (
+    "friction",
+    *(name for name, _, _ in _CONTACT_COUNTS),
+    "minutes_since_error",
+    "checkout_without_purchase_1h",
+    "session_minutes",
+    "in_checkout",
+    "days_since_support_contact",
+)
+
+#: the longest recency and session age a feature reads (a day, four hours)
+_NEVER_MINUTES = 24 * 60.0
+_SESSION_CAP_MINUTES = 240.0
+
+
+def contact_features(
+    state: CustomerState, at: float, friction: float, out: NDArray[np.float64]
+) -> None:
+    """The contact-risk features of ``state`` at event time ``at`` into ``out`` (one row).
+
+    >>> row = np.zeros(len(CONTACT_FEATURES))
+    >>> contact_features(CustomerState("c1"), 0.0, 3.0, row)
+    >>> float(row[CONTACT_FEATURES.index("minutes_since_error")])
+    1440.0
+    """
+    out[0] = friction
+    i = 1
+    for _, types, hours in _CONTACT_COUNTS:
+        out[i] = state.window_count(types, hours * HOUR, at)
+        i += 1
+    last_error = max(
+        (t for kind in ERRORS for t in state.occurrences.get(kind, ()) if t <= at), default=None
+    )
+    out[i] = _NEVER_MINUTES if last_error is None else min(_NEVER_MINUTES, (at - last_error) / 60)
+    checkouts = state.window_count(("checkout_started",), HOUR, at)
+    out[i + 1] = max(0, checkouts - state.window_count(("purchase",), HOUR, at))
+    session = state.session
+    age = (at - session.started_at) / 60 if session.key else 0.0
+    out[i + 2] = min(_SESSION_CAP_MINUTES, max(0.0, age))
+    out[i + 3] = 1.0 if session.in_checkout else 0.0
+    last = state.last_support_contact
+    out[i + 4] = _NEVER_DAYS if last is None or last > at else min(_NEVER_DAYS, (at - last) / DAY)
