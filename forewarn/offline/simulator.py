@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections import Counter
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -92,6 +93,14 @@ class World:
     #: chance per session of a contact that no trouble explains (a question), and its delay
     unrelated_contact_per_session: float
     unrelated_contact_delay_seconds: float
+    #: what the session itself says (the outside clickstream's strongest predictors after a
+    #: recent error): the chance of a contact after a checkout left without a purchase, and
+    #: per step of the session (long sessions); the contact comes this soon after
+    abandoned_checkout_contact: float
+    contact_per_session_step: float
+    session_contact_delay_seconds: float
+    #: chance that a checkout is left with no error at all (shipping costs, second thoughts)
+    checkout_abandon: float
     #: per step: login failure, site error, slow page, app crash, no search results,
     #: checkout error, payment failure, late delivery
     login_failed: float
@@ -144,6 +153,10 @@ OURS = World(
     contact_delay_seconds=1.5 * HOUR,
     unrelated_contact_per_session=0.004,
     unrelated_contact_delay_seconds=HOUR,
+    abandoned_checkout_contact=0.0,
+    contact_per_session_step=0.0,
+    session_contact_delay_seconds=0.0,
+    checkout_abandon=0.0,
     login_failed=0.03,
     site_errors=0.015,
     slow_page=0.03,
@@ -180,8 +193,12 @@ ELSEWHERE = World(
     contact_per_frustration=0.08,
     contact_cap=0.12,
     contact_delay_seconds=180.0,
-    unrelated_contact_per_session=0.06,
+    unrelated_contact_per_session=0.03,
     unrelated_contact_delay_seconds=600.0,
+    abandoned_checkout_contact=0.15,
+    contact_per_session_step=0.002,
+    session_contact_delay_seconds=120.0,
+    checkout_abandon=0.35,
     login_failed=0.01,
     site_errors=0.004,
     slow_page=0.01,
@@ -235,6 +252,8 @@ class _Customer:
         self.orders = 0
         self.cancelled = False
         self.contact_pending = False
+        #: event types of the current session, counted
+        self.session_seen: Counter[str] = Counter()
         self.pending: list[tuple[float, int, str, dict[str, Any]]] = []  # (at, seq, type, props)
 
     # -- ground truth ---------------------------------------------------------------------
@@ -328,11 +347,25 @@ class _Customer:
                     return  # the simulated period is over, mid-session or not
                 yield e
             w = self.world
+            if w.abandoned_checkout_contact or w.contact_per_session_step:
+                self._session_contact(t)
             if rng.random() < w.unrelated_contact_per_session:  # a question, not trouble
                 delay = rng.expovariate(1 / w.unrelated_contact_delay_seconds)
                 self._schedule(t + delay, "support_contact", {"kind": "chat"})
             t += rng.expovariate(p.sessions_per_day / (24 * HOUR))
         yield from self._drain_pending(sim.end_ts)
+
+    def _session_contact(self, t: float) -> None:
+        """A contact the session's shape explains: a checkout left without a purchase, a
+        long visit (``World.abandoned_checkout_contact``, ``contact_per_session_step``)."""
+        w, seen = self.world, self.session_seen
+        abandoned = seen["checkout_started"] > seen["purchase"]
+        steps = sum(seen.values())
+        hazard = w.abandoned_checkout_contact * abandoned + w.contact_per_session_step * steps
+        if not self.contact_pending and self.rng.random() < min(0.5, hazard):
+            self.contact_pending = True
+            delay = self.rng.expovariate(1 / w.session_contact_delay_seconds)
+            self._schedule(t + delay, "support_contact", {"kind": "chat"})
 
     def _joined(self) -> float:
         """When this customer's first visit can come: at the start for those present from
@@ -346,6 +379,7 @@ class _Customer:
     def _session(self, t: float) -> Generator[JourneyEvent, None, float]:
         sim, rng, p, w = self.sim, self.rng, self.persona, self.world
         self.sessions += 1
+        self.session_seen.clear()
         sid = f"s-{self.index}-{self.sessions}"
         ch = EventChannel.app if rng.random() < p.app_share else EventChannel.web
 
@@ -355,6 +389,7 @@ class _Customer:
             # something scheduled earlier (a support contact) may fall inside this session
             yield from self._drain_pending(t)
             value = props.pop("value", None)
+            self.session_seen[kind] += 1
             yield self._event(t, kind, sid, ch, props, value)
 
         yield from step("session_start")
@@ -399,6 +434,10 @@ class _Customer:
         cart = round(rng.lognormvariate(4.0, 0.6), 2)
         yield from step("add_to_cart", cart_value=cart)
         yield from step("checkout_started", cart_value=cart, step="address")
+        if w.checkout_abandon and rng.random() < w.checkout_abandon:
+            if rng.random() < 0.5:  # going round the details before leaving
+                yield from step("checkout_started", cart_value=cart, step="shipping")
+            return t
         if rng.random() < w.checkout_error:
             yield from step("checkout_error", step="address", cart_value=cart)
             if rng.random() < 0.35:

@@ -104,6 +104,22 @@ def test_the_world_the_defaults_were_not_tuned_on_is_another_business() -> None:
     near, far = contact_delays(there), contact_delays(ours)
     assert near[len(near) // 2] < 5 < far[len(far) // 2]
 
+    # a checkout left without a purchase is followed by a contact about twice as often
+    def soon(evs: list[JourneyEvent], i: int, kind: str) -> bool:
+        e = evs[i]
+        return any(
+            f.customer_id == e.customer_id and f.type == kind
+            for f in evs[i + 1 : i + 400]
+            if f.occurred_at - e.occurred_at <= timedelta(minutes=30)
+        )
+
+    checkouts = [i for i, e in enumerate(there) if e.type == "checkout_started"]
+    left = [i for i in checkouts if not soon(there, i, "purchase")]
+    bought = [i for i in checkouts if soon(there, i, "purchase")]
+    rate_left = sum(soon(there, i, "support_contact") for i in left) / len(left)
+    rate_bought = sum(soon(there, i, "support_contact") for i in bought) / len(bought)
+    assert rate_left > 1.8 * rate_bought, (rate_left, rate_bought)
+
     half = START + span * 0.55
     errors_before = sum(e.type == "error_page" and e.occurred_at < half for e in there)
     errors_after = sum(e.type == "error_page" and e.occurred_at >= half for e in there)
