@@ -151,3 +151,54 @@ def _sample(index: NDArray[np.int64], rows: ContactRows, n: int) -> NDArray[np.i
 
     chosen = sorted(index.tolist(), key=key)[:n]
     return np.array(sorted(chosen), dtype=np.int64)
+
+
+DAY = 86_400.0
+
+
+def daily_refit_actions(
+    rows: ContactRows,
+    *,
+    horizon: float = HORIZON_SECONDS,
+    per_1000_active: float = 20.0,
+    first_day: int = 2,
+    errors_only: bool = True,
+    min_positives: int = 20,
+) -> list[tuple[str, float, str, str]]:
+    """What a stream learner would have done, replayed: each day, fit on the rows whose
+    horizon had closed by the day's start (labels matured, nothing later), and act on that
+    day's riskiest moments, one per customer, ``per_1000_active`` per 1,000 customers active
+    that day. ``errors_only``: only at the first trouble (moments with an error just now).
+    Actions as ``measures.measure`` reads them (customer, time, rule, playbook)."""
+    start = float(rows.at.min())
+    days = int((float(rows.at.max()) - start) // DAY) + 1
+    since_error = rows.x[:, CONTACT_FEATURES.index("minutes_since_error")]
+    acts: list[tuple[str, float, str, str]] = []
+    for d in range(first_day, days):
+        d0 = start + d * DAY
+        train = rows.at + horizon <= d0
+        y = rows.y[train]
+        if int(y.sum()) < min_positives or int(y.sum()) == len(y):
+            continue
+        today = (rows.at >= d0) & (rows.at < d0 + DAY)
+        active = len({rows.customers[i] for i in np.flatnonzero(today)})
+        if errors_only:
+            today &= since_error == 0
+        idx = np.flatnonzero(today)
+        if not len(idx):
+            continue
+        pipeline = Pipeline([("scale", StandardScaler()),
+                             ("model", LogisticRegression(max_iter=1000))])  # fmt: skip
+        pipeline.fit(rows.x[train], y)
+        risk = pipeline.predict_proba(rows.x[idx])[:, 1]
+        n = max(1, round(per_1000_active * active / 1000))
+        seen: set[str] = set()
+        for i in idx[np.argsort(-risk, kind="stable")]:
+            customer = rows.customers[i]
+            if customer in seen:
+                continue
+            seen.add(customer)
+            acts.append((customer, float(rows.at[i]), "contact_risk", "learned"))
+            if len(seen) >= n:
+                break
+    return sorted(acts, key=lambda a: a[1])
