@@ -115,6 +115,8 @@ class ScoringMetrics:
             ["rule", "partition"],
             registry=r,
         )
+        #: (rule, partition) labels the volume gauges were set for
+        self._volume_labels: set[tuple[str, str]] = set()
         self.volume_per_day = Gauge(
             "forewarn_volume_actions_per_day",
             "A volume-targeted rule's actions a day over its recent window, per partition: "
@@ -251,11 +253,21 @@ class ScoringMetrics:
             self.event_age.observe(age)
         for v in result.volumes:
             labels = (v.rule_id, str(v.partition))
+            self._volume_labels.add(labels)
             self.volume_threshold.labels(*labels).set(v.threshold)
             self.volume_per_day.labels(*labels, "target").set(v.target_per_day)
             self.volume_per_day.labels(*labels, "sent").set(v.sent_per_day)
         if stats.expired:
             self.expired.inc(stats.expired)
+
+    def partitions_gone(self, partitions: set[int]) -> None:
+        """Drop the per-partition gauges of partitions this worker no longer owns (another
+        worker reports them now)."""
+        for labels in [lb for lb in self._volume_labels if int(lb[1]) in partitions]:
+            self._volume_labels.discard(labels)
+            self.volume_threshold.remove(*labels)
+            for kind in ("target", "sent"):
+                self.volume_per_day.remove(*labels, kind)
 
     def model_in_use(self, old: str | None, new: str | None) -> None:
         _swap(self.model_info, old, new)

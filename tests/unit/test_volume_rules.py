@@ -134,6 +134,9 @@ def test_the_volume_is_on_the_metrics_and_passes_promtool(
     target = samples[("forewarn_volume_actions_per_day", (("kind", "target"), *labels))]
     sent = samples[("forewarn_volume_actions_per_day", (("kind", "sent"), *labels))]
     assert target > 0 and sent > 0
+    metrics.partitions_gone({0})  # the partition went to another worker
+    gone = generate_latest(metrics.registry).decode()
+    assert 'partition="0"' not in gone, "its gauges went with it"
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool not installed (.ci/run installs Debian's prometheus package)")

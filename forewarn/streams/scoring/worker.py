@@ -167,6 +167,7 @@ class ScoringWorker:
         self.health.restoring -= gone
         self._to_restore -= gone
         self.membership.lost()
+        self.metrics.partitions_gone(gone)
         self.metrics.partitions.set(len(self.health.assigned))
         self.metrics.rebalances.labels(kind).inc()
         log.info("%s partitions %s", kind, sorted(gone))
