@@ -27,7 +27,7 @@ rules:
 """
 
 
-def test_the_default_rulebook_loads_with_the_five_playbooks() -> None:
+def test_the_default_rulebook_loads_with_its_six_playbooks() -> None:
     book = load_rulebook()
     assert default_rulebook_path().name == "default.yaml"
     assert {r.id for r in book.rules} == {
@@ -36,7 +36,9 @@ def test_the_default_rulebook_loads_with_the_five_playbooks() -> None:
         "checkout_assist",
         "agent_callback",
         "retention_offer",
+        "first_trouble",
     }
+    assert set(book.volume_targets) == {"first_trouble"}, "one rule holds a volume"
 
 
 def test_durations_are_parsed_to_seconds() -> None:
