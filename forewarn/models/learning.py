@@ -22,7 +22,6 @@ replay keeps the same ones. At most ``capacity`` labelled rows are kept, oldest 
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import deque
 from collections.abc import Sequence
@@ -30,6 +29,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
+
+from forewarn.models.state import stable_fraction
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,8 +125,7 @@ def keeps_negative(customer_id: str, at: float, rate: float) -> bool:
     every replay keeps the same rows."""
     if rate >= 1:
         return True
-    digest = hashlib.blake2b(f"{customer_id}\x1f{at!r}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64 < rate
+    return stable_fraction(f"{customer_id}\x1f{at!r}") < rate
 
 
 def split_by_time(

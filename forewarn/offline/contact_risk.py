@@ -19,23 +19,19 @@ Serving it (the engine, rules on ``contact_risk``, the worker) is the next step 
 from __future__ import annotations
 
 import bisect
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, roc_auc_score
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
 
 from forewarn.models.churn import LinearModel, linear_model_of
 from forewarn.models.contracts import JourneyEvent
 from forewarn.models.features import CONTACT_FEATURES, contact_features
 from forewarn.models.friction import FrictionConfig, friction_scores
-from forewarn.models.state import CustomerState, apply_event
-from forewarn.offline.training import TrainingError
+from forewarn.models.state import CustomerState, apply_event, stable_fraction
+from forewarn.offline.training import TrainingError, logistic_pipeline
 
 CONTACT = "support_contact"
 #: the default horizon, and the short in-session one
@@ -125,7 +121,7 @@ def fit_and_judge(
     if len(y_train) > max_rows:
         keep = _sample(np.flatnonzero(train), rows, max_rows)
         x_train, y_train = rows.x[keep], rows.y[keep]
-    pipeline = Pipeline([("scale", StandardScaler()), ("model", LogisticRegression(max_iter=2000))])
+    pipeline = logistic_pipeline()
     pipeline.fit(x_train, y_train)
     p = pipeline.predict_proba(rows.x[test])[:, 1]
     friction = rows.x[test][:, 0]
@@ -145,9 +141,8 @@ def _sample(index: NDArray[np.int64], rows: ContactRows, n: int) -> NDArray[np.i
     """``n`` of the rows at ``index``, every positive first, the rest by a hash of customer and
     time (the same sample in every run)."""
 
-    def key(i: int) -> tuple[int, bytes]:
-        h = hashlib.blake2b(f"{rows.customers[i]}\x1f{rows.at[i]!r}".encode(), digest_size=8)
-        return (-int(rows.y[i]), h.digest())
+    def key(i: int) -> tuple[int, float]:
+        return (-int(rows.y[i]), stable_fraction(f"{rows.customers[i]}\x1f{rows.at[i]!r}"))
 
     chosen = sorted(index.tolist(), key=key)[:n]
     return np.array(sorted(chosen), dtype=np.int64)
@@ -187,8 +182,7 @@ def daily_refit_actions(
         idx = np.flatnonzero(today)
         if not len(idx):
             continue
-        pipeline = Pipeline([("scale", StandardScaler()),
-                             ("model", LogisticRegression(max_iter=1000))])  # fmt: skip
+        pipeline = logistic_pipeline(max_iter=1000)
         pipeline.fit(rows.x[train], y)
         risk = pipeline.predict_proba(rows.x[idx])[:, 1]
         n = max(1, round(per_1000_active * active / 1000))

@@ -131,6 +131,12 @@ def snapshot_dataset(
     return Snapshots(np.vstack(xs), np.array(ys, dtype=np.int64), customers, times)
 
 
+def logistic_pipeline(max_iter: int = 2000) -> Pipeline:
+    """Every Forewarn model's shape: standardized features into a logistic regression (its
+    numbers leave scikit-learn as a ``LinearModel``)."""
+    return Pipeline([("scale", StandardScaler()), ("model", LogisticRegression(max_iter=max_iter))])
+
+
 def _held_out(cid: str) -> bool:
     return hashlib.blake2b(cid.encode(), digest_size=2).digest()[0] < 64  # 25%
 
@@ -168,7 +174,7 @@ def fit_churn_model(
     for name, y in (("training", y_train), ("held-out", y_test)):
         if len(set(y.tolist())) < 2:
             raise TrainingError(f"the {name} rows hold only one class: no churners to learn from")
-    pipeline = Pipeline([("scale", StandardScaler()), ("model", LogisticRegression(max_iter=2000))])
+    pipeline = logistic_pipeline()
     pipeline.fit(data.x[~test], y_train)
     p_train = pipeline.predict_proba(data.x[~test])[:, 1]
     prec, rec, thr = precision_recall_curve(y_train, p_train)

@@ -34,12 +34,13 @@ where batches are cut, so a replay decides what the live run decided; ``to_recor
 
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Any
 
 import msgpack
 from pydantic import BaseModel, ConfigDict, Field
+
+from forewarn.models.state import stable_fraction
 
 #: score resolution: thresholds are found to within one bin of [low, high]
 BINS = 1_000
@@ -273,8 +274,7 @@ class AdaptiveThreshold:
 
 def tiebreak(event_id: str) -> float:
     """A number in [0, 1) fixed by the event id: the same in every replay."""
-    digest = hashlib.blake2b(event_id.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
+    return stable_fraction(event_id)
 
 
 #: the changelog and store key of a partition's volume record: it starts with a space, which
