@@ -16,7 +16,7 @@ from forewarn.errors import ForewarnError
 from forewarn.models.churn import ChurnModel
 from forewarn.models.config_file import ConfigFileError
 from forewarn.models.contracts import CustomerProfile, JourneyEvent, write_json_schemas
-from forewarn.offline.simulator import WORLDS
+from forewarn.offline.worlds import WORLDS
 from forewarn.rules.rulebook import Rulebook
 from forewarn.streams.settings import LoggingSettings
 

@@ -37,7 +37,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from forewarn.errors import ForewarnError
 from forewarn.models.config_file import first_error, load_yaml_file
 from forewarn.models.contracts import CustomerProfile, JourneyEvent
-from forewarn.offline.simulator import OURS, JourneySimulator, World
+from forewarn.offline.simulator import JourneySimulator
+from forewarn.offline.worlds import OURS, World
 from forewarn.pipeline.codecs import encode
 
 

@@ -26,7 +26,8 @@ from forewarn.offline.samples import (
     as_cloudevent_structured,
     bad_record,
 )
-from forewarn.offline.simulator import OURS, JourneySimulator, World, span_for
+from forewarn.offline.simulator import JourneySimulator, span_for
+from forewarn.offline.worlds import OURS, World
 from forewarn.pipeline.codecs import Headers, encode
 from forewarn.streams.settings import Settings, kafka_config
 

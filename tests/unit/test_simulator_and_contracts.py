@@ -21,7 +21,8 @@ from forewarn.models.contracts import (
     json_schemas,
 )
 from forewarn.offline.measures import measure
-from forewarn.offline.simulator import ELSEWHERE, Incident, JourneySimulator
+from forewarn.offline.simulator import JourneySimulator
+from forewarn.offline.worlds import ELSEWHERE, Incident
 from forewarn.streams.settings import Settings, kafka_config
 from tests.conftest import ROOT
 
