@@ -10,12 +10,12 @@ wave) hit a share of customers for a while.
 Every customer draws from its own random stream seeded by ``(seed, customer index)``, so the
 same seed gives the same events, ids and time offsets however the streams interleave.
 
-Two worlds (``WORLDS``, ``worlds.py``). ``ours`` is the one the shipped defaults were tuned on. ``elsewhere``
-is a world they were not tuned on, shaped after what a real clickstream from another source
-showed (issue 11): trouble is rarer and mostly single errors (friction seldom builds up),
-customers contact support within minutes of an error in the same session, an incident starts
-in the second half and lasts to the end, and traffic triples over the history (customers
-keep joining). Judge defaults on the world they were not tuned on.
+Two worlds (``WORLDS``, ``worlds.py``). ``ours`` is the one the shipped defaults were tuned
+on. ``elsewhere`` is one they were not, shaped after what a real clickstream from another
+source showed (issue 11): trouble is rarer and mostly single errors (friction seldom builds
+up), checkouts left without a purchase lead to contacts, customers contact support within
+minutes, an incident starts in the second half and lasts to the end, and traffic triples over
+the history (customers keep joining). Judge defaults on the world they were not tuned on.
 
 >>> from datetime import UTC, datetime, timedelta
 >>> sim = JourneySimulator(customers=5, seed=7, start=datetime(2026, 1, 1, tzinfo=UTC),

@@ -105,10 +105,6 @@ def volume_score(rule: Rule, m: Moment) -> float | None:
     return m.friction if rule.require.volume.score == "friction" else m.churn
 
 
-def _stream_time(m: Moment) -> float:
-    return m.at if m.stream_time is None else m.stream_time
-
-
 def volume_reason(rule: Rule, m: Moment, threshold: AdaptiveThreshold) -> Reason:
     """'churn risk 0.31, in the top 0.4% of the last 24 h (target 5 per 1,000 ...)'."""
     vol = rule.require.volume
@@ -216,11 +212,11 @@ class DecisionMaker:
         score = volume_score(rule, m)
         if volumes is None or score is None:
             return False
-        return volumes.rules[rule.id].observe(_stream_time(m), score, tiebreak(m.event.event_id))
+        return volumes.rules[rule.id].observe(m.now, score, tiebreak(m.event.event_id))
 
     def _sent(self, p: Proposal, volumes: PartitionVolumes | None) -> None:
         if volumes is not None and p.rule.require.volume is not None:
-            volumes.rules[p.rule.id].sent(_stream_time(p.moment))
+            volumes.rules[p.rule.id].sent(p.moment.now)
 
     def _action(self, rule: Rule, m: Moment, channel: ActionChannel) -> OutreachAction:
         e = m.event

@@ -34,3 +34,8 @@ class Moment:
     churn_reasons: tuple[tuple[str, float], ...] = ()
     #: the partition's stream time when the event was processed (None: the event's own)
     stream_time: float | None = None
+
+    @property
+    def now(self) -> float:
+        """Stream time at this moment: the partition's, or the event's own without one."""
+        return self.at if self.stream_time is None else self.stream_time

@@ -75,7 +75,7 @@ def expired(p: Proposal) -> Verdict:
     """The trigger is further behind the partition's stream time than the action's
     time-to-live (a late or backlogged event: too late to act on)."""
     m, ttl = p.moment, p.rule.action.ttl
-    age = (m.stream_time if m.stream_time is not None else m.at) - m.at
+    age = m.now - m.at
     if age > ttl:
         return Suppressed(
             SuppressionReason.expired,
