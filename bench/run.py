@@ -47,8 +47,8 @@ from typing import Any
 
 from confluent_kafka import Consumer
 
-from forewarn.models.churn import default_model_path, load_churn_model
 from forewarn.models.contracts import DeadLetterReason
+from forewarn.models.risk import default_model_path, load_risk_model
 from forewarn.models.state_codec import encode_state
 from forewarn.offline.samples import bad_record
 from forewarn.offline.simulator import JourneySimulator, span_for
@@ -292,7 +292,7 @@ def main() -> int:
         for i, pr in enumerate(profiles)
     ]
     per_event_us: dict[str, float] = {}
-    shipped = load_churn_model(default_model_path())
+    shipped = load_risk_model(default_model_path())
     for name, churn in (("engine only, friction (no Kafka)", None),
                         ("engine only, friction + churn model", shipped)):  # fmt: skip
         h = Harness(churn=churn, clock=ManualClock(now))

@@ -13,9 +13,9 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from forewarn.errors import ForewarnError
-from forewarn.models.churn import ChurnModel
 from forewarn.models.config_file import ConfigFileError
 from forewarn.models.contracts import CustomerProfile, JourneyEvent, write_json_schemas
+from forewarn.models.risk import RiskModel
 from forewarn.offline.worlds import WORLDS
 from forewarn.rules.rulebook import Rulebook
 from forewarn.streams.settings import LoggingSettings
@@ -152,18 +152,18 @@ def _history(args: argparse.Namespace) -> tuple[list[JourneyEvent], list[Custome
     return events, profiles
 
 
-def _model(path: Path | None) -> ChurnModel | None:
-    from forewarn.models.churn import default_model_path, load_churn_model
+def _model(path: Path | None) -> RiskModel | None:
+    from forewarn.models.risk import default_model_path, load_risk_model
 
     if path is not None and str(path) == "none":
         return None
     chosen = path or default_model_path()
-    return load_churn_model(chosen) if (chosen / "card.json").exists() or path else None
+    return load_risk_model(chosen) if (chosen / "card.json").exists() or path else None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from forewarn.models.churn import save_churn_model
     from forewarn.models.friction import FrictionConfig
+    from forewarn.models.risk import save_risk_model
     from forewarn.offline.history import file_sha256, read_labels
     from forewarn.offline.training import (
         CHURN_EVENT,
@@ -198,7 +198,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"every {args.snapshot_hours:g} h"
         ),
     )
-    save_churn_model(args.out, linear, card)
+    save_risk_model(args.out, linear, card)
     h = card.held_out
     print(
         f"model {card.model_version} -> {args.out}\n"

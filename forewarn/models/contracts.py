@@ -195,8 +195,8 @@ class Reason(_Contract):
 
     signal: str
     contribution: float = Field(
-        description="points of the friction score this signal adds; for a churn_risk reason, "
-        "the log-odds of churn it adds"
+        description="points of the friction score this signal adds; for a churn_risk or "
+        "contact_risk reason, the log-odds of churn or of a support contact it adds"
     )
     detail: str
 
@@ -204,6 +204,8 @@ class Reason(_Contract):
 class Scores(_Contract):
     friction: float = Field(ge=0, le=100)
     churn_risk: float | None = Field(default=None, ge=0, le=1)
+    #: the chance of a support contact within the contact-risk model's horizon
+    contact_risk: float | None = Field(default=None, ge=0, le=1)
 
 
 AttributeValue = str | int | float | bool
@@ -234,6 +236,9 @@ class OutreachAction(_Contract):
     transactional: bool = False
     rulebook_version: str
     model_version: str
+    #: the contact-risk model that scored the trigger (None: none loaded); a stream-learned
+    #: model names its version here from the stream time it serves from
+    contact_model_version: str | None = None
     attributes: dict[str, AttributeValue] = Field(default_factory=dict)
 
 
@@ -335,6 +340,43 @@ class DeadLetter(_Contract):
     truncated: list[Truncation] = Field(default_factory=list)
 
 
+#: the journey events that outcomes are measured by, published to the milestones topic
+MILESTONE_TYPES: frozenset[str] = frozenset(
+    {"support_contact", "subscription_cancelled", "purchase"}
+)
+
+
+class Milestone(_Contract):
+    """A journey event that outcomes are measured by (a support contact, a cancellation, a
+    purchase), published by the scoring worker inside its transaction to the low-volume
+    milestones topic, keyed by customer: the learner and the feedback plane read it, never
+    the high-volume journey stream."""
+
+    schema_version: Literal[1] = 1
+    event_id: str
+    customer_id: CustomerId
+    type: str
+    occurred_at: AwareDatetime
+
+
+class FeatureRow(_Contract):
+    """The contact-risk features at one moment, a sample of them, for the stream learner.
+
+    ``weight``: how many moments of the stream this row stands for (1 / the share sampled),
+    so that what is learned from the sample is what the whole stream would teach.
+    """
+
+    schema_version: Literal[1] = 1
+    event_id: str
+    customer_id: CustomerId
+    occurred_at: AwareDatetime
+    weight: float = Field(gt=0)
+    #: names the features and their order (``features.FEATURE_SET``): a learner ignores rows
+    #: of another feature set
+    feature_set: str
+    features: list[float]
+
+
 #: File name in ``schemas/`` for each exported contract.
 SCHEMA_FILES: dict[str, type[BaseModel]] = {
     "journey-event.v1.json": JourneyEvent,
@@ -342,6 +384,8 @@ SCHEMA_FILES: dict[str, type[BaseModel]] = {
     "outreach-action.v1.json": OutreachAction,
     "decision.v1.json": Decision,
     "dead-letter.v1.json": DeadLetter,
+    "milestone.v1.json": Milestone,
+    "feature-row.v1.json": FeatureRow,
 }
 
 

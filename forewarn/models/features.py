@@ -15,6 +15,8 @@ a model trained on other features.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -92,6 +94,11 @@ CONTACT_FEATURES: tuple[str, ...] = (
     "session_minutes",
     "in_checkout",
     "days_since_support_contact",
+)
+
+#: names the contact features and their order, for rows that travel (``FeatureRow``)
+CONTACT_FEATURE_SET = (
+    "contact-" + hashlib.sha256(",".join(CONTACT_FEATURES).encode()).hexdigest()[:12]
 )
 
 #: the longest recency and session age a feature reads (a day, four hours)

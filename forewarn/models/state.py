@@ -103,6 +103,8 @@ class CustomerState:
     last_friction: float = 0.0
     #: churn risk after the last event (0 until a churn model scored the customer)
     last_churn_risk: float = 0.0
+    #: contact risk after the last event (0 until a contact-risk model scored the customer)
+    last_contact_risk: float = 0.0
     last_contact_by_rule: dict[str, float] = field(default_factory=dict)
     last_contact_by_channel: dict[str, float] = field(default_factory=dict)
     #: hashes of the last ACTION_MEMORY emitted action ids
@@ -129,6 +131,7 @@ class CustomerState:
             last_support_contact=self.last_support_contact,
             last_friction=self.last_friction,
             last_churn_risk=self.last_churn_risk,
+            last_contact_risk=self.last_contact_risk,
             last_contact_by_rule=dict(self.last_contact_by_rule),
             last_contact_by_channel=dict(self.last_contact_by_channel),
             recent_actions=self.recent_actions[:],

@@ -4,7 +4,8 @@ MessagePack (binary, fast, readable from any language) of a positional array, ve
 
 ``[1, customer_id, profile, base, first, events_seen, signals, occurrences, seen_events,
 session, last_support_contact, last_friction, last_contact_by_rule, last_contact_by_channel,
-recent_actions, last_offset, last_churn_risk, contact_times]``
+recent_actions, last_offset, last_churn_risk, contact_times, last_contact_risk]``
+(the last one added later: a state written without it reads as 0)
 
 Times are event times kept to the millisecond (``state.event_seconds``), so they travel as
 integer milliseconds *before* ``base`` (the customer's last event): small integers that
@@ -130,6 +131,7 @@ def encode_state(s: CustomerState) -> bytes:
         s.last_offset,
         s.last_churn_risk,
         _before(base, s.contact_times),
+        s.last_contact_risk,
     ]
     return msgpack.packb(wire, use_bin_type=True)  # type: ignore[no-any-return]
 
@@ -141,7 +143,7 @@ def decode_state(data: bytes) -> CustomerState:
         if not isinstance(w, list) or w[0] != VERSION:
             raise StateDecodeError(f"not a version-{VERSION} customer state")
         (_, cid, profile, base, first, n, signals, occ, seen, sess, support, friction, by_rule,
-         by_channel, actions, last_offset, churn, contacts) = w  # fmt: skip
+         by_channel, actions, last_offset, churn, contacts, *later) = w  # fmt: skip
         b = base / 1000
 
         def t(delta: int) -> float:
@@ -173,6 +175,7 @@ def decode_state(data: bytes) -> CustomerState:
             last_offset=last_offset,
             last_churn_risk=churn,
             contact_times=[t(d) for d in contacts],
+            last_contact_risk=later[0] if later else 0.0,
         )
     except StateDecodeError:
         raise

@@ -18,8 +18,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from forewarn.models.churn import ChurnModel
 from forewarn.models.contracts import CustomerProfile, JourneyEvent
+from forewarn.models.risk import RiskModel
 from forewarn.offline.evaluate import RuleMeasures, evaluate
 from forewarn.offline.measures import Measures
 from forewarn.rules.rulebook import Rulebook
@@ -60,7 +60,7 @@ def backtest(
     events: Sequence[JourneyEvent],
     profiles: Sequence[CustomerProfile] | None,
     *,
-    churn: ChurnModel | None = None,
+    churn: RiskModel | None = None,
     deployed: Rulebook | None = None,
 ) -> Backtest:
     """Per rule: actions, suppressions by reason, customers reached, coverage, lead time;

@@ -26,10 +26,10 @@ import numpy as np
 from numpy.typing import NDArray
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from forewarn.models.churn import LinearModel, linear_model_of
 from forewarn.models.contracts import JourneyEvent
 from forewarn.models.features import CONTACT_FEATURES, contact_features
 from forewarn.models.friction import FrictionConfig, friction_scores
+from forewarn.models.risk import LinearModel, linear_model_of
 from forewarn.models.state import CustomerState, apply_event, stable_fraction
 from forewarn.offline.training import TrainingError, logistic_pipeline
 

@@ -25,8 +25,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from forewarn.models.churn import ChurnModel
 from forewarn.models.contracts import CustomerProfile, JourneyEvent
+from forewarn.models.risk import RiskModel
 from forewarn.offline.measures import (
     Act,
     LeadTime,
@@ -117,7 +117,7 @@ def evaluate(
     profiles: Sequence[CustomerProfile] | None = None,
     *,
     rulebook: Rulebook | None = None,
-    churn: ChurnModel | None = None,
+    churn: RiskModel | None = None,
     window_hours: float = 24.0,
     seed: int = 7,
     plot: Path | None = None,

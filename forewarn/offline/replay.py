@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from forewarn.models.churn import ChurnModel
 from forewarn.models.contracts import (
     ALL_CONSENT,
     CustomerProfile,
@@ -29,6 +28,7 @@ from forewarn.models.contracts import (
     OutreachAction,
 )
 from forewarn.models.friction import FrictionConfig
+from forewarn.models.risk import RiskModel
 from forewarn.pipeline.codecs import encode
 from forewarn.pipeline.harness import Harness
 from forewarn.pipeline.results import ScoredEvent
@@ -59,7 +59,7 @@ def replay(
     profiles: Sequence[CustomerProfile] | None = None,
     *,
     rulebook: Rulebook | None = None,
-    churn: ChurnModel | None = None,
+    churn: RiskModel | None = None,
     friction: FrictionConfig | None = None,
     batch_size: int = 500,
 ) -> Replay:

@@ -29,9 +29,9 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from forewarn.models.churn import ChurnModel
 from forewarn.models.config_file import load_yaml_file
 from forewarn.models.contracts import Consent, CustomerProfile, JourneyEvent
+from forewarn.models.risk import RiskModel
 from forewarn.offline.replay import replay
 from forewarn.rules.rulebook import Rulebook
 
@@ -98,7 +98,7 @@ class CaseResult:
         return not self.failures
 
 
-def run_case(book: Rulebook, case: Case, churn: ChurnModel | None = None) -> CaseResult:
+def run_case(book: Rulebook, case: Case, churn: RiskModel | None = None) -> CaseResult:
     events = [
         JourneyEvent(
             event_id=f"case-{i}",
@@ -156,6 +156,6 @@ def _diff(what: str, want: list[str], got: list[str]) -> list[str]:
     return lines
 
 
-def run_cases(book: Rulebook, path: Path, churn: ChurnModel | None = None) -> list[CaseResult]:
+def run_cases(book: Rulebook, path: Path, churn: RiskModel | None = None) -> list[CaseResult]:
     cases = load_yaml_file(path, CaseFile)
     return [run_case(book, c, churn) for c in cases.cases]

@@ -34,7 +34,10 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from forewarn.errors import ForewarnError
-from forewarn.models.churn import (
+from forewarn.models.contracts import JourneyEvent
+from forewarn.models.features import CHURN_FEATURES, churn_features
+from forewarn.models.friction import FrictionConfig, friction_scores
+from forewarn.models.risk import (
     CalibrationBin,
     ClassBalance,
     HeldOutMetrics,
@@ -45,9 +48,6 @@ from forewarn.models.churn import (
     linear_model_of,
     model_file_bytes,
 )
-from forewarn.models.contracts import JourneyEvent
-from forewarn.models.features import CHURN_FEATURES, churn_features
-from forewarn.models.friction import FrictionConfig, friction_scores
 from forewarn.models.state import CustomerState, apply_event
 
 CHURN_EVENT = "subscription_cancelled"

@@ -11,11 +11,16 @@ phases, each once per batch (``process``):
    same however the stream is cut into batches, so a replay after a crash decides exactly
    what an uninterrupted run did), skipping replays and duplicates and writing the event's
    friction signals and churn features into one row of a matrix each;
-3. **score** friction and churn risk for the whole batch at once;
+3. **score** friction, churn risk and contact risk for the whole batch at once (the contact
+   risk by the model version that serves at each event's time, ``ModelSchedule``);
 4. **decide** the rules each event can trigger, their policies and arbitration (one action
    per trigger event);
 5. **save** the changed states and the stream time into the stores' transaction, and sweep
    idle customers on the stream-time grid.
+
+Beside the actions, a batch reports its **milestones** (support contacts, cancellations,
+purchases) and, when learning is on, a sample of **feature rows** (the contact-risk features
+at a moment): what the stream learner learns from.
 
 Nothing is saved before the last phase, and states are copies until then: a batch that
 raises leaves the stores as they were (``process_isolating`` relies on it).
@@ -39,17 +44,26 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from forewarn.models.churn import ChurnModel
 from forewarn.models.contracts import (
+    MILESTONE_TYPES,
     VOCABULARY,
     CustomerProfile,
     DeadLetter,
     DeadLetterReason,
+    FeatureRow,
     JourneyEvent,
+    Milestone,
 )
-from forewarn.models.features import CHURN_FEATURES, churn_features
+from forewarn.models.features import (
+    CHURN_FEATURES,
+    CONTACT_FEATURE_SET,
+    CONTACT_FEATURES,
+    churn_features,
+    contact_features,
+)
 from forewarn.models.friction import FrictionConfig, friction_scores
-from forewarn.models.state import CustomerState, apply_event
+from forewarn.models.risk import ModelSchedule, RiskModel, Served
+from forewarn.models.state import CustomerState, apply_event, stable_fraction
 from forewarn.pipeline.clocks import SystemClock
 from forewarn.pipeline.codecs import (
     DecodedEvent,
@@ -86,6 +100,17 @@ EXPIRY_SWEEP_SECONDS = 3600.0
 #: what ``use`` leaves as it is
 KEEP: Literal["keep"] = "keep"
 
+#: moments with trouble just now (an error, or a checkout left, in the last hour): every one
+#: is a feature row; other moments are sampled
+_ERRORS_1H = CONTACT_FEATURES.index("errors_1h")
+_LEFT_CHECKOUT = CONTACT_FEATURES.index("checkout_without_purchase_1h")
+
+
+def sampled_share(row: NDArray[np.float64], share: float) -> float:
+    """The share of such moments kept as feature rows: all with trouble, ``share`` of the
+    rest."""
+    return 1.0 if row[_ERRORS_1H] > 0 or row[_LEFT_CHECKOUT] > 0 else share
+
 
 @dataclass(slots=True)
 class Decoded:
@@ -117,9 +142,11 @@ class FoldedEvent:
 @dataclass(slots=True)
 class Folded:
     events: list[FoldedEvent]
-    #: one row per folded event: friction signals, and churn features (none without a model)
+    #: one row per folded event: friction signals, churn features (none without a model),
+    #: contact features (none without a contact model or learning)
     signals: NDArray[np.float64]
     features: NDArray[np.float64]
+    contact_features: NDArray[np.float64]
     #: (partition, customer) -> the batch's copy of the customer's state
     touched: dict[tuple[int, str], CustomerState]
     #: partition -> stream time, before the batch and after it
@@ -135,6 +162,10 @@ class Scored:
     #: points each friction signal adds, one row per event
     contributions: NDArray[np.float64]
     churn: NDArray[np.float64] | None
+    #: NaN where no contact-risk version serves yet; None without any
+    contact: NDArray[np.float64] | None
+    #: row -> the contact-risk model that scored it
+    contact_models: dict[int, RiskModel]
 
 
 class ScoringEngine:
@@ -147,11 +178,16 @@ class ScoringEngine:
         stores: StateStores | None = None,
         clock: Clock | None = None,
         idle_ttl_seconds: float = DEFAULT_IDLE_TTL_SECONDS,
-        churn: ChurnModel | None = None,
+        churn: RiskModel | None = None,
+        contact: RiskModel | ModelSchedule | None = None,
+        feature_rows: float = 0.0,
         taps: bool = False,
     ) -> None:
         self._rulebook = rulebook or load_rulebook()
         self._churn = churn
+        self._contact = contact if isinstance(contact, ModelSchedule) else _schedule(contact)
+        #: the share of moments without trouble sampled as feature rows (0: learning off)
+        self.feature_rows = feature_rows
         self.friction = friction or FrictionConfig.default()
         self.decode = decode or DecodeSettings()
         self.stores: StateStores = stores if stores is not None else MemoryStores()
@@ -166,22 +202,36 @@ class ScoringEngine:
         return self._rulebook
 
     @property
-    def churn(self) -> ChurnModel | None:
+    def churn(self) -> RiskModel | None:
         """The churn-risk model; None scores friction only."""
         return self._churn
+
+    @property
+    def contact(self) -> ModelSchedule:
+        """The contact-risk model versions and the times each serves from."""
+        return self._contact
 
     def use(
         self,
         *,
         rulebook: Rulebook | None = None,
-        churn: ChurnModel | Literal["keep"] | None = KEEP,
+        churn: RiskModel | Literal["keep"] | None = KEEP,
+        contact: RiskModel | Literal["keep"] | None = KEEP,
     ) -> None:
-        """Score the next batches with another rulebook or churn model (``churn=None``:
-        friction only). The worker swaps them between batches, never inside one."""
+        """Score the next batches with another rulebook, churn model (``churn=None``:
+        friction only) or contact-risk model (served for every event from now on). The
+        worker swaps them between batches, never inside one."""
         if rulebook is not None:
             self._rulebook = rulebook
         if churn != KEEP:
             self._churn = churn
+        if contact != KEEP:
+            self._contact = _schedule(contact)
+
+    def serve(self, contact: RiskModel, serves_from: float) -> None:
+        """A stream-learned contact-risk version scores events from ``serves_from`` (event
+        time, epoch seconds) on, as a replay with the same versions would."""
+        self._contact.add(serves_from, contact)
 
     def process(
         self, events: Sequence[RawRecord] = (), profiles: Sequence[RawRecord] = ()
@@ -210,15 +260,44 @@ class ScoringEngine:
                 VolumeReading(p, rule, t.threshold, t.target_per_day(), t.per_day()[2], t.warm)
                 for rule, t in v.rules.items()
             ]
+        result.milestones = [
+            Milestone(event_id=f.event.event_id, customer_id=f.event.customer_id,
+                      type=f.event.type, occurred_at=f.event.occurred_at)
+            for f in folded.events if f.event.type in MILESTONE_TYPES
+        ]  # fmt: skip
+        if self.feature_rows > 0:
+            result.feature_rows = self._feature_rows(folded)
         if self.taps:
             risks = scored.churn
             result.scored = [
                 ScoredEvent(f.event.customer_id, f.at, float(scored.friction[i]),
-                            None if risks is None else float(risks[i]))
+                            None if risks is None else float(risks[i]),
+                            None if scored.contact is None or math.isnan(scored.contact[i])
+                            else float(scored.contact[i]))
                 for i, f in enumerate(folded.events)
             ]  # fmt: skip
             result.features = folded.features
+            result.contact_features = folded.contact_features
         return result
+
+    def _feature_rows(self, folded: Folded) -> list[FeatureRow]:
+        """A sample of the batch's moments as contact-risk feature rows, fixed by customer
+        and event (a replay samples the same ones); support contacts are what is predicted,
+        not moments."""
+        rows = []
+        x = folded.contact_features
+        for i, f in enumerate(folded.events):
+            e = f.event
+            if e.type == "support_contact":
+                continue
+            share = sampled_share(x[i], self.feature_rows)
+            if share < 1 and stable_fraction(f"row\x1f{e.customer_id}\x1f{e.event_id}") >= share:
+                continue
+            rows.append(FeatureRow(
+                event_id=e.event_id, customer_id=e.customer_id, occurred_at=e.occurred_at,
+                weight=1 / share, feature_set=CONTACT_FEATURE_SET, features=x[i].tolist(),
+            ))  # fmt: skip
+        return rows
 
     # -- 1. decode --
 
@@ -282,9 +361,11 @@ class ScoringEngine:
         after = dict(before)
         signals = np.zeros((len(events), len(self.friction.signals)), dtype=np.float64)
         churn = self._churn
-        # Churn features are read at the moment of each event (later events of the batch
-        # must not leak in); friction, the first feature, is filled in once it is scored.
+        # Features are read at the moment of each event (later events of the batch must
+        # not leak in); friction, the first feature, is filled in once it is scored.
         features = np.zeros((len(events) if churn else 0, len(CHURN_FEATURES)))
+        contact = bool(self._contact) or self.feature_rows > 0
+        contact_x = np.zeros((len(events) if contact else 0, len(CONTACT_FEATURES)))
         folded: list[FoldedEvent] = []
         for e, rec in events:
             # A record that makes scoring raise is a bug's victim, not bad data: it goes to
@@ -309,6 +390,8 @@ class ScoringEngine:
             state.signal_row(self.friction, applied.at, signals[row])
             if churn is not None:
                 churn_features(state, applied.at, 0.0, features[row])
+            if contact:
+                contact_features(state, applied.at, 0.0, contact_x[row])
             # Days counted from the customer's own first event, not midnight: first events of
             # the day would all fall just after midnight and skew a decayed count of them.
             first = state.first_seen
@@ -321,7 +404,7 @@ class ScoringEngine:
                             rec, st, new_day)
             )  # fmt: skip
         n = len(folded)
-        return Folded(folded, signals[:n], features[:n], touched, before, after)
+        return Folded(folded, signals[:n], features[:n], contact_x[:n], touched, before, after)
 
     # -- 3. score --
 
@@ -331,7 +414,19 @@ class ScoringEngine:
         if self._churn is not None:
             folded.features[:, 0] = friction
             risks = self._churn.score(folded.features)  # the whole batch at once
-        return Scored(friction, contributions, risks)
+        contact = None
+        models: dict[int, RiskModel] = {}
+        if self._contact:
+            x = folded.contact_features
+            x[:, 0] = friction
+            contact = np.full(len(x), np.nan)
+            at = np.fromiter((f.at for f in folded.events), dtype=np.float64, count=len(x))
+            for model, rows in self._contact.split(at):
+                contact[rows] = model.score(x[rows])
+                models.update(dict.fromkeys(rows.tolist(), model))
+        elif len(folded.contact_features):
+            folded.contact_features[:, 0] = friction
+        return Scored(friction, contributions, risks, contact, models)
 
     # -- 4. decide --
 
@@ -341,7 +436,7 @@ class ScoringEngine:
         churn, book = self._churn, self._rulebook
         version = churn.version if churn is not None else self.friction.version
         maker = DecisionMaker(book, self.friction, now, version)
-        risks = scored.churn
+        risks, contact_risks = scored.churn, scored.contact
         targets = book.volume_targets
         volumes: dict[int, PartitionVolumes] = {}
         for row, f in enumerate(folded.events):
@@ -361,7 +456,13 @@ class ScoringEngine:
             if risks is not None:
                 risk = float(risks[row])
                 prev_risk, state.last_churn_risk = state.last_churn_risk, risk
-            rules = book.rules_for(f.event.type, f.derived, prev, friction, prev_risk, risk)
+            contact = prev_contact = None
+            if contact_risks is not None and not math.isnan(contact_risks[row]):
+                contact = float(contact_risks[row])
+                prev_contact, state.last_contact_risk = state.last_contact_risk, contact
+            rules = book.rules_for(
+                f.event.type, f.derived, prev, friction, prev_risk, risk, prev_contact, contact
+            )
             if not rules:  # about 99% of events: only the rest pay for a Moment
                 continue
             why: tuple[tuple[str, float], ...] = ()
@@ -369,6 +470,10 @@ class ScoringEngine:
             # threshold): "raises the churn risk" would mislead at 0.1%.
             if churn is not None and risk is not None and risk >= churn.threshold:
                 why = tuple(churn.explain(folded.features[row]))
+            contact_why: tuple[tuple[str, float], ...] = ()
+            contact_model = scored.contact_models.get(row)
+            if contact_model is not None and book.uses_contact_risk:
+                contact_why = tuple(contact_model.explain(folded.contact_features[row]))
             moment = Moment(
                 event=f.event,
                 at=f.at,
@@ -381,6 +486,10 @@ class ScoringEngine:
                 churn=risk,
                 prev_churn=prev_risk,
                 churn_reasons=why,
+                contact=contact,
+                prev_contact=prev_contact,
+                contact_reasons=contact_why,
+                contact_version=None if contact_model is None else contact_model.version,
                 stream_time=f.stream_time,
             )
             try:
@@ -442,3 +551,7 @@ class ScoringEngine:
             self.clock.now(),
             self.decode.dead_letter_keep_bytes,
         )
+
+
+def _schedule(model: RiskModel | None) -> ModelSchedule:
+    return ModelSchedule() if model is None else ModelSchedule([Served(-math.inf, model)])

@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from forewarn.models.churn import ChurnModel
 from forewarn.models.contracts import (
     CustomerProfile,
     DeadLetter,
@@ -31,6 +30,7 @@ from forewarn.models.contracts import (
     OutreachAction,
 )
 from forewarn.models.friction import FrictionConfig
+from forewarn.models.risk import RiskModel
 from forewarn.models.state import CustomerState
 from forewarn.pipeline.clocks import ManualClock, SystemClock
 from forewarn.pipeline.codecs import DecodeSettings, RawRecord, encode
@@ -53,7 +53,7 @@ class Harness:
         self,
         *,
         rulebook: Rulebook | None = None,
-        churn: ChurnModel | None = None,
+        churn: RiskModel | None = None,
         friction: FrictionConfig | None = None,
         decode: DecodeSettings | None = None,
         start: datetime | None = None,

@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from forewarn.models.contracts import DeadLetter, Decision, OutreachAction
+from forewarn.models.contracts import (
+    DeadLetter,
+    Decision,
+    FeatureRow,
+    Milestone,
+    OutreachAction,
+)
 from forewarn.models.state import CustomerState
 
 
@@ -59,6 +65,8 @@ class ScoredEvent:
     friction: float
     #: None when no churn model is loaded
     churn_risk: float | None
+    #: None when no contact-risk version serves at this event
+    contact_risk: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,9 +97,14 @@ class BatchResult:
     #: for the changelog beside the customers
     partition_records: dict[int, dict[str, bytes]] = field(default_factory=dict)
     volumes: list[VolumeReading] = field(default_factory=list)
-    #: with ``taps``: every scored event, and its churn feature row (one row per event)
+    #: support contacts, cancellations and purchases (the milestones topic)
+    milestones: list[Milestone] = field(default_factory=list)
+    #: with learning on: a sample of moments' contact-risk features (the feature-rows topic)
+    feature_rows: list[FeatureRow] = field(default_factory=list)
+    #: with ``taps``: every scored event, its churn and contact feature rows (one each)
     scored: list[ScoredEvent] | None = None
     features: NDArray[np.float64] | None = None
+    contact_features: NDArray[np.float64] | None = None
 
     @staticmethod
     def empty() -> BatchResult:
@@ -107,11 +120,12 @@ class BatchResult:
         for p, records in other.partition_records.items():
             self.partition_records.setdefault(p, {}).update(records)
         self.volumes += other.volumes
+        self.milestones += other.milestones
+        self.feature_rows += other.feature_rows
         if other.scored is not None:
             self.scored = (self.scored or []) + other.scored
-        if other.features is not None:
-            mine = self.features
-            self.features = other.features if mine is None else np.vstack([mine, other.features])
+        self.features = _stacked(self.features, other.features)
+        self.contact_features = _stacked(self.contact_features, other.contact_features)
         a, b = self.stats, other.stats
         a.events_by_type.update(b.events_by_type)
         a.dead_letters_by_reason.update(b.dead_letters_by_reason)
@@ -123,3 +137,11 @@ class BatchResult:
         a.profiles_deleted += b.profiles_deleted
         a.expired += b.expired
         a.decision_event_ages += b.decision_event_ages
+
+
+def _stacked(
+    mine: NDArray[np.float64] | None, other: NDArray[np.float64] | None
+) -> NDArray[np.float64] | None:
+    if other is None:
+        return mine
+    return other if mine is None else np.vstack([mine, other])

@@ -15,7 +15,8 @@ What an expression sees:
   event type to how many in that window, up to 10; test ``'x' in customer.counts_7d`` before
   reading a type that may be absent);
 * ``scores``: ``friction`` (0-100), ``friction_before``, ``churn_risk`` (0-1, -1 without a
-  model), ``churn_risk_before``.
+  model), ``churn_risk_before``, ``contact_risk`` (0-1, -1 without a contact-risk model),
+  ``contact_risk_before``.
 
 >>> check("scores.friction >= 60.0 && event.properties['step'] == 'payment'")
 >>> check("scores.frction > 1.0")
@@ -64,6 +65,8 @@ _SCHEMA: dict[str, list[tuple[str, int, str | None]]] = {
         ("friction_before", _F.TYPE_DOUBLE, None),
         ("churn_risk", _F.TYPE_DOUBLE, None),
         ("churn_risk_before", _F.TYPE_DOUBLE, None),
+        ("contact_risk", _F.TYPE_DOUBLE, None),
+        ("contact_risk_before", _F.TYPE_DOUBLE, None),
     ],
 }
 _MAPS = ("counts_24h", "counts_7d")
@@ -190,5 +193,7 @@ def condition_data(m: Moment) -> dict[str, Any]:
             friction_before=m.prev_friction,
             churn_risk=-1.0 if m.churn is None else m.churn,
             churn_risk_before=-1.0 if m.prev_churn is None else m.prev_churn,
+            contact_risk=-1.0 if m.contact is None else m.contact,
+            contact_risk_before=-1.0 if m.prev_contact is None else m.prev_contact,
         ),
     }

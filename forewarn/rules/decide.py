@@ -86,6 +86,10 @@ def _structured(rule: Rule, m: Moment) -> bool:
         m.churn is None or m.churn < req.churn_risk_at_least
     ):
         return False
+    if req.contact_risk_at_least is not None and (
+        m.contact is None or m.contact < req.contact_risk_at_least
+    ):
+        return False
     if req.in_checkout is not None and req.in_checkout != m.in_checkout:
         return False
     if req.tiers:
@@ -100,9 +104,12 @@ def _structured(rule: Rule, m: Moment) -> bool:
 
 
 def volume_score(rule: Rule, m: Moment) -> float | None:
-    """The score a volume-targeted rule ranks moments by (None: no churn model)."""
+    """The score a volume-targeted rule ranks moments by (None: its model is not loaded)."""
     assert rule.require.volume is not None
-    return m.friction if rule.require.volume.score == "friction" else m.churn
+    score = rule.require.volume.score
+    if score == "friction":
+        return m.friction
+    return m.churn if score == "churn_risk" else m.contact
 
 
 def volume_reason(rule: Rule, m: Moment, threshold: AdaptiveThreshold) -> Reason:
@@ -130,12 +137,19 @@ def explain(rule: Rule, m: Moment, config: FrictionConfig) -> list[Reason]:
     """Why: the trigger, then the signals that add most to the friction score."""
     hits = [k for k in (m.event.type, *m.derived) if k in rule.triggers.events]
     churn_at = rule.triggers.scores.get("churn_risk")
+    contact_at = rule.triggers.scores.get("contact_risk")
     if hits:
         what = f"triggered by {_words(hits[0])}"
     elif (
         churn_at is not None and m.churn is not None and (m.prev_churn or 0.0) < churn_at <= m.churn
     ):
         what = f"churn risk rose from {m.prev_churn or 0.0:.1%} to {m.churn:.1%}"
+    elif (
+        contact_at is not None
+        and m.contact is not None
+        and (m.prev_contact or 0.0) < contact_at <= m.contact
+    ):
+        what = f"contact risk rose from {m.prev_contact or 0.0:.1%} to {m.contact:.1%}"
     else:  # a friction crossing
         what = f"friction rose from {m.prev_friction:.0f} to {m.friction:.0f}"
     reasons = [Reason(signal="trigger", contribution=0.0, detail=what)]
@@ -155,6 +169,14 @@ def explain(rule: Rule, m: Moment, config: FrictionConfig) -> list[Reason]:
                 signal="churn_risk",
                 contribution=round(log_odds, 2),
                 detail=f"churn risk raised: {words} ({log_odds:+.2f} log-odds)",
+            )
+        )
+    for words, log_odds in m.contact_reasons if rule.uses_score("contact_risk") else ():
+        reasons.append(
+            Reason(
+                signal="contact_risk",
+                contribution=round(log_odds, 2),
+                detail=f"contact risk raised: {words} ({log_odds:+.2f} log-odds)",
             )
         )
     return reasons
@@ -186,8 +208,9 @@ class DecisionMaker:
         ``volumes``: the partition's thresholds for the rules with a volume target."""
         if rules is None:
             rules = self.rulebook.rules_for(
-                m.event.type, m.derived, m.prev_friction, m.friction, m.prev_churn, m.churn
-            )
+                m.event.type, m.derived, m.prev_friction, m.friction, m.prev_churn, m.churn,
+                m.prev_contact, m.contact,
+            )  # fmt: skip
         data = condition_data(m) if any(r.when for r in rules) else None
         proposals = [
             p
@@ -241,6 +264,7 @@ class DecisionMaker:
             scores=Scores(
                 friction=round(min(100.0, max(0.0, m.friction)), 1),
                 churn_risk=None if m.churn is None else round(m.churn, 4),
+                contact_risk=None if m.contact is None else round(m.contact, 4),
             ),
             trigger_event_id=e.event_id,
             triggered_at=e.occurred_at,
@@ -249,6 +273,7 @@ class DecisionMaker:
             transactional=rule.action.transactional,
             rulebook_version=self.rulebook.version,
             model_version=self.model_version,
+            contact_model_version=m.contact_version,
             attributes=attrs,
         )
 

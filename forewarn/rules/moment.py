@@ -32,6 +32,13 @@ class Moment:
     prev_churn: float | None = None
     #: what raises the churn risk most, as (words, log-odds), largest first
     churn_reasons: tuple[tuple[str, float], ...] = ()
+    #: the chance of a support contact soon, after this event and before it (None: no
+    #: contact-risk model loaded), and what raises it most
+    contact: float | None = None
+    prev_contact: float | None = None
+    contact_reasons: tuple[tuple[str, float], ...] = ()
+    #: the contact-risk model version that scored this moment
+    contact_version: str | None = None
     #: the partition's stream time when the event was processed (None: the event's own)
     stream_time: float | None = None
 

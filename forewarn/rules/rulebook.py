@@ -70,7 +70,7 @@ class _Part(BaseModel):
 
 
 #: scores a rule can trigger on when they cross a threshold upward
-SCORES = ("friction", "churn_risk")
+SCORES = ("friction", "churn_risk", "contact_risk")
 
 
 class Triggers(_Part):
@@ -85,8 +85,9 @@ class Triggers(_Part):
         unknown = set(self.scores) - set(SCORES)
         if unknown:
             raise ValueError(f"unknown score {sorted(unknown)}; available: {list(SCORES)}")
-        if self.scores.get("churn_risk", 0.0) > 1:
-            raise ValueError("churn_risk is a probability: a threshold between 0 and 1")
+        for risk in ("churn_risk", "contact_risk"):
+            if self.scores.get(risk, 0.0) > 1:
+                raise ValueError(f"{risk} is a probability: a threshold between 0 and 1")
         return self
 
 
@@ -103,7 +104,7 @@ class VolumeRequirement(_Part):
     ``per_1000_active_per_day`` actions per 1,000 active customers per day: the threshold
     follows the traffic (``forewarn/rules/volume.py``)."""
 
-    score: Literal["friction", "churn_risk"]
+    score: Literal["friction", "churn_risk", "contact_risk"]
     per_1000_active_per_day: float = Field(gt=0)
     #: how long a moment keeps counting (the "recent" in "the top 0.4% of recent moments")
     window: Duration = 24 * 3600.0
@@ -128,6 +129,8 @@ class Requirements(_Part):
     friction_at_least: float = Field(default=0.0, ge=0, le=100)
     #: needs a churn model; without one the rule never fires
     churn_risk_at_least: float | None = Field(default=None, ge=0, le=1)
+    #: needs a contact-risk model; without one the rule never fires
+    contact_risk_at_least: float | None = Field(default=None, ge=0, le=1)
     counts: tuple[WindowCount, ...] = ()
     #: true: only while the customer is in a checkout; false: only outside one
     in_checkout: bool | None = None
@@ -217,6 +220,17 @@ class Rule(_Part):
                 raise ValueError(f"rule {info.data.get('id', '?')!r}: {e}") from None
         return v
 
+    def uses_score(self, score: str) -> bool:
+        """Whether the rule triggers on, requires, ranks by or tests ``score``."""
+        req = self.require
+        return (
+            score in self.triggers.scores
+            or (req.volume is not None and req.volume.score == score)
+            or (score == "churn_risk" and req.churn_risk_at_least is not None)
+            or (score == "contact_risk" and req.contact_risk_at_least is not None)
+            or (self.when is not None and score in self.when)
+        )
+
 
 class Rulebook(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -251,6 +265,11 @@ class Rulebook(BaseModel):
         return self
 
     @cached_property
+    def uses_contact_risk(self) -> bool:
+        """Whether any rule reads the contact risk (only then is it explained)."""
+        return any(r.uses_score("contact_risk") for r in self.rules)
+
+    @cached_property
     def by_event(self) -> dict[str, tuple[Rule, ...]]:
         """Trigger index: an event evaluates only the rules that can fire on it."""
         out: dict[str, list[Rule]] = {}
@@ -276,6 +295,8 @@ class Rulebook(BaseModel):
         friction: float,
         prev_churn: float | None = None,
         churn: float | None = None,
+        prev_contact: float | None = None,
+        contact: float | None = None,
     ) -> list[Rule]:
         """The rules this event can fire, each once: event triggers first, then crossings."""
         found: list[Rule] = []
@@ -288,8 +309,10 @@ class Rulebook(BaseModel):
         for score, threshold, r in self.crossings:
             if score == "friction":
                 crossed = prev_friction < threshold <= friction
-            else:
+            elif score == "churn_risk":
                 crossed = churn is not None and (prev_churn or 0.0) < threshold <= churn
+            else:
+                crossed = contact is not None and (prev_contact or 0.0) < threshold <= contact
             if crossed and r.id not in seen:
                 seen.add(r.id)
                 found.append(r)

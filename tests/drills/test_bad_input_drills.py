@@ -26,12 +26,12 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
-from forewarn.models.churn import CARD_FILE, MODEL_FILE, default_model_path
 from forewarn.models.contracts import (
     DeadLetter,
     DeadLetterReason,
     Decision,
 )
+from forewarn.models.risk import CARD_FILE, MODEL_FILE, default_model_path
 from forewarn.offline.samples import bad_record
 from forewarn.pipeline.codecs import encode
 from forewarn.streams.broker import free_port, wait_for_port

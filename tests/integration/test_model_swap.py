@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from forewarn.models.churn import CARD_FILE, default_model_path
 from forewarn.models.contracts import Consent, CustomerProfile, OutreachAction
+from forewarn.models.risk import CARD_FILE, default_model_path
 from forewarn.pipeline.codecs import encode
 from forewarn.streams.settings import Settings, kafka_config
 from tests.conftest import event, read_topic

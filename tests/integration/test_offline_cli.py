@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from forewarn.models.churn import load_churn_model
 from forewarn.models.contracts import Decision, OutreachAction
+from forewarn.models.risk import load_risk_model
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +37,7 @@ def test_train_then_evaluate_then_replay(tmp_path: Path) -> None:
                  "--version", "churn-e2e")  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "held out" in r.stdout and "ROC AUC" in r.stdout
-    assert load_churn_model(model).version == "churn-e2e"
+    assert load_risk_model(model).version == "churn-e2e"
 
     report, plot = tmp_path / "report.json", tmp_path / "plot.png"
     r = forewarn("evaluate", "--events", held, "--model", model, "--report", report,

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from forewarn.models.churn import ChurnModel, default_model_path, load_churn_model
 from forewarn.models.contracts import (
     ALL_CONSENT,
     CustomerProfile,
@@ -24,6 +23,7 @@ from forewarn.models.contracts import (
     JourneyEvent,
 )
 from forewarn.models.features import CHURN_FEATURES
+from forewarn.models.risk import RiskModel, default_model_path, load_risk_model
 from forewarn.models.session import SessionState
 from forewarn.models.state import CustomerState
 from forewarn.models.state_codec import encode_state
@@ -43,7 +43,7 @@ PURCHASES = CHURN_FEATURES.index("purchases_7d")
 TOPICS = OutputTopics("actions", "decisions", "dlq", "state")
 
 
-class ExplodingModel(ChurnModel):
+class ExplodingModel(RiskModel):
     """The shipped churn model with a bug: it raises on a customer with 6+ purchases a week."""
 
     def score(self, rows: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -53,7 +53,7 @@ class ExplodingModel(ChurnModel):
 
 
 def exploding() -> ExplodingModel:
-    m = load_churn_model(default_model_path())
+    m = load_risk_model(default_model_path())
     return ExplodingModel(m.card, m.linear, m.path)
 
 
@@ -82,7 +82,7 @@ def records(events: list[JourneyEvent]) -> tuple[list[RawRecord], list[RawRecord
         for i, p in enumerate(profiles)]  # fmt: skip
 
 
-def engine(churn: ChurnModel, stores: MemoryStores) -> ScoringEngine:
+def engine(churn: RiskModel, stores: MemoryStores) -> ScoringEngine:
     return ScoringEngine(
         clock=ManualClock(T0 + timedelta(hours=1)),
         stores=stores,
@@ -110,7 +110,7 @@ def test_a_pass_that_raises_leaves_state_and_stream_time_as_they_were() -> None:
 
 def test_isolation_dead_letters_only_the_records_at_fault_and_decides_the_rest_alike() -> None:
     evs = stream()
-    clean = engine(load_churn_model(default_model_path()), MemoryStores())
+    clean = engine(load_risk_model(default_model_path()), MemoryStores())
     expected = clean.process(*records([x for x in evs if x.customer_id != "px"]))
 
     got, failed = process_isolating(engine(exploding(), MemoryStores()), *records(evs))
@@ -128,7 +128,7 @@ def test_isolation_dead_letters_only_the_records_at_fault_and_decides_the_rest_a
 
 def test_without_a_bug_nothing_is_isolated() -> None:
     got, failed = process_isolating(
-        engine(load_churn_model(default_model_path()), MemoryStores()), *records(stream())
+        engine(load_risk_model(default_model_path()), MemoryStores()), *records(stream())
     )
     assert failed == 0 and not got.dead_letters
 
@@ -193,7 +193,7 @@ def test_every_store_keeps_a_partition_record_like_a_customer(store: Store) -> N
 
 
 def test_a_state_copy_is_independent_of_its_original() -> None:
-    e = engine(load_churn_model(default_model_path()), MemoryStores())
+    e = engine(load_risk_model(default_model_path()), MemoryStores())
     e.process(*records(stream()))
     original = e.stores.partition(0).get("c3")
     assert original is not None

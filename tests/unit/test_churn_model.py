@@ -14,17 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from forewarn.models.churn import (
+from forewarn.models.features import CHURN_FEATURES
+from forewarn.models.friction import FrictionConfig
+from forewarn.models.risk import (
     CARD_FILE,
     MODEL_FILE,
     PICKLED_MODEL_FILE,
     ArtifactError,
-    ChurnModel,
+    RiskModel,
     default_model_path,
-    load_churn_model,
+    load_risk_model,
 )
-from forewarn.models.features import CHURN_FEATURES
-from forewarn.models.friction import FrictionConfig
 from forewarn.offline.history import HistoryError, Mapping, file_sha256, read_history, write_history
 from forewarn.offline.simulator import JourneySimulator
 from forewarn.offline.training import (
@@ -40,11 +40,11 @@ START = datetime(2026, 4, 1, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
-def shipped() -> ChurnModel:
-    return load_churn_model(default_model_path(), FrictionConfig.default().version)
+def shipped() -> RiskModel:
+    return load_risk_model(default_model_path(), FrictionConfig.default().version)
 
 
-def test_the_stream_and_an_offline_replay_compute_identical_features(shipped: ChurnModel) -> None:
+def test_the_stream_and_an_offline_replay_compute_identical_features(shipped: RiskModel) -> None:
     sim = JourneySimulator(60, seed=21, start=START, span=timedelta(days=3))
     events = list(sim.events())
     h = Harness(start=START + timedelta(days=4), churn=shipped, taps=True)
@@ -60,7 +60,7 @@ def test_the_stream_and_an_offline_replay_compute_identical_features(shipped: Ch
     assert got[:, 1:].any(), "the features are not all zero"
 
 
-def test_batch_scoring_equals_row_by_row(shipped: ChurnModel) -> None:
+def test_batch_scoring_equals_row_by_row(shipped: RiskModel) -> None:
     rows = event_feature_rows(
         list(JourneySimulator(20, seed=5, start=START, span=timedelta(days=2)).events())
     )
@@ -69,7 +69,7 @@ def test_batch_scoring_equals_row_by_row(shipped: ChurnModel) -> None:
     np.testing.assert_allclose(batch, one_by_one, rtol=0, atol=1e-12)
 
 
-def test_explanations_add_up_to_the_log_odds(shipped: ChurnModel) -> None:
+def test_explanations_add_up_to_the_log_odds(shipped: RiskModel) -> None:
     rows = event_feature_rows(
         list(JourneySimulator(20, seed=6, start=START, span=timedelta(days=2)).events())
     )
@@ -80,7 +80,7 @@ def test_explanations_add_up_to_the_log_odds(shipped: ChurnModel) -> None:
     )
 
 
-def test_the_shipped_card_describes_the_model(shipped: ChurnModel) -> None:
+def test_the_shipped_card_describes_the_model(shipped: RiskModel) -> None:
     card = shipped.card
     assert card.features == list(CHURN_FEATURES)
     assert card.model_version == "churn-sim-2026.11"
@@ -109,28 +109,28 @@ def test_a_model_with_other_features_is_refused_naming_the_difference(tmp_path: 
     feats = [*CHURN_FEATURES[:-1], "shoe_size"]
     _edit_card(d, features=feats)
     with pytest.raises(ArtifactError) as e:
-        load_churn_model(d)
+        load_risk_model(d)
     msg = str(e.value)
     assert str(d / CARD_FILE) in msg and "features" in msg
     assert f"missing [{CHURN_FEATURES[-1]!r}]" in msg and "unknown ['shoe_size']" in msg
     _edit_card(d, features=list(reversed(CHURN_FEATURES)))
     with pytest.raises(ArtifactError, match="another order"):
-        load_churn_model(d)
+        load_risk_model(d)
 
 
 def test_broken_artifacts_are_refused_with_the_file_named(tmp_path: Path) -> None:
     d = _copy(tmp_path)
     _edit_card(d, held_out={"roc_auc": "high"})
     with pytest.raises(ArtifactError, match=r"card\.json: held_out\.roc_auc"):
-        load_churn_model(d)
+        load_risk_model(d)
     d = _copy(tmp_path / "2")
     (d / MODEL_FILE).write_bytes(b"not a model")
     with pytest.raises(ArtifactError, match=r"model\.json: model_sha256: .* replaced or cut short"):
-        load_churn_model(d)
+        load_risk_model(d)
     with pytest.raises(ArtifactError, match="friction_version"):
-        load_churn_model(_copy(tmp_path / "3"), "friction-v9")
+        load_risk_model(_copy(tmp_path / "3"), "friction-v9")
     with pytest.raises(ArtifactError, match="no model card"):
-        load_churn_model(tmp_path / "empty")
+        load_risk_model(tmp_path / "empty")
 
 
 def test_training_writes_a_card_with_the_data_it_saw(tmp_path: Path) -> None:
@@ -210,17 +210,17 @@ def test_a_malicious_model_file_is_refused_and_nothing_in_it_runs(tmp_path: Path
     d = _copy(tmp_path / "swapped")
     (d / MODEL_FILE).write_bytes(payload)  # swapped in place of the shipped model
     with pytest.raises(ArtifactError, match=r"model\.json: model_sha256"):
-        load_churn_model(d)
+        load_risk_model(d)
     d = _copy(tmp_path / "signed")  # even when the card was edited to name it
     (d / MODEL_FILE).write_bytes(payload)
     _edit_card(d, model_sha256=hashlib.sha256(payload).hexdigest())
     with pytest.raises(ArtifactError, match=r"model\.json: Invalid JSON"):
-        load_churn_model(d)
+        load_risk_model(d)
     old = _copy(tmp_path / "old")  # an artifact of an earlier version: a pickle beside the card
     (old / MODEL_FILE).unlink()
     (old / PICKLED_MODEL_FILE).write_bytes(payload)
     with pytest.raises(ArtifactError, match=r"model\.joblib: a pickled model, .* `forewarn train`"):
-        load_churn_model(old)
+        load_risk_model(old)
     assert not marker.exists(), "loading a model executed code from the artifact"
 
 
@@ -229,7 +229,7 @@ def test_a_truncated_or_inconsistent_model_file_is_refused_by_name(tmp_path: Pat
     text = (d / MODEL_FILE).read_text()
     (d / MODEL_FILE).write_text(text[: len(text) // 2])
     with pytest.raises(ArtifactError, match=r"model\.json: model_sha256"):
-        load_churn_model(d)
+        load_risk_model(d)
     good = json.loads(text)
     for change, problem in (
         ({"coef": good["coef"][:-1]}, r"coef: 12 numbers for 13 features"),
@@ -241,9 +241,9 @@ def test_a_truncated_or_inconsistent_model_file_is_refused_by_name(tmp_path: Pat
         d = _copy(tmp_path / problem[:8].replace(" ", "_").replace(":", ""))
         _resign(d, json.dumps({**good, **change}))
         with pytest.raises(ArtifactError, match=problem):
-            load_churn_model(d)
+            load_risk_model(d)
 
 
-def test_the_shipped_model_file_is_what_its_card_names(shipped: ChurnModel) -> None:
+def test_the_shipped_model_file_is_what_its_card_names(shipped: RiskModel) -> None:
     data = (default_model_path() / MODEL_FILE).read_bytes()
     assert hashlib.sha256(data).hexdigest() == shipped.card.model_sha256

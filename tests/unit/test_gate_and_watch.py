@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka import TopicPartition
 
-from forewarn.models.churn import CARD_FILE, MODEL_FILE, default_model_path
 from forewarn.models.friction import FrictionConfig
+from forewarn.models.risk import CARD_FILE, MODEL_FILE, default_model_path
 from forewarn.pipeline.codecs import RawRecord
 from forewarn.streams.scoring.gate import ProfileGate
 from forewarn.streams.scoring.membership import AssignmentWatch, GroupProgress

@@ -100,7 +100,7 @@ def test_a_volume_rule_decides_the_same_however_batches_are_cut(
 
 
 def test_a_volume_needs_a_known_score_and_a_positive_target() -> None:
-    bad = BOOK.replace("score: friction", "score: contact_risk")
+    bad = BOOK.replace("score: friction", "score: happiness")
     with pytest.raises(ConfigFileError, match="score"):
         load_rulebook_text(bad, "volume.yaml")
     with pytest.raises(ConfigFileError, match="per_1000_active_per_day"):

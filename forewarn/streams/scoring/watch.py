@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from forewarn.models.churn import (
+from forewarn.models.risk import (
     CARD_FILE,
     MODEL_FILE,
-    ChurnModel,
+    RiskModel,
     default_model_path,
-    load_churn_model,
+    load_risk_model,
 )
 from forewarn.rules.rulebook import Rulebook, default_rulebook_path, load_rulebook
 
@@ -66,18 +66,18 @@ class ModelWatch:
     def _stamp_of(where: Path) -> tuple[object, ...]:
         return file_stamp(where, where / CARD_FILE, where / MODEL_FILE)
 
-    def load_first(self) -> ChurnModel | None:
+    def load_first(self) -> RiskModel | None:
         """The model to start with; ``ArtifactError`` stops the worker before it starts."""
         where = self._where()
         if where is None:
             return None
         self._stamp = self._stamp_of(where)
-        model = load_churn_model(where, self.friction_version)
+        model = load_risk_model(where, self.friction_version)
         self.version = model.version
         log.info("churn model %s from %s", model.version, where)
         return model
 
-    def check(self) -> Reload[ChurnModel]:
+    def check(self) -> Reload[RiskModel]:
         where = self._where()
         if where is None:
             return Reload()
@@ -86,7 +86,7 @@ class ModelWatch:
             return Reload()
         self._stamp = stamp
         try:
-            model = load_churn_model(where, self.friction_version)
+            model = load_risk_model(where, self.friction_version)
         except Exception as e:  # whatever the files hold, the worker keeps its last model
             return Reload(refused=f"{type(e).__name__}: {e}")
         self.version = model.version

@@ -1,11 +1,13 @@
-"""The churn-risk model: a standardized logistic regression in a directory, with its card.
+"""Risk models (churn risk, contact risk): a standardized logistic regression in a directory,
+with its card.
 
 An artifact directory holds ``model.json`` (the fitted numbers: each feature's training mean
 and scale, the coefficients and the intercept) and ``card.json`` (``ModelCard``: version,
 features in order, training data, label, class balance, held-out metrics, and the SHA-256 of
-``model.json``). ``load_churn_model`` refuses an artifact whose model file is not the one
+``model.json``). ``load_risk_model`` refuses an artifact whose model file is not the one
 its card names (swapped or truncated), whose features are not the ones this version computes
-(``features.CHURN_FEATURES``), or whose numbers are not finite, and names the file and field.
+(``features.CHURN_FEATURES`` or ``features.CONTACT_FEATURES``, by the card's ``target``),
+or whose numbers are not finite, and names the file and field.
 Scoring is always a whole matrix (one row per event of a batch).
 
 Loading never runs code from the artifact: ``model.json`` is plain numbers, read with a JSON
@@ -19,6 +21,7 @@ reasons on an action account for the whole risk.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import math
@@ -34,7 +37,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from forewarn.errors import ForewarnError
 from forewarn.models.config_file import first_error
-from forewarn.models.features import CHURN_FEATURES
+from forewarn.models.features import CHURN_FEATURES, CONTACT_FEATURES
 
 MODEL_FILE = "model.json"
 CARD_FILE = "card.json"
@@ -56,7 +59,23 @@ FEATURE_WORDS = {
     "sessions_7d": "visits this week",
     "purchases_7d": "purchases this week",
     "days_since_support_contact": "days since the last support contact",
+    "errors_1h": "errors in the last hour",
+    "errors_24h": "errors today",
+    "payment_failures_24h": "failed payments today",
+    "checkouts_1h": "checkouts started in the last hour",
+    "help_visits_1h": "help-page visits in the last hour",
+    "help_visits_24h": "help-page visits today",
+    "slow_or_empty_1h": "slow pages and empty searches in the last hour",
+    "sessions_24h": "visits today",
+    "minutes_since_error": "minutes since the last error",
+    "checkout_without_purchase_1h": "checkouts left without a purchase",
+    "session_minutes": "the session's length",
+    "in_checkout": "being in checkout",
 }
+
+#: what a model predicts -> the features this version computes for it
+Target = Literal["churn", "contact"]
+FEATURES_OF: dict[str, tuple[str, ...]] = {"churn": CHURN_FEATURES, "contact": CONTACT_FEATURES}
 
 
 class ArtifactError(ForewarnError, ValueError):
@@ -155,6 +174,8 @@ class ModelCard(BaseModel):
     model_version: str
     created_at: datetime
     model_kind: str
+    #: what it predicts: churn, or a support contact within the label's horizon
+    target: Target = "churn"
     #: SHA-256 (hex) of ``model.json``: a swapped or truncated model file is refused
     model_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     features: list[str] = Field(min_length=1)
@@ -166,7 +187,7 @@ class ModelCard(BaseModel):
 
 
 @dataclass(frozen=True, slots=True)
-class ChurnModel:
+class RiskModel:
     card: ModelCard
     linear: LinearModel
     path: Path
@@ -186,6 +207,10 @@ class ChurnModel:
         return self.card.model_version
 
     @property
+    def features(self) -> list[str]:
+        return self.linear.features
+
+    @property
     def threshold(self) -> float:
         """The operating threshold chosen at training (maximum F1)."""
         return self.card.held_out.operating_threshold
@@ -203,9 +228,9 @@ class ChurnModel:
         return self.standardized(rows) * self._coef, self.linear.intercept
 
     def explain(self, row: NDArray[np.float64], top: int = 3) -> list[tuple[str, float]]:
-        """What raises one row's risk most, in words with log-odds (``explain_churn``)."""
+        """What raises one row's risk most, in words with log-odds (``explain_risk``)."""
         z = self.standardized(row)
-        return explain_churn(z * self._coef, z > 0, top)
+        return explain_risk(z * self._coef, z > 0, top, self.linear.features)
 
     def standardized(self, rows: NDArray[np.float64]) -> NDArray[np.float64]:
         """Features in training standard deviations from the training mean."""
@@ -213,10 +238,11 @@ class ChurnModel:
         return z
 
 
-def explain_churn(
+def explain_risk(
     contributions: NDArray[np.float64] | list[float],
     above_usual: NDArray[np.bool_] | list[bool],
     top: int = 3,
+    features: Sequence[str] = CHURN_FEATURES,
 ) -> list[tuple[str, float]]:
     """The features that raise the risk most, as (words, log-odds), largest first.
 
@@ -226,7 +252,7 @@ def explain_churn(
     ranked = sorted(range(len(contributions)), key=lambda i: -float(contributions[i]))
     return [
         (
-            f"{FEATURE_WORDS.get(CHURN_FEATURES[i], CHURN_FEATURES[i])} "
+            f"{FEATURE_WORDS.get(features[i], features[i])} "
             f"{'above' if above_usual[i] else 'below'} usual",
             float(contributions[i]),
         )
@@ -235,9 +261,11 @@ def explain_churn(
     ]
 
 
-def feature_difference(found: list[str]) -> str | None:
+def feature_difference(
+    found: list[str], want_features: Sequence[str] = CHURN_FEATURES
+) -> str | None:
     """How ``found`` differs from the features this version computes (None: identical)."""
-    want = list(CHURN_FEATURES)
+    want = list(want_features)
     if found == want:
         return None
     missing = [f for f in want if f not in found]
@@ -252,19 +280,27 @@ def feature_difference(found: list[str]) -> str | None:
     return "; ".join(parts)
 
 
-def load_churn_model(path: Path, friction_version: str | None = None) -> ChurnModel:
+def load_risk_model(
+    path: Path, friction_version: str | None = None, target: Target = "churn"
+) -> RiskModel:
     """Load an artifact directory; ``ArtifactError`` (naming the file) when it cannot be used.
 
     Nothing in the directory is executed. ``friction_version``: the friction config the
     caller scores with; a model trained on another one is refused (friction is one of its
-    features).
+    features). ``target``: what the caller serves it as; a churn model is refused where a
+    contact-risk model is expected, and the other way round.
     """
     card_path, model_path = path / CARD_FILE, path / MODEL_FILE
     try:
         card = ModelCard.model_validate_json(_read(card_path, "no model card"))
     except ValidationError as e:
         raise ArtifactError(f"{card_path}: {first_error(e)}") from e
-    diff = feature_difference(card.features)
+    if card.target != target:
+        raise ArtifactError(
+            f"{card_path}: target: a {card.target}-risk model, where a {target}-risk model "
+            "is expected"
+        )
+    diff = feature_difference(card.features, FEATURES_OF[target])
     if diff is not None:
         raise ArtifactError(
             f"{card_path}: features: the model was trained on other features than this "
@@ -297,7 +333,7 @@ def load_churn_model(path: Path, friction_version: str | None = None) -> ChurnMo
         problem = "features: the model file and the card list different features"
     if problem is not None:
         raise ArtifactError(f"{model_path}: {problem}")
-    return ChurnModel(card, linear, path)
+    return RiskModel(card, linear, path)
 
 
 def _read(path: Path, missing: str) -> bytes:
@@ -326,7 +362,7 @@ def model_file_bytes(linear: LinearModel) -> bytes:
     return (json.dumps(linear.model_dump(mode="json"), indent=1) + "\n").encode()
 
 
-def save_churn_model(path: Path, linear: LinearModel, card: ModelCard) -> None:
+def save_risk_model(path: Path, linear: LinearModel, card: ModelCard) -> None:
     """Write ``model.json``, then the card that names its SHA-256 (the card last: a worker
     that reads the directory halfway sees an old card that refuses the new model file)."""
     path.mkdir(parents=True, exist_ok=True)
@@ -341,3 +377,70 @@ def save_churn_model(path: Path, linear: LinearModel, card: ModelCard) -> None:
 def default_model_path() -> Path:
     """The model shipped with Forewarn (trained on simulator data by ``make model``)."""
     return Path(__file__).parent / "default_model"
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """One model version and the event time it scores from (``-inf``: from the start)."""
+
+    serves_from: float
+    model: RiskModel
+
+
+class ModelSchedule:
+    """Which version scores an event: the latest whose ``serves_from`` is at or before the
+    event's time. Versions learned in the stream are applied at the stream times they name,
+    so a replay of the history with the same versions decides what the stream did.
+
+    >>> s = ModelSchedule()
+    >>> s.index_at(5.0) is None
+    True
+    """
+
+    #: versions kept (older ones only matter to events that arrive very late)
+    KEEP = 8
+
+    def __init__(self, served: Sequence[Served] = ()) -> None:
+        self._served: list[Served] = sorted(served, key=lambda v: v.serves_from)
+        self._starts = [v.serves_from for v in self._served]
+
+    def add(self, serves_from: float, model: RiskModel) -> None:
+        """Serve ``model`` from ``serves_from`` on (a version already held is not added
+        twice)."""
+        if any(v.model.version == model.version for v in self._served):
+            return
+        self._served = sorted([*self._served, Served(serves_from, model)],
+                              key=lambda v: v.serves_from)[-self.KEEP :]  # fmt: skip
+        self._starts = [v.serves_from for v in self._served]
+
+    def __bool__(self) -> bool:
+        return bool(self._served)
+
+    @property
+    def served(self) -> tuple[Served, ...]:
+        return tuple(self._served)
+
+    @property
+    def latest(self) -> RiskModel | None:
+        return self._served[-1].model if self._served else None
+
+    def index_at(self, at: float) -> int | None:
+        i = bisect.bisect_right(self._starts, at) - 1
+        return None if i < 0 else i
+
+    def model(self, index: int) -> RiskModel:
+        return self._served[index].model
+
+    def split(self, times: NDArray[np.float64]) -> list[tuple[RiskModel, NDArray[np.int64]]]:
+        """(model, rows it scores) for a batch's event times; rows before every version are
+        in none (no risk for them)."""
+        if not self._served or not len(times):
+            return []
+        first = self._starts[-1]
+        if float(times.min()) >= first:  # nearly every batch: the latest version for all
+            return [(self._served[-1].model, np.arange(len(times)))]
+        idx = np.searchsorted(np.asarray(self._starts), times, side="right") - 1
+        return [
+            (self._served[i].model, np.flatnonzero(idx == i)) for i in sorted(set(idx.tolist()))
+            if i >= 0
+        ]  # fmt: skip
