@@ -391,8 +391,13 @@ SCHEMA_FILES: dict[str, type[BaseModel]] = {
 
 def json_schemas() -> dict[str, str]:
     """The JSON Schema text of every contract, keyed by file name."""
+    # The model release holds a model card, which is defined with the models (that import
+    # this module): added here, not in SCHEMA_FILES.
+    from forewarn.models.risk import ModelRelease
+
     out: dict[str, str] = {}
-    for name, model in SCHEMA_FILES.items():
+    every: dict[str, type[BaseModel]] = {**SCHEMA_FILES, "model-release.v1.json": ModelRelease}
+    for name, model in every.items():
         schema = model.model_json_schema(mode="serialization")
         schema["$id"] = f"https://forewarn.dev/schemas/{name}"
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"

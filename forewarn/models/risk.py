@@ -33,7 +33,7 @@ from typing import Annotated, Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from forewarn.errors import ForewarnError
 from forewarn.models.config_file import first_error
@@ -216,7 +216,7 @@ class RiskModel:
         return self.card.held_out.operating_threshold
 
     def score(self, rows: NDArray[np.float64]) -> NDArray[np.float64]:
-        """Churn risk 0-1 for every row of a feature matrix (one call per batch)."""
+        """The risk 0-1 for every row of a feature matrix (one call per batch)."""
         if not len(rows):
             return np.zeros(0)
         logit = self.standardized(rows) @ self._coef + self.linear.intercept
@@ -357,6 +357,17 @@ def linear_model_of(pipeline: object, features: Sequence[str] = CHURN_FEATURES) 
     )
 
 
+def predict(linear: LinearModel, rows: NDArray[np.float64]) -> NDArray[np.float64]:
+    """A model's risk for every row, from its numbers alone (no card needed)."""
+    if not len(rows):
+        return np.zeros(0)
+    z = (rows - np.asarray(linear.mean)) / np.asarray(linear.scale)
+    risk: NDArray[np.float64] = 1.0 / (
+        1.0 + np.exp(-(z @ np.asarray(linear.coef) + linear.intercept))
+    )
+    return risk
+
+
 def model_file_bytes(linear: LinearModel) -> bytes:
     """``model.json`` as written (the card's ``model_sha256`` is taken over these bytes)."""
     return (json.dumps(linear.model_dump(mode="json"), indent=1) + "\n").encode()
@@ -397,9 +408,6 @@ class ModelSchedule:
     True
     """
 
-    #: versions kept (older ones only matter to events that arrive very late)
-    KEEP = 8
-
     def __init__(self, served: Sequence[Served] = ()) -> None:
         self._served: list[Served] = sorted(served, key=lambda v: v.serves_from)
         self._starts = [v.serves_from for v in self._served]
@@ -410,7 +418,7 @@ class ModelSchedule:
         if any(v.model.version == model.version for v in self._served):
             return
         self._served = sorted([*self._served, Served(serves_from, model)],
-                              key=lambda v: v.serves_from)[-self.KEEP :]  # fmt: skip
+                              key=lambda v: v.serves_from)  # fmt: skip
         self._starts = [v.serves_from for v in self._served]
 
     def __bool__(self) -> bool:
@@ -444,3 +452,59 @@ class ModelSchedule:
             (self._served[i].model, np.flatnonzero(idx == i)) for i in sorted(set(idx.tolist()))
             if i >= 0
         ]  # fmt: skip
+
+
+class Verdict(BaseModel):
+    """Why a challenger serves or not."""
+
+    model_config = ConfigDict(frozen=True)
+
+    accepted: bool
+    reason: str
+    champion_log_loss: float | None
+    challenger_log_loss: float | None
+    positives: int
+    rows: int
+
+
+class ModelRelease(BaseModel):
+    """One fit of the stream learner, accepted or refused: a record of the models topic
+    (key ``contact_risk/<fitted_at>``), and an entry of the model history."""
+
+    model_config = ConfigDict(frozen=True)
+
+    schema_version: int = 1
+    target: str = "contact"
+    model_version: str
+    #: stream time the fit ran at: it saw the rows whose horizon closed by then
+    fitted_at: AwareDatetime
+    #: events from this time on are scored by this model (if accepted)
+    serves_from: AwareDatetime
+    #: the champion it was judged against (None: the first model)
+    champion_version: str | None
+    verdict: Verdict
+    card: ModelCard
+    model: LinearModel = Field(description="the fitted numbers (model.json)")
+
+    @property
+    def key(self) -> str:
+        return f"contact_risk/{self.fitted_at.isoformat()}"
+
+    def risk_model(self) -> RiskModel:
+        """The release as a servable model (its numbers checked like a loaded artifact)."""
+        problem = self.model.check_shapes()
+        if problem is None and self.model.features != list(CONTACT_FEATURES):
+            problem = "features: not the contact features this version computes"
+        digest = hashlib.sha256(model_file_bytes(self.model)).hexdigest()
+        if problem is None and digest != self.card.model_sha256:
+            problem = "card.model_sha256: the card names other numbers than the release holds"
+        if problem is None and self.card.target != "contact":
+            problem = f"card.target: a {self.card.target}-risk model on the contact models topic"
+        if problem is not None:
+            raise ValueError(f"model release {self.model_version}: {problem}")
+        return RiskModel(self.card, self.model, nowhere(self.model_version))
+
+
+def nowhere(version: str) -> Path:
+    """Where a model from the models topic comes from, as its ``path``."""
+    return Path(f"<models topic: {version}>")

@@ -42,6 +42,7 @@ from forewarn.offline.measures import (
 )
 from forewarn.offline.replay import replay
 from forewarn.offline.training import churn_times
+from forewarn.pipeline.learner import ContactLearner
 from forewarn.rules.rulebook import Rulebook, load_rulebook
 
 FRICTION_THRESHOLD = 60.0
@@ -121,10 +122,15 @@ def evaluate(
     window_hours: float = 24.0,
     seed: int = 7,
     plot: Path | None = None,
+    contact: RiskModel | None = None,
+    learner: ContactLearner | None = None,
 ) -> EvaluationReport:
-    """Replay the history through the decision path and measure it against the baselines."""
+    """Replay the history through the decision path and measure it against the baselines.
+
+    ``contact``: a contact-risk model trained offline; ``learner``: learn the contact-risk
+    model in the replay, as the stream learner would (``ContactLearner``)."""
     book = rulebook or load_rulebook()
-    out = replay(events, profiles, rulebook=book, churn=churn)
+    out = replay(events, profiles, rulebook=book, churn=churn, contact=contact, learner=learner)
     window = window_hours * 3600
     flat = [(e.customer_id, e.occurred_at.timestamp(), e.type) for e in events]
     contacts = [(c, t) for c, t, k in flat if k == "support_contact"]

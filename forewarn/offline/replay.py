@@ -28,9 +28,11 @@ from forewarn.models.contracts import (
     OutreachAction,
 )
 from forewarn.models.friction import FrictionConfig
-from forewarn.models.risk import RiskModel
+from forewarn.models.risk import ModelRelease, RiskModel
 from forewarn.pipeline.codecs import encode
+from forewarn.pipeline.engine import FEATURE_ROW_SHARE
 from forewarn.pipeline.harness import Harness
+from forewarn.pipeline.learner import ContactLearner
 from forewarn.pipeline.results import ScoredEvent
 from forewarn.rules.rulebook import Rulebook
 
@@ -44,6 +46,8 @@ class Replay:
     #: every scored event
     scored: list[ScoredEvent] = field(default_factory=list)
     assumed_consent: bool = False
+    #: with a learner: every fit it made, accepted or refused, in order
+    releases: list[ModelRelease] = field(default_factory=list)
 
 
 def permissive_profiles(events: Sequence[JourneyEvent]) -> list[CustomerProfile]:
@@ -62,21 +66,50 @@ def replay(
     churn: RiskModel | None = None,
     friction: FrictionConfig | None = None,
     batch_size: int = 500,
+    contact: RiskModel | None = None,
+    releases: Sequence[ModelRelease] = (),
+    learner: ContactLearner | None = None,
+    sample_share: float = FEATURE_ROW_SHARE,
 ) -> Replay:
-    """What the scoring worker would have published for this history (events in time order)."""
+    """What the scoring worker would have published for this history (events in time order).
+
+    ``contact``: a contact-risk model for every event; ``releases``: stream-learned versions,
+    each applied from the time it names (a model history: the same decisions as the stream
+    that used them); ``learner``: learn in the replay as ``forewarn learn`` would beside the
+    worker, from a ``sample_share`` of the moments without trouble.
+    """
     if not events:
         return Replay(0)
     h = Harness(
         rulebook=rulebook, churn=churn, friction=friction, start=events[0].occurred_at, taps=True
     )
+    engine = h.engine
+    engine.use(contact=contact)
+    for r in releases:
+        if r.verdict.accepted:
+            engine.serve(r.risk_model(), r.serves_from.timestamp())
+    if learner is not None:
+        engine.feature_rows = sample_share
     h.profiles(permissive_profiles(events) if profiles is None else profiles)
+    made: list[ModelRelease] = []
     for start in range(0, len(events), batch_size):
         chunk = events[start : start + batch_size]
         h.at(max(e.occurred_at for e in chunk))
-        h.feed(*chunk)
+        result = h.feed(*chunk)
+        if learner is None:
+            continue
+        for row in result.feature_rows:
+            learner.row(row)
+        for m in result.milestones:
+            learner.milestone(m)
+        for r in learner.advance(max(e.occurred_at for e in chunk).timestamp()):
+            made.append(r)
+            if r.verdict.accepted:
+                engine.serve(r.risk_model(), r.serves_from.timestamp())
     return Replay(
-        len(events), h.actions, h.decisions, len(h.dead_letters), h.scored, profiles is None
-    )
+        len(events), h.actions, h.decisions, len(h.dead_letters), h.scored, profiles is None,
+        made,
+    )  # fmt: skip
 
 
 def write_replay(out: Replay, directory: Path) -> tuple[Path, Path]:

@@ -141,7 +141,7 @@ def _held_out(cid: str) -> bool:
     return hashlib.blake2b(cid.encode(), digest_size=2).digest()[0] < 64  # 25%
 
 
-def _calibration(y: NDArray[np.int64], p: NDArray[np.float64]) -> list[CalibrationBin]:
+def calibration_bins(y: NDArray[np.int64], p: NDArray[np.float64]) -> list[CalibrationBin]:
     bins = []
     edges = np.linspace(0, 1, 11)
     for lo, hi in itertools.pairwise(edges):
@@ -187,7 +187,7 @@ def fit_churn_model(
         roc_auc=round(float(roc_auc_score(y_test, p)), 4),
         pr_auc=round(float(average_precision_score(y_test, p)), 4),
         brier=round(float(brier_score_loss(y_test, p)), 5),
-        calibration=_calibration(y_test, p),
+        calibration=calibration_bins(y_test, p),
         operating_threshold=round(threshold, 4),
         precision=round(tp / max(1, int(flagged.sum())), 4),
         recall=round(tp / max(1, int((y_test == 1).sum())), 4),

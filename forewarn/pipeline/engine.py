@@ -100,6 +100,9 @@ EXPIRY_SWEEP_SECONDS = 3600.0
 #: what ``use`` leaves as it is
 KEEP: Literal["keep"] = "keep"
 
+#: the share of moments without trouble the worker samples as feature rows, by default
+FEATURE_ROW_SHARE = 0.05
+
 #: moments with trouble just now (an error, or a checkout left, in the last hour): every one
 #: is a feature row; other moments are sampled
 _ERRORS_1H = CONTACT_FEATURES.index("errors_1h")

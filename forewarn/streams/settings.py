@@ -66,6 +66,12 @@ class TopicNames(BaseModel):
     dlq: str = "journey-events-dlq"
     state: str = "forewarn-customer-state"
     outcomes: str = "outreach-outcomes"
+    #: support contacts, cancellations and purchases, from the scoring workers (low volume)
+    milestones: str = "forewarn-milestones"
+    #: a sample of moments' contact-risk features, from the scoring workers, for the learner
+    feature_rows: str = "forewarn-feature-rows"
+    #: stream-learned contact-risk models, accepted and refused (compacted: the model history)
+    models: str = "forewarn-models"
     #: partitions of journey-events and customer-profiles (kept equal: co-partitioned);
     #: the ceiling on how many scoring workers can share the work
     partitions: int = Field(default=6, ge=1)
@@ -77,7 +83,7 @@ class TopicNames(BaseModel):
         return self.model_copy(update=names)
 
     def compacted(self) -> set[str]:
-        return {self.customer_profiles, self.state}
+        return {self.customer_profiles, self.state, self.models}
 
     def all(self) -> list[str]:
         return [
@@ -88,11 +94,14 @@ class TopicNames(BaseModel):
             self.dlq,
             self.state,
             self.outcomes,
+            self.milestones,
+            self.feature_rows,
+            self.models,
         ]
 
 
 _NAME_FIELDS = ("journey_events", "customer_profiles", "actions", "decisions", "dlq", "state",
-                "outcomes")  # fmt: skip
+                "outcomes", "milestones", "feature_rows", "models")  # fmt: skip
 
 
 class KafkaSecurity(BaseModel):
@@ -136,6 +145,15 @@ class Settings(BaseSettings):
     #: Replace the directory's files, or point a symlink elsewhere: the worker picks the new
     #: model up between batches, and keeps the last good one if the new one is refused.
     model_path: Path | None = None
+    #: a contact-risk model trained offline (``forewarn train --target contact``); default
+    #: none: the worker serves what the stream learner publishes on the models topic
+    contact_model_path: Path | None = None
+    #: serve the stream-learned contact-risk models from the models topic
+    learned_models: bool = True
+    #: the share of moments without trouble published as feature rows for the learner
+    #: (moments with an error or a checkout left in the last hour are all published); 0
+    #: publishes none
+    feature_row_share: float = Field(default=0.05, ge=0, le=1)
     #: how often the worker looks for a changed model or rulebook (between batches)
     reload_check_seconds: float = Field(default=5.0, gt=0)
     #: the friction score's versioned config (default: forewarn/models/friction.yaml)

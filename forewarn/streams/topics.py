@@ -27,7 +27,9 @@ class TopicReport:
 def _wanted(settings: Settings) -> dict[str, tuple[int, bool]]:
     t = settings.topics
     compacted = t.compacted()
-    return {name: (t.partitions, name in compacted) for name in t.all()}
+    # The model history is small and read whole by every worker: one partition keeps it in
+    # the order the learner wrote it.
+    return {name: (1 if name == t.models else t.partitions, name in compacted) for name in t.all()}
 
 
 def _existing(admin: AdminClient, timeout: float) -> dict[str, int]:

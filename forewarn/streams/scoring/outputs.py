@@ -44,6 +44,8 @@ class OutputTopics:
     decisions: str
     dlq: str
     state: str
+    milestones: str = "forewarn-milestones"
+    feature_rows: str = "forewarn-feature-rows"
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +138,8 @@ def batch_records(
     limits: Limits,
     now: datetime,
 ) -> BatchRecords:
-    """Every record of the batch, in produce order: actions, decisions, dead letters, state.
+    """Every record of the batch, in produce order: actions, decisions, milestones, feature
+    rows, state, dead letters.
 
     ``states``: partition -> customer -> encoded state (None deletes it). An output that
     does not fit is replaced by a dead letter and counted in ``result``'s statistics.
@@ -172,6 +175,10 @@ def batch_records(
         if add(topics.decisions, d.customer_id.encode(), encode(d)):
             kept_decisions.append(d)
     result.actions, result.decisions = kept_actions, kept_decisions
+    for m in result.milestones:  # small and bounded (ids, a type, a time)
+        add(topics.milestones, m.customer_id.encode(), encode(m))
+    for r in result.feature_rows:
+        add(topics.feature_rows, r.customer_id.encode(), encode(r))
     for partition, by_customer in states.items():
         st = result.stream_times.get(partition)
         headers = None if st is None else [(STREAM_TIME_HEADER, repr(st).encode())]

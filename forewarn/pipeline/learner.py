@@ -1,0 +1,301 @@
+"""The contact-risk learner: feature rows and milestones in, versioned models out.
+
+Pure (no Kafka): ``forewarn learn`` feeds it the feature-rows and milestones topics, an
+offline evaluation feeds it what a replay's batches produced, a test feeds it by hand. The
+same inputs always give the same models, whatever order the two streams interleave in:
+
+- **Labels at release.** A row waits until the watermark (stream time that every input has
+  reached) passes its horizon; it is then positive if its customer contacted support within
+  the horizon after it, strictly after it, looked up among the milestones received. A contact
+  read before or after its rows labels them the same.
+- **A refit grid in stream time.** Fits fall every ``refit_every`` of stream time (midnight
+  UTC by default), each on the rows whose horizon closed by then, never on later ones.
+- **Champion and challenger** (``models.learning.judge``): the challenger is fitted on the
+  older labelled rows and judged against the champion on the most recent ones, which neither
+  was fitted on. A window too thin to judge replaces nothing.
+- **Serving from a stated time.** An accepted model serves events from
+  ``fit time + activation_delay`` on, a time the scoring workers have not reached yet when it
+  is published; a replay with the same releases applies each from the same time.
+
+Every fit, accepted or refused, is a ``ModelRelease`` with its card and verdict: the model
+history.
+
+>>> learner = ContactLearner(LearnerSettings(horizon=1800, refit_every=86400))
+>>> learner.advance(0.0)
+[]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+from numpy.typing import NDArray
+from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+
+from forewarn.models.contracts import FeatureRow, Milestone
+from forewarn.models.features import CONTACT_FEATURE_SET, CONTACT_FEATURES
+from forewarn.models.learning import LabelledRow, judge, keeps_negative, split_by_time
+from forewarn.models.risk import (
+    ClassBalance,
+    HeldOutMetrics,
+    LabelDefinition,
+    LinearModel,
+    ModelCard,
+    ModelRelease,
+    RiskModel,
+    TrainingData,
+    Verdict,
+    linear_model_of,
+    model_file_bytes,
+    nowhere,
+    predict,
+)
+from forewarn.offline.training import calibration_bins, logistic_pipeline
+
+CONTACT = "support_contact"
+LEARNED_KIND = "StandardScaler + LogisticRegression (scikit-learn), learned in the stream"
+
+
+@dataclass(frozen=True, slots=True)
+class LearnerSettings:
+    #: a row is positive when a support contact follows it within this long
+    horizon: float = 30 * 60.0
+    #: how often, in stream time, a challenger is fitted (on a grid from the epoch)
+    refit_every: float = 86_400.0
+    #: share of negative rows kept (each weighing 1 / share more); positives all kept
+    negative_rate: float = 1.0
+    #: labelled rows kept at most (oldest out first)
+    capacity: int = 200_000
+    #: the most recent share of the labelled rows a challenger is judged on
+    judge_share: float = 0.2
+    #: the challenger's log loss must be this share below the champion's
+    margin: float = 0.01
+    min_positives: int = 30
+    min_rows: int = 300
+    #: an accepted model serves events this long (stream time) after its fit
+    activation_delay: float = 3600.0
+    #: the friction config the rows were scored with (friction is a feature)
+    friction_version: str = "unknown"
+
+
+@dataclass(order=True, slots=True)
+class _Waiting:
+    at: float
+    customer_id: str
+    event_id: str
+    weight: float = field(compare=False)
+    features: tuple[float, ...] = field(compare=False)
+
+
+@dataclass(slots=True)
+class ContactLearner:
+    """Rows and milestones in (any interleaving), releases out as the watermark moves."""
+
+    settings: LearnerSettings = field(default_factory=LearnerSettings)
+    champion: RiskModel | None = None
+    #: fits at or before this stream time already happened (a restarted learner skips them)
+    fitted_until: float = -math.inf
+    _waiting: list[_Waiting] = field(default_factory=list)
+    _contacts: dict[str, list[float]] = field(default_factory=dict)
+    labelled: deque[LabelledRow] = field(default_factory=deque)
+    watermark: float = -math.inf
+    #: rows ignored: of another feature set, or older than the watermark when they came
+    ignored: int = 0
+
+    def row(self, r: FeatureRow) -> None:
+        at = r.occurred_at.timestamp()
+        if r.feature_set != CONTACT_FEATURE_SET or at + self.settings.horizon <= self.watermark:
+            self.ignored += 1
+            return
+        heapq.heappush(self._waiting, _Waiting(at, r.customer_id, r.event_id, r.weight,
+                                               tuple(r.features)))  # fmt: skip
+
+    def milestone(self, m: Milestone) -> None:
+        if m.type == CONTACT:
+            times = self._contacts.setdefault(m.customer_id, [])
+            at = m.occurred_at.timestamp()
+            if at not in times:
+                times.append(at)
+                times.sort()
+
+    def restore(self, releases: Sequence[ModelRelease]) -> None:
+        """Start from the model history (a restart): the last accepted model is the champion,
+        and fits up to the last one are not run again."""
+        for r in sorted(releases, key=lambda r: r.fitted_at):
+            self.fitted_until = max(self.fitted_until, r.fitted_at.timestamp())
+            if r.verdict.accepted:
+                self.champion = r.risk_model()
+
+    def advance(self, watermark: float) -> list[ModelRelease]:
+        """Every input has reached ``watermark``: label what matured, fit on the grid points
+        passed, and return the releases (accepted or refused), oldest first."""
+        out: list[ModelRelease] = []
+        if watermark <= self.watermark:
+            return out
+        every = self.settings.refit_every
+        grid = math.floor(self.watermark / every) * every if self.watermark > -math.inf else None
+        self.watermark = watermark
+        points = []
+        if grid is not None:
+            t = grid + every
+            while t <= watermark:
+                points.append(t)
+                t += every
+        for t in points:
+            self._release(t)
+            if t > self.fitted_until:
+                out.append(self._fit(t))
+                self.fitted_until = t
+        self._release(watermark)
+        return out
+
+    def _release(self, now: float) -> None:
+        s = self.settings
+        while self._waiting and self._waiting[0].at + s.horizon <= now:
+            w = heapq.heappop(self._waiting)
+            times = self._contacts.get(w.customer_id, ())
+            positive = any(w.at < c <= w.at + s.horizon for c in times)
+            if positive:
+                self._keep(LabelledRow(w.customer_id, w.at, w.features, 1, w.weight))
+            elif keeps_negative(w.customer_id, w.at, s.negative_rate):
+                weight = w.weight / s.negative_rate
+                self._keep(LabelledRow(w.customer_id, w.at, w.features, 0, weight))
+        # contacts older than any row still waiting can label nothing more
+        oldest = self._waiting[0].at if self._waiting else now - s.horizon
+        for cid in [c for c, ts in self._contacts.items() if ts[-1] <= oldest]:
+            del self._contacts[cid]
+
+    def _keep(self, row: LabelledRow) -> None:
+        self.labelled.append(row)
+        if len(self.labelled) > self.settings.capacity:
+            self.labelled.popleft()
+
+    def _fit(self, t: float) -> ModelRelease:
+        s = self.settings
+        rows = [r for r in self.labelled if r.at + s.horizon <= t]
+        fit_rows, judge_rows = split_by_time(rows, s.judge_share)
+        version = f"contact-{datetime.fromtimestamp(t, UTC):%Y%m%dT%H%M}"
+        x, y, w = _arrays(fit_rows)
+        xj, yj, wj = _arrays(judge_rows)
+        if len(set(y.tolist())) < 2:
+            linear = _constant(float(np.average(y, weights=w)) if len(y) else 0.0)
+        else:
+            pipeline = logistic_pipeline(max_iter=1000)
+            pipeline.fit(x, y, scale__sample_weight=w, model__sample_weight=w)
+            linear = linear_model_of(pipeline, CONTACT_FEATURES)
+        card = self._card(version, t, linear, fit_rows, xj, yj, wj)
+        challenger = RiskModel(card, linear, nowhere(version))
+        verdict = judge(
+            None if self.champion is None else self.champion.score(xj),
+            challenger.score(xj), yj, wj,
+            margin=s.margin, min_positives=s.min_positives, min_rows=s.min_rows,
+        )  # fmt: skip
+        release = ModelRelease(
+            model_version=version,
+            fitted_at=datetime.fromtimestamp(t, UTC),
+            serves_from=datetime.fromtimestamp(t + s.activation_delay, UTC),
+            champion_version=None if self.champion is None else self.champion.version,
+            verdict=Verdict(
+                accepted=verdict.accept,
+                reason=verdict.reason,
+                champion_log_loss=_r(verdict.champion_loss),
+                challenger_log_loss=_r(verdict.challenger_loss),
+                positives=verdict.positives,
+                rows=verdict.rows,
+            ),
+            card=card,
+            model=linear,
+        )
+        if verdict.accept:
+            self.champion = challenger
+        return release
+
+    def _card(
+        self,
+        version: str,
+        t: float,
+        linear: LinearModel,
+        rows: list[LabelledRow],
+        xj: NDArray[np.float64],
+        yj: NDArray[np.int64],
+        wj: NDArray[np.float64],
+    ) -> ModelCard:
+        s = self.settings
+        p = predict(linear, xj)
+        both = len(set(yj.tolist())) == 2
+        positives = sum(r.label for r in rows)
+        digest = hashlib.sha256()
+        for r in rows:
+            digest.update(f"{r.customer_id}\x1f{r.at!r}\x1f{r.label}\n".encode())
+        start = min((r.at for r in rows), default=t)
+        return ModelCard(
+            model_version=version,
+            created_at=datetime.fromtimestamp(t, UTC),
+            model_kind=LEARNED_KIND,
+            target="contact",
+            model_sha256=hashlib.sha256(model_file_bytes(linear)).hexdigest(),
+            features=list(CONTACT_FEATURES),
+            friction_version=s.friction_version,
+            training_data=TrainingData(
+                sha256=digest.hexdigest(),
+                events=len(rows),
+                customers=len({r.customer_id for r in rows}),
+                start=datetime.fromtimestamp(start, UTC),
+                end=datetime.fromtimestamp(t, UTC),
+            ),
+            label=LabelDefinition(
+                definition=f"a support contact within {s.horizon / 60:g} minutes after a "
+                "sampled moment (labels matured in the stream)",
+                horizon_days=s.horizon / 86_400,
+                snapshot_every_hours=0.0,
+            ),
+            class_balance=ClassBalance(
+                positives=positives,
+                negatives=len(rows) - positives,
+                rate=round(positives / max(1, len(rows)), 5),
+            ),
+            held_out=HeldOutMetrics(
+                roc_auc=round(float(roc_auc_score(yj, p, sample_weight=wj)), 4) if both else 0.5,
+                pr_auc=round(float(average_precision_score(yj, p, sample_weight=wj)), 4)
+                if both
+                else 0.0,
+                brier=round(float(brier_score_loss(yj, p, sample_weight=wj)), 5) if len(p) else 0,
+                calibration=calibration_bins(yj, p) if len(p) else [],
+                operating_threshold=0.5,
+                precision=0.0,
+                recall=0.0,
+                rows=len(yj),
+            ),
+        )
+
+
+def _arrays(
+    rows: Sequence[LabelledRow],
+) -> tuple[NDArray[np.float64], NDArray[np.int64], NDArray[np.float64]]:
+    x = np.array([r.features for r in rows], dtype=np.float64).reshape(
+        len(rows), len(CONTACT_FEATURES)
+    )
+    return (
+        x,
+        np.array([r.label for r in rows], dtype=np.int64),
+        np.array([r.weight for r in rows], dtype=np.float64),
+    )
+
+
+def _constant(rate: float) -> LinearModel:
+    """A model that says the base rate whatever the features (one class only)."""
+    q = min(max(rate, 1e-6), 1 - 1e-6)
+    n = len(CONTACT_FEATURES)
+    return LinearModel(features=list(CONTACT_FEATURES), mean=[0.0] * n, scale=[1.0] * n,
+                       coef=[0.0] * n, intercept=math.log(q / (1 - q)))  # fmt: skip
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None else round(v, 6)
