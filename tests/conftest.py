@@ -84,6 +84,9 @@ def settings_env(s: Any, **extra: str) -> dict[str, str]:
         "FOREWARN_TOPICS__DLQ": t.dlq,
         "FOREWARN_TOPICS__STATE": t.state,
         "FOREWARN_TOPICS__OUTCOMES": t.outcomes,
+        "FOREWARN_TOPICS__MILESTONES": t.milestones,
+        "FOREWARN_TOPICS__FEATURE_ROWS": t.feature_rows,
+        "FOREWARN_TOPICS__MODELS": t.models,
     }
     if s.rules_path is not None:
         env["FOREWARN_RULES_PATH"] = str(s.rules_path)

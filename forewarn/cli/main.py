@@ -61,6 +61,21 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_learn(args: argparse.Namespace) -> int:
+    from forewarn.streams.learning import LearnerWorker
+    from forewarn.streams.settings import Settings
+
+    settings = Settings()
+    log.info("settings: %s", json.dumps(settings.masked(), default=str))
+    learner = LearnerWorker(settings)
+    learner.install_signal_handlers()
+    if settings.http_port:
+        learner.serve_http(settings.http_host, settings.http_port)
+        log.info("metrics and /healthz on http://%s:%d", settings.http_host, settings.http_port)
+    learner.run()  # LearnerFailed: a ForewarnError, exit code 1
+    return 0
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     if args.out:
         from forewarn.offline.history import write_history
@@ -320,6 +335,13 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("score", help="run a scoring worker (SIGTERM finishes the batch and exits)")
     s.set_defaults(func=cmd_score)
+
+    le = sub.add_parser(
+        "learn",
+        help="learn the contact-risk model from the stream and publish it to the models topic "
+        "(FOREWARN_LEARNER__*)",
+    )
+    le.set_defaults(func=cmd_learn)
 
     sim = sub.add_parser("simulate", help="publish synthetic journeys, or write history")
     sim.add_argument("--customers", type=int, default=1000)

@@ -168,12 +168,17 @@ def judge(
     margin: float = 0.01,
     min_positives: int = 30,
     min_rows: int = 300,
+    base_rate: float | None = None,
 ) -> Verdict:
     """Champion/challenger on the most recent matured labels neither was fitted on
     (``champion``/``challenger``: each one's predicted probabilities for them; no champion:
     the first model). The challenger serves only if its weighted log loss is at least
     ``margin`` (a share) below the champion's; a window with too few labels (an outage, a
-    quiet night) decides nothing, so a bad window never replaces a good model."""
+    quiet night) decides nothing, so a bad window never replaces a good model.
+
+    The first model must beat a constant: ``base_rate``, the rate of the rows it was fitted
+    on (default: the judging rows' own rate, which knows more than any model fitted before
+    them could)."""
     positives, rows = int(y.sum()), len(y)
     if positives < min_positives or rows < min_rows:
         return Verdict(False, f"too few matured labels to judge: {positives} positives in "
@@ -183,7 +188,7 @@ def judge(
     if not math.isfinite(new):
         return Verdict(False, "the challenger's predictions are not finite", None, None,
                        positives, rows)  # fmt: skip
-    base = float(np.average(y, weights=w))
+    base = float(np.average(y, weights=w)) if base_rate is None else base_rate
     prior = weighted_log_loss(np.full(rows, base), y, w)
     if champion is None:
         if new < prior * (1 - margin):

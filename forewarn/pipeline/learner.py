@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 from numpy.typing import NDArray
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
 from forewarn.models.contracts import FeatureRow, Milestone
@@ -52,12 +53,11 @@ from forewarn.models.risk import (
     RiskModel,
     TrainingData,
     Verdict,
-    linear_model_of,
     model_file_bytes,
     nowhere,
     predict,
 )
-from forewarn.offline.training import calibration_bins, logistic_pipeline
+from forewarn.offline.training import calibration_bins
 
 CONTACT = "support_contact"
 LEARNED_KIND = "StandardScaler + LogisticRegression (scikit-learn), learned in the stream"
@@ -125,6 +125,11 @@ class ContactLearner:
                 times.append(at)
                 times.sort()
 
+    @property
+    def waiting(self) -> int:
+        """Rows waiting for their horizon to pass."""
+        return len(self._waiting)
+
     def restore(self, releases: Sequence[ModelRelease]) -> None:
         """Start from the model history (a restart): the last accepted model is the champion,
         and fits up to the last one are not run again."""
@@ -184,18 +189,15 @@ class ContactLearner:
         version = f"contact-{datetime.fromtimestamp(t, UTC):%Y%m%dT%H%M}"
         x, y, w = _arrays(fit_rows)
         xj, yj, wj = _arrays(judge_rows)
-        if len(set(y.tolist())) < 2:
-            linear = _constant(float(np.average(y, weights=w)) if len(y) else 0.0)
-        else:
-            pipeline = logistic_pipeline(max_iter=1000)
-            pipeline.fit(x, y, scale__sample_weight=w, model__sample_weight=w)
-            linear = linear_model_of(pipeline, CONTACT_FEATURES)
+        rate = float(np.average(y, weights=w)) if len(y) else 0.0
+        linear = fit_linear(x, y, w) if len(set(y.tolist())) == 2 else _constant(rate)
         card = self._card(version, t, linear, fit_rows, xj, yj, wj)
         challenger = RiskModel(card, linear, nowhere(version))
         verdict = judge(
             None if self.champion is None else self.champion.score(xj),
             challenger.score(xj), yj, wj,
             margin=s.margin, min_positives=s.min_positives, min_rows=s.min_rows,
+            base_rate=rate,
         )  # fmt: skip
         release = ModelRelease(
             model_version=version,
@@ -286,6 +288,29 @@ def _arrays(
         x,
         np.array([r.label for r in rows], dtype=np.int64),
         np.array([r.weight for r in rows], dtype=np.float64),
+    )
+
+
+#: the smallest standard deviation a feature is scaled by: a count that is nearly always 0 in
+#: the sample would otherwise turn a single occurrence into tens of deviations, and a
+#: confident, wrong risk
+MIN_SCALE = 0.5
+#: the inverse of the L2 penalty (scikit-learn's C): the sample is small and shifts daily
+REGULARIZATION_C = 0.1
+
+
+def fit_linear(x: NDArray[np.float64], y: NDArray[np.int64], w: NDArray[np.float64]) -> LinearModel:
+    """A weighted logistic regression on standardized features, as plain numbers."""
+    mean = np.average(x, axis=0, weights=w)
+    scale = np.maximum(np.sqrt(np.average((x - mean) ** 2, axis=0, weights=w)), MIN_SCALE)
+    clf = LogisticRegression(C=REGULARIZATION_C, max_iter=1000)
+    clf.fit((x - mean) / scale, y, sample_weight=w)
+    return LinearModel(
+        features=list(CONTACT_FEATURES),
+        mean=[float(v) for v in mean],
+        scale=[float(v) for v in scale],
+        coef=[float(v) for v in clf.coef_[0]],
+        intercept=float(clf.intercept_[0]),
     )
 
 

@@ -174,6 +174,21 @@ class ScoringMetrics:
             ["version"],
             registry=r,
         )
+        self.contact_model_info = Gauge(
+            "forewarn_contact_model_info",
+            "The contact-risk model serving the newest events (1), by version; from a file "
+            "(FOREWARN_CONTACT_MODEL_PATH) or learned in the stream (the models topic)",
+            ["version"],
+            registry=r,
+        )
+        self.learned_models = Counter(
+            "forewarn_learned_models_total",
+            "Stream-learned contact-risk releases read from the models topic, by outcome: "
+            "served (from the stream time they name), late (this worker had already scored "
+            "events past that time, which were scored by the previous version), unreadable",
+            ["outcome"],
+            registry=r,
+        )
         self.model_reloads = Counter(
             "forewarn_model_reloads_total",
             "Attempts to load a changed churn model, by outcome (loaded or refused)",
@@ -272,43 +287,97 @@ class ScoringMetrics:
     def model_in_use(self, old: str | None, new: str | None) -> None:
         _swap(self.model_info, old, new)
 
+    def contact_model_in_use(self, old: str | None, new: str | None) -> None:
+        _swap(self.contact_model_info, old, new)
+
     def rulebook_in_use(self, old: str | None, new: str) -> None:
         _swap(self.rulebook_info, old, new)
 
     def serve(self, host: str, port: int, health: Health | None = None) -> ThreadingHTTPServer:
         """Serve ``/metrics``, and ``/healthz`` and ``/readyz`` from ``health``, in a thread."""
-        registry, checks = self.registry, health or Health(ready_without_work=True)
+        return serve_http(self.registry, host, port, health)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path.startswith("/metrics"):
-                    self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
-                elif self.path.startswith("/healthz"):
-                    ok, detail = checks.live()
-                    self._json(ok, detail)
-                elif self.path.startswith("/readyz"):
-                    ok, detail = checks.ready()
-                    self._json(ok, detail)
-                else:
-                    self._send(404, b"not found\n", "text/plain")
 
-            def _json(self, ok: bool, detail: dict[str, object]) -> None:
-                body = json.dumps({"ok": ok, **detail}).encode() + b"\n"
-                self._send(200 if ok else 503, body, "application/json")
+class LearnerMetrics:
+    """``forewarn learn``: what it read, where its watermark stands, what it released."""
 
-            def _send(self, code: int, body: bytes, content_type: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.records = Counter(
+            "forewarn_learner_records_total",
+            "Records read, by kind: feature_row, milestone, ignored (another feature set, or "
+            "later than the watermark allowed), unreadable",
+            ["kind"],
+            registry=r,
+        )
+        self.releases = Counter(
+            "forewarn_learner_releases_total",
+            "Fits published to the models topic, by verdict (accepted: the challenger serves; "
+            "refused: the champion stays)",
+            ["verdict"],
+            registry=r,
+        )
+        self.watermark = Gauge(
+            "forewarn_learner_watermark_seconds",
+            "Stream time every input has reached (epoch seconds): rows mature by it",
+            registry=r,
+        )
+        self.labelled_rows = Gauge(
+            "forewarn_learner_labelled_rows", "Labelled rows held for the next fit", registry=r
+        )
+        self.waiting_rows = Gauge(
+            "forewarn_learner_waiting_rows",
+            "Rows waiting for their horizon to pass before they are labelled",
+            registry=r,
+        )
+        self.champion_info = Gauge(
+            "forewarn_learner_champion_info",
+            "The contact-risk model the learner holds as champion (1), by version",
+            ["version"],
+            registry=r,
+        )
 
-            def log_message(self, format: str, *args: object) -> None:
-                pass  # scrapes every few seconds would drown the worker's own log
+    def champion(self, old: str | None, new: str | None) -> None:
+        _swap(self.champion_info, old, new)
 
-        server = BoundedHTTPServer((host, port), Handler)
-        threading.Thread(target=server.serve_forever, name="forewarn-http", daemon=True).start()
-        return server
+
+def serve_http(
+    registry: CollectorRegistry, host: str, port: int, health: Health | None = None
+) -> ThreadingHTTPServer:
+    """Serve ``/metrics``, and ``/healthz`` and ``/readyz`` from ``health``, in a thread."""
+    checks = health or Health(ready_without_work=True)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.startswith("/metrics"):
+                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            elif self.path.startswith("/healthz"):
+                ok, detail = checks.live()
+                self._json(ok, detail)
+            elif self.path.startswith("/readyz"):
+                ok, detail = checks.ready()
+                self._json(ok, detail)
+            else:
+                self._send(404, b"not found\n", "text/plain")
+
+        def _json(self, ok: bool, detail: dict[str, object]) -> None:
+            body = json.dumps({"ok": ok, **detail}).encode() + b"\n"
+            self._send(200 if ok else 503, body, "application/json")
+
+        def _send(self, code: int, body: bytes, content_type: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass  # scrapes every few seconds would drown the worker's own log
+
+    server = BoundedHTTPServer((host, port), Handler)
+    threading.Thread(target=server.serve_forever, name="forewarn-http", daemon=True).start()
+    return server
 
 
 class BoundedHTTPServer(ThreadingHTTPServer):

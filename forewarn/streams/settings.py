@@ -126,6 +126,32 @@ class KafkaSecurity(BaseModel):
             yield name, masked_properties(value) if name == "extra" else value
 
 
+class LearnerConfig(BaseModel):
+    """``forewarn learn``: the stream learner of the contact-risk model
+    (``FOREWARN_LEARNER__*``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    #: a moment is positive when the customer contacts support within this long after it
+    horizon_minutes: float = Field(default=30.0, gt=0)
+    #: a challenger is fitted every this long of stream time (on a grid from midnight UTC)
+    refit_every_hours: float = Field(default=24.0, gt=0)
+    #: an accepted model serves events this long (stream time) after its fit, so that
+    #: every worker has it before its events arrive
+    activation_delay_minutes: float = Field(default=60.0, ge=0)
+    #: the watermark is held back this long behind the inputs, for records that come late
+    lateness_seconds: float = Field(default=60.0, ge=0)
+    #: a challenger replaces the champion only if its log loss is this share lower
+    margin: float = Field(default=0.01, ge=0, lt=1)
+    #: fewer matured labels than this in the judging window decide nothing
+    min_positives: int = Field(default=30, ge=1)
+    min_rows: int = Field(default=300, ge=1)
+    #: labelled rows kept at most
+    capacity: int = Field(default=200_000, ge=1000)
+    #: the learner's consumer group (for lag monitoring; it reads by assignment)
+    group_id: str = "forewarn-learner"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FOREWARN_", env_nested_delimiter="__", frozen=True, extra="ignore"
@@ -154,6 +180,7 @@ class Settings(BaseSettings):
     #: (moments with an error or a checkout left in the last hour are all published); 0
     #: publishes none
     feature_row_share: float = Field(default=0.05, ge=0, le=1)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
     #: how often the worker looks for a changed model or rulebook (between batches)
     reload_check_seconds: float = Field(default=5.0, gt=0)
     #: the friction score's versioned config (default: forewarn/models/friction.yaml)

@@ -1,4 +1,4 @@
-"""The churn model and the rulebook: loaded at start, and again between batches when they change.
+"""The risk models and the rulebook: loaded at start, and again between batches when they change.
 
 A change is a different resolved path (a symlink pointed elsewhere) or a different size or
 modification time. A changed file that cannot be used, for whatever reason (not UTF-8, not
@@ -18,6 +18,7 @@ from forewarn.models.risk import (
     CARD_FILE,
     MODEL_FILE,
     RiskModel,
+    Target,
     default_model_path,
     load_risk_model,
 )
@@ -49,16 +50,20 @@ class Reload(Generic[T]):
 
 
 class ModelWatch:
-    """The churn model's artifact directory (``none``: no model, friction only)."""
+    """A risk model's artifact directory (``none``: no model). Without a path: the shipped
+    churn model, and no contact-risk model (the stream learner provides that one)."""
 
-    def __init__(self, path: Path | None, friction_version: str) -> None:
+    def __init__(self, path: Path | None, friction_version: str, target: Target = "churn") -> None:
         self.path = path
         self.friction_version = friction_version
+        self.target: Target = target
         self.version: str | None = None
         self._stamp: tuple[object, ...] | None = None
 
     def _where(self) -> Path | None:
         if self.path is not None and str(self.path) == "none":
+            return None
+        if self.path is None and self.target == "contact":
             return None
         return self.path or default_model_path()
 
@@ -72,9 +77,9 @@ class ModelWatch:
         if where is None:
             return None
         self._stamp = self._stamp_of(where)
-        model = load_risk_model(where, self.friction_version)
+        model = load_risk_model(where, self.friction_version, self.target)
         self.version = model.version
-        log.info("churn model %s from %s", model.version, where)
+        log.info("%s-risk model %s from %s", self.target, model.version, where)
         return model
 
     def check(self) -> Reload[RiskModel]:
@@ -86,7 +91,7 @@ class ModelWatch:
             return Reload()
         self._stamp = stamp
         try:
-            model = load_risk_model(where, self.friction_version)
+            model = load_risk_model(where, self.friction_version, self.target)
         except Exception as e:  # whatever the files hold, the worker keeps its last model
             return Reload(refused=f"{type(e).__name__}: {e}")
         self.version = model.version

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import signal
 import threading
 import time
@@ -48,9 +49,11 @@ from forewarn.streams.scoring.commit import (
     WorkerFenced,
 )
 from forewarn.streams.scoring.gate import ProfileGate
+from forewarn.streams.scoring.learned import LearnedModels
 from forewarn.streams.scoring.membership import AssignmentWatch
 from forewarn.streams.scoring.outputs import Limits, OutputTopics, batch_records
 from forewarn.streams.scoring.reading import group_progress, read_batch, rewind
+from forewarn.streams.scoring.reloads import Reloads
 from forewarn.streams.scoring.stores import (
     PartitionStores,
     RestoreResult,
@@ -91,11 +94,14 @@ class ScoringWorker:
         self.stores = PartitionStores(settings.state_dir, settings.topics.state)
         friction = load_friction(settings.friction_path)
         self.models = ModelWatch(settings.model_path, friction.version)
-        self.rules = RulebookWatch(settings.rules_path)
+        contact_models = ModelWatch(settings.contact_model_path, friction.version, "contact")
+        rules = RulebookWatch(settings.rules_path)
         self.engine = ScoringEngine(
             churn=self.models.load_first(),
+            contact=contact_models.load_first(),
+            feature_rows=settings.feature_row_share,
             friction=friction,
-            rulebook=self.rules.book,
+            rulebook=rules.book,
             decode=settings.decode_settings(),
             stores=self.stores,
             clock=clock,
@@ -117,6 +123,7 @@ class ScoringWorker:
         self.batches = 0
         self.records = 0
         self.restores: list[RestoreResult] = []
+        self.reloads = Reloads(self.engine, self.models, contact_models, rules, self.metrics)
 
     def stop(self) -> None:
         """Ask the loop to finish its current batch and exit."""
@@ -325,28 +332,9 @@ class ScoringWorker:
             )
         return True
 
-    def _reload(self) -> None:
-        """Pick up a changed model or rulebook (between batches); keep the last good one."""
-        old_model, old_book = self.models.version, self.engine.rulebook.version
-        model = self.models.check()
-        if model.refused is not None:
-            self.metrics.model_reloads.labels("refused").inc()
-            log.error("refused the new churn model, keeping %s: %s", old_model, model.refused)
-        elif model.loaded is not None:
-            self.engine.use(churn=model.loaded)
-            self.metrics.model_reloads.labels("loaded").inc()
-            self.metrics.model_in_use(old_model, model.loaded.version)
-            log.info("churn model %s replaced %s", model.loaded.version, old_model)
-        book = self.rules.check()
-        if book.refused is not None:
-            self.metrics.rulebook_reloads.labels("refused").inc()
-            log.error("refused the changed rulebook, keeping %s:\n%s", old_book, book.refused)
-        elif book.loaded is not None:
-            self.engine.use(rulebook=book.loaded)
-            self.metrics.rulebook_reloads.labels("loaded").inc()
-            self.metrics.rulebook_in_use(old_book, book.loaded.version)
-            log.info("rulebook %s (%d rules) replaced %s", book.loaded.version,
-                     len(book.loaded.rules), old_book)  # fmt: skip
+    def _stream_time(self) -> float:
+        """The furthest stream time this worker's partitions reached."""
+        return max((st.stream_time for st in self.stores.stores.values()), default=-math.inf)
 
     def _read(self, consumer: Consumer) -> list[RawRecord]:
         s = self.settings
@@ -372,6 +360,8 @@ class ScoringWorker:
         tune_garbage_collector()
         if not self.committer.start(deadline=time.monotonic() + s.startup_timeout_seconds):
             return  # stopped while waiting for Kafka
+        if s.learned_models:
+            self.reloads.read_learned(LearnedModels(s), self._stream_time())
         consumer = self._subscribe()
         restorer = Consumer(kafka_config(s, "restore"))
         log.info(
@@ -385,14 +375,14 @@ class ScoringWorker:
         )
         self.metrics.up.set(1)
         self.metrics.model_in_use(None, self.models.version)
-        self.metrics.rulebook_in_use(None, self.rules.book.version)
+        self.metrics.rulebook_in_use(None, self.engine.rulebook.version)
         next_check = time.monotonic() + s.reload_check_seconds
         try:
             while not self._stop.is_set():
                 self.health.beat()
                 if time.monotonic() >= next_check:  # between batches, never inside one
                     next_check = time.monotonic() + s.reload_check_seconds
-                    self._reload()
+                    self.reloads.check(self._stream_time())
                 consumer = self._watch_assignment(consumer)
                 records = self._read(consumer)
                 started = time.perf_counter()
@@ -418,6 +408,7 @@ class ScoringWorker:
             self.committer.close()
             consumer.close()
             restorer.close()
+            self.reloads.close()
             self.stores.close()
             if self._http is not None:
                 self._http.shutdown()
