@@ -9,6 +9,7 @@ import logging
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -19,6 +20,10 @@ from forewarn.models.risk import RiskModel
 from forewarn.offline.worlds import WORLDS
 from forewarn.rules.rulebook import Rulebook
 from forewarn.streams.settings import LoggingSettings
+
+if TYPE_CHECKING:  # imported where used: every command would pay for scikit-learn
+    from forewarn.models.friction import FrictionConfig
+    from forewarn.pipeline.learner import LearnerSettings
 
 log = logging.getLogger("forewarn")
 
@@ -176,6 +181,20 @@ def _model(path: Path | None) -> RiskModel | None:
     return load_risk_model(chosen) if (chosen / "card.json").exists() or path else None
 
 
+def _contact_model(path: Path | None) -> RiskModel | None:
+    from forewarn.models.risk import load_risk_model
+
+    return None if path is None else load_risk_model(path, target="contact")
+
+
+def _learning() -> LearnerSettings:
+    """The stream learner as ``forewarn learn`` would run (``FOREWARN_LEARNER__*``)."""
+    from forewarn.models.friction import FrictionConfig
+    from forewarn.streams.settings import Settings
+
+    return Settings().learner.learner_settings(FrictionConfig.default().version)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from forewarn.models.friction import FrictionConfig
     from forewarn.models.risk import save_risk_model
@@ -189,8 +208,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
 
     events, _ = _history(args)
-    labels = read_labels(args.labels) if args.labels else None
     friction = FrictionConfig.default()
+    if args.target == "contact":
+        return _train_contact(args, events, friction)
+    labels = read_labels(args.labels) if args.labels else None
     data = snapshot_dataset(
         events,
         friction=friction,
@@ -226,11 +247,46 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_contact(
+    args: argparse.Namespace, events: list[JourneyEvent], friction: FrictionConfig
+) -> int:
+    from forewarn.models.risk import save_risk_model
+    from forewarn.offline.contact_risk import contact_card, contact_dataset, fit_and_judge
+    from forewarn.offline.history import file_sha256
+    from forewarn.offline.training import period_of
+
+    horizon = args.horizon_hours * 3600
+    rows = contact_dataset(events, horizon=horizon, friction=friction)
+    start, end = period_of(events)
+    cut = args.holdout_from or start + (end - start) * 0.8
+    ev = fit_and_judge(rows, cut=cut.timestamp(), horizon=horizon)
+    version = args.version or f"contact-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    card = contact_card(
+        ev, version=version, horizon=horizon, friction_version=friction.version,
+        source_sha256=file_sha256(args.events), events=len(events),
+        customers=len({e.customer_id for e in events}), period=(start, end),
+    )  # fmt: skip
+    save_risk_model(args.out, ev.linear, card)
+    h = card.held_out
+    print(
+        f"model {version} -> {args.out}\n"
+        f"  {ev.train_rows:,} moments before {cut.isoformat()}, {ev.base_rate:.1%} of the "
+        f"later ones followed by a support contact within {args.horizon_hours:g} h\n"
+        f"  after the cut ({h.rows:,} moments): ROC AUC {h.roc_auc:.3f} (friction alone "
+        f"{ev.friction_roc_auc:.3f}), PR AUC {h.pr_auc:.3f} ({ev.friction_pr_auc:.3f}); at "
+        f"threshold {h.operating_threshold:.2f}: precision {h.precision:.1%}, recall "
+        f"{h.recall:.1%}"
+    )
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from forewarn.offline.evaluate import evaluate, format_report
     from forewarn.rules.rulebook import load_rulebook
 
     churn, rulebook = _model(args.model), load_rulebook(args.rules)  # refuse before reading
+    contact = _contact_model(args.contact_model)
+    learning = None if args.no_learning else _learning()
     events, profiles = _history(args)
     report = evaluate(
         events,
@@ -239,6 +295,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         churn=churn,
         window_hours=args.window_hours,
         plot=args.plot,
+        contact=contact,
+        learning=learning,
+        measure_from=args.measure_from,
     )
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(json.dumps(report.to_json(), indent=2) + "\n")
@@ -388,13 +447,29 @@ def parser() -> argparse.ArgumentParser:
             help="CustomerProfiles as JSON Lines (default: HISTORY.profiles.jsonl if present)",
         )
 
-    tr = sub.add_parser("train", help="train the churn-risk model from history")
+    tr = sub.add_parser("train", help="train the churn-risk or the contact-risk model from history")
     history_args(tr)
     tr.add_argument("--out", type=Path, required=True, help="artifact directory to write")
+    tr.add_argument(
+        "--target",
+        choices=["churn", "contact"],
+        default="churn",
+        help="churn: cancellation within --horizon-days; contact: a support contact within "
+        "--horizon-hours after an event (default: churn)",
+    )
     tr.add_argument("--labels", type=Path, help="churn dates: CSV/JSONL customer_id,churned_at")
-    tr.add_argument("--horizon-days", type=float, default=14.0)
-    tr.add_argument("--snapshot-hours", type=float, default=24.0)
-    tr.add_argument("--version", help="model version (default: churn-<timestamp>)")
+    tr.add_argument("--horizon-days", type=float, default=14.0, help="churn (default 14)")
+    tr.add_argument("--snapshot-hours", type=float, default=24.0, help="churn (default 24)")
+    tr.add_argument(
+        "--horizon-hours", type=float, default=24.0, help="contact (default 24; 0.5: in-session)"
+    )
+    tr.add_argument(
+        "--holdout-from",
+        type=_aware,
+        help="contact: fit on what comes before this time, measure on what follows "
+        "(default: the last fifth of the history)",
+    )
+    tr.add_argument("--version", help="model version (default: <target>-<timestamp>)")
     tr.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("evaluate", help="replay history offline and measure proactive service")
@@ -404,6 +479,24 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--report", type=Path, required=True, help="JSON report to write")
     ev.add_argument("--plot", type=Path, help="PNG plot to write")
     ev.add_argument("--window-hours", type=float, default=24.0)
+    ev.add_argument(
+        "--contact-model",
+        type=Path,
+        help="a contact-risk model trained offline (forewarn train --target contact): scores "
+        "the rulebook's contact risk, compared with the stream-learned one",
+    )
+    ev.add_argument(
+        "--no-learning",
+        action="store_true",
+        help="no stream learner in the replay (FOREWARN_LEARNER__* configure it otherwise)",
+    )
+    ev.add_argument(
+        "--from",
+        dest="measure_from",
+        type=_aware,
+        help="measure from this time on; earlier events only build state and train (a "
+        "time-ordered split)",
+    )
     ev.set_defaults(func=cmd_evaluate)
 
     rp = sub.add_parser("replay", help="run history through the streaming code path to files")

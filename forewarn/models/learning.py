@@ -2,14 +2,17 @@
 to re-fit on, and a champion that a challenger must beat before it serves.
 
 A moment (a feature row at an event) is **positive** when its customer contacts support
-within ``horizon`` after it, **negative** when the horizon passes without a contact. Every
-row waits (``pending``) until stream time has passed its horizon, whatever its label: were
-positives released at their contact, the most recent labelled rows, the ones a challenger is
-judged on, would hold twice the positives of the stream. Nobody labels rows by hand.
+within ``horizon`` after it, strictly after it, **negative** when the horizon passes without
+a contact. Every row waits (``pending``) until stream time has passed its horizon, whatever
+its label, and is labelled then from the contacts received: were positives released at
+their contact, the most recent labelled rows, the ones a challenger is judged on, would hold
+twice the positives of the stream. Labelling at release also makes the labels independent of
+the order in which rows and contacts arrive (two topics interleave differently every run).
+Nobody labels rows by hand.
 
 The sample keeps every positive and a share (``negative_rate``) of the negatives, each kept
-negative weighing ``1 / negative_rate`` so that weighted counts and a weighted fit stay
-unbiased. Which negatives are kept is fixed by the customer and the time (a hash), so a
+negative weighing ``1 / negative_rate`` more, so that weighted counts and a weighted fit
+stay unbiased. Which negatives are kept is fixed by the customer and the time (a hash), so a
 replay keeps the same ones. At most ``capacity`` labelled rows are kept, oldest out first.
 
 >>> s = MaturingSample(horizon=3600, negative_rate=1.0, capacity=100)
@@ -22,6 +25,8 @@ replay keeps the same ones. At most ``capacity`` labelled rows are kept, oldest 
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import math
 from collections import deque
 from collections.abc import Sequence
@@ -44,12 +49,14 @@ class LabelledRow:
     weight: float
 
 
-@dataclass(slots=True)
+@dataclass(order=True, slots=True)
 class _Pending:
-    customer_id: str
     at: float
-    features: tuple[float, ...]
-    positive: bool = False
+    customer_id: str
+    #: ties between rows of one customer at one time: released in a fixed order
+    tiebreak: str
+    features: tuple[float, ...] = field(compare=False)
+    weight: float = field(compare=False)
 
 
 @dataclass(slots=True)
@@ -61,9 +68,10 @@ class MaturingSample:
     capacity: int
     #: pending rows at most (the oldest are dropped first: nearly all would be negatives)
     pending_capacity: int = 200_000
-    _pending: deque[_Pending] = field(default_factory=deque)
+    _pending: list[_Pending] = field(default_factory=list)
+    _contacts: dict[str, list[float]] = field(default_factory=dict)
     labelled: deque[LabelledRow] = field(default_factory=deque)
-    #: rows dropped while pending (the pending bound) and negatives not kept (the sample)
+    #: rows dropped while pending (the pending bound), and negatives seen (kept or not)
     dropped_pending: int = 0
     negatives_seen: int = 0
 
@@ -73,32 +81,46 @@ class MaturingSample:
         if self.horizon <= 0 or self.capacity <= 0:
             raise ValueError("horizon and capacity must be positive")
 
-    def add(self, customer_id: str, at: float, features: Sequence[float]) -> None:
-        """A moment of ``customer_id`` at stream time ``at`` (rows come in stream order)."""
-        self.advance(at)
-        self._pending.append(_Pending(customer_id, at, tuple(float(x) for x in features)))
+    def add(
+        self,
+        customer_id: str,
+        at: float,
+        features: Sequence[float],
+        weight: float = 1.0,
+        tiebreak: str = "",
+    ) -> None:
+        """A moment of ``customer_id`` at stream time ``at``, standing for ``weight`` moments
+        of the stream (it was sampled at ``1 / weight``)."""
+        row = _Pending(at, customer_id, tiebreak, tuple(float(x) for x in features), weight)
+        heapq.heappush(self._pending, row)
         if len(self._pending) > self.pending_capacity:
-            self._pending.popleft()
+            heapq.heappop(self._pending)
             self.dropped_pending += 1
 
     def contact(self, customer_id: str, at: float) -> None:
-        """A support contact: the customer's pending rows within ``horizon`` strictly before
-        it will be positive (the contact's own moment is not a prediction of it)."""
-        self.advance(at)
-        for p in self._pending:
-            if p.customer_id == customer_id and at - self.horizon < p.at < at:
-                p.positive = True
+        """A support contact: the customer's rows within ``horizon`` strictly before it will
+        be positive (the contact's own moment is not a prediction of it)."""
+        times = self._contacts.setdefault(customer_id, [])
+        if at not in times:
+            bisect.insort(times, at)
 
     def advance(self, now: float) -> None:
-        """Stream time moved to ``now``: rows whose horizon passed get their label."""
+        """Stream time reached ``now``: rows whose horizon passed get their label."""
         while self._pending and self._pending[0].at + self.horizon <= now:
-            p = self._pending.popleft()
-            if p.positive:
-                self._keep(LabelledRow(p.customer_id, p.at, p.features, 1, 1.0))
+            p = heapq.heappop(self._pending)
+            times = self._contacts.get(p.customer_id, ())
+            i = bisect.bisect_right(times, p.at)
+            if i < len(times) and times[i] <= p.at + self.horizon:
+                self._keep(LabelledRow(p.customer_id, p.at, p.features, 1, p.weight))
                 continue
             self.negatives_seen += 1
             if keeps_negative(p.customer_id, p.at, self.negative_rate):
-                self._keep(LabelledRow(p.customer_id, p.at, p.features, 0, 1 / self.negative_rate))
+                weight = p.weight / self.negative_rate
+                self._keep(LabelledRow(p.customer_id, p.at, p.features, 0, weight))
+        # contacts before every row still pending can label nothing more
+        oldest = self._pending[0].at if self._pending else now - self.horizon
+        for cid in [c for c, ts in self._contacts.items() if ts[-1] <= oldest]:
+            del self._contacts[cid]
 
     def _keep(self, row: LabelledRow) -> None:
         self.labelled.append(row)

@@ -11,27 +11,43 @@ and support contacts are not rows (they are what is predicted).
 Judged on time, never on a random split: the model is fitted on the rows of the first part
 of the history whose horizon closes before the cut, and measured on the rows after it, next to
 friction alone on the same rows. A model trained before something changed (an incident, new
-traffic) is measured on what came after, as in production.
-
-Serving it (the engine, rules on ``contact_risk``, the worker) is the next step of issue 11.
+traffic) is measured on what came after, as in production. (``forewarn learn`` re-fits it in
+the stream every day instead: ``pipeline/learner.py``.)
 """
 
 from __future__ import annotations
 
 import bisect
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import numpy as np
 from numpy.typing import NDArray
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import (
+    average_precision_score,
+    brier_score_loss,
+    precision_recall_curve,
+    roc_auc_score,
+)
 
 from forewarn.models.contracts import JourneyEvent
 from forewarn.models.features import CONTACT_FEATURES, contact_features
+from forewarn.models.fitting import calibration_bins, fit_linear
 from forewarn.models.friction import FrictionConfig, friction_scores
-from forewarn.models.risk import LinearModel, linear_model_of
+from forewarn.models.risk import (
+    ClassBalance,
+    HeldOutMetrics,
+    LabelDefinition,
+    LinearModel,
+    ModelCard,
+    TrainingData,
+    model_file_bytes,
+    predict,
+)
 from forewarn.models.state import CustomerState, apply_event, stable_fraction
-from forewarn.offline.training import TrainingError, logistic_pipeline
+from forewarn.offline.training import TrainingError
 
 CONTACT = "support_contact"
 #: the default horizon, and the short in-session one
@@ -96,6 +112,9 @@ class ContactEvaluation:
     friction alone's on the same rows."""
 
     linear: LinearModel
+    #: the model's held-out figures as its card records them
+    held_out: HeldOutMetrics
+    train_rows_positive: int
     train_rows: int
     test_rows: int
     base_rate: float
@@ -121,12 +140,28 @@ def fit_and_judge(
     if len(y_train) > max_rows:
         keep = _sample(np.flatnonzero(train), rows, max_rows)
         x_train, y_train = rows.x[keep], rows.y[keep]
-    pipeline = logistic_pipeline()
-    pipeline.fit(x_train, y_train)
-    p = pipeline.predict_proba(rows.x[test])[:, 1]
+    linear = fit_linear(x_train, y_train)
+    p = predict(linear, rows.x[test])
     friction = rows.x[test][:, 0]
+    train_p = predict(linear, x_train)
+    prec, rec, thr = precision_recall_curve(y_train, train_p)
+    f1 = 2 * prec[:-1] * rec[:-1] / np.maximum(prec[:-1] + rec[:-1], 1e-12)
+    threshold = float(thr[int(np.argmax(f1))])
+    flagged = p >= threshold
+    hits = int((flagged & (y_test == 1)).sum())
     return ContactEvaluation(
-        linear=linear_model_of(pipeline, CONTACT_FEATURES),
+        linear=linear,
+        train_rows_positive=int(y_train.sum()),
+        held_out=HeldOutMetrics(
+            roc_auc=round(float(roc_auc_score(y_test, p)), 4),
+            pr_auc=round(float(average_precision_score(y_test, p)), 4),
+            brier=round(float(brier_score_loss(y_test, p)), 5),
+            calibration=calibration_bins(y_test, p),
+            operating_threshold=round(threshold, 4),
+            precision=round(hits / max(1, int(flagged.sum())), 4),
+            recall=round(hits / max(1, int(y_test.sum())), 4),
+            rows=len(y_test),
+        ),
         train_rows=len(y_train),
         test_rows=len(y_test),
         base_rate=round(float(y_test.mean()), 5),
@@ -148,51 +183,46 @@ def _sample(index: NDArray[np.int64], rows: ContactRows, n: int) -> NDArray[np.i
     return np.array(sorted(chosen), dtype=np.int64)
 
 
-DAY = 86_400.0
-
-
-def daily_refit_actions(
-    rows: ContactRows,
+def contact_card(
+    evaluation: ContactEvaluation,
     *,
-    horizon: float = HORIZON_SECONDS,
-    per_1000_active: float = 20.0,
-    first_day: int = 2,
-    errors_only: bool = True,
-    min_positives: int = 20,
-) -> list[tuple[str, float, str, str]]:
-    """What a stream learner would have done, replayed: each day, fit on the rows whose
-    horizon had closed by the day's start (labels matured, nothing later), and act on that
-    day's riskiest moments, one per customer, ``per_1000_active`` per 1,000 customers active
-    that day. ``errors_only``: only at the first trouble (moments with an error just now).
-    Actions as ``measures.measure`` reads them (customer, time, rule, playbook)."""
-    start = float(rows.at.min())
-    days = int((float(rows.at.max()) - start) // DAY) + 1
-    since_error = rows.x[:, CONTACT_FEATURES.index("minutes_since_error")]
-    acts: list[tuple[str, float, str, str]] = []
-    for d in range(first_day, days):
-        d0 = start + d * DAY
-        train = rows.at + horizon <= d0
-        y = rows.y[train]
-        if int(y.sum()) < min_positives or int(y.sum()) == len(y):
-            continue
-        today = (rows.at >= d0) & (rows.at < d0 + DAY)
-        active = len({rows.customers[i] for i in np.flatnonzero(today)})
-        if errors_only:
-            today &= since_error == 0
-        idx = np.flatnonzero(today)
-        if not len(idx):
-            continue
-        pipeline = logistic_pipeline(max_iter=1000)
-        pipeline.fit(rows.x[train], y)
-        risk = pipeline.predict_proba(rows.x[idx])[:, 1]
-        n = max(1, round(per_1000_active * active / 1000))
-        seen: set[str] = set()
-        for i in idx[np.argsort(-risk, kind="stable")]:
-            customer = rows.customers[i]
-            if customer in seen:
-                continue
-            seen.add(customer)
-            acts.append((customer, float(rows.at[i]), "contact_risk", "learned"))
-            if len(seen) >= n:
-                break
-    return sorted(acts, key=lambda a: a[1])
+    version: str,
+    horizon: float,
+    friction_version: str,
+    source_sha256: str,
+    events: int,
+    customers: int,
+    period: tuple[datetime, datetime],
+) -> ModelCard:
+    """The card of an offline-trained contact-risk model (``forewarn train --target
+    contact``): what it predicts, on what, and how it did after the cut."""
+    ev = evaluation
+    positives = ev.train_rows_positive
+    return ModelCard(
+        model_version=version,
+        created_at=datetime.now(UTC),
+        model_kind="StandardScaler + LogisticRegression (scikit-learn), as plain numbers",
+        target="contact",
+        model_sha256=hashlib.sha256(model_file_bytes(ev.linear)).hexdigest(),
+        features=list(CONTACT_FEATURES),
+        friction_version=friction_version,
+        training_data=TrainingData(
+            sha256=source_sha256,
+            events=events,
+            customers=customers,
+            start=period[0],
+            end=period[1],
+        ),
+        label=LabelDefinition(
+            definition=f"a support contact within {horizon / 60:g} minutes after an event "
+            "(rows at every event; fitted before the cut, measured after it)",
+            horizon_days=horizon / 86_400,
+            snapshot_every_hours=0.0,
+        ),
+        class_balance=ClassBalance(
+            positives=positives,
+            negatives=ev.train_rows - positives,
+            rate=round(positives / max(1, ev.train_rows), 5),
+        ),
+        held_out=ev.held_out,
+    )

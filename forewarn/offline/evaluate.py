@@ -18,8 +18,10 @@ True
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +42,9 @@ from forewarn.offline.measures import (
     roc_auc,
     threshold_crossings,
 )
-from forewarn.offline.replay import replay
+from forewarn.offline.replay import Replay, replay
 from forewarn.offline.training import churn_times
-from forewarn.pipeline.learner import ContactLearner
+from forewarn.pipeline.learner import ContactLearner, LearnerSettings
 from forewarn.rules.rulebook import Rulebook, load_rulebook
 
 FRICTION_THRESHOLD = 60.0
@@ -86,6 +88,17 @@ class ChurnModelQuality(_Report):
     held_out_at_training: dict[str, Any]
 
 
+class LearnedModel(_Report):
+    """One fit of the stream learner during the replay."""
+
+    version: str
+    fitted_at: str
+    serves_from: str
+    accepted: bool
+    reason: str
+    roc_auc_on_judging_rows: float
+
+
 class BeatsBaselines(_Report):
     coverage_above_random: bool
     coverage_at_least_on_errors_at_equal_volume: bool
@@ -104,6 +117,14 @@ class EvaluationReport(Measures):
     friction_alone: FrictionAlone
     churn_model: ChurnModelQuality | None = None
     beats_baselines: BeatsBaselines
+    #: where the measures start (events before it only build state and train)
+    measured_from: str | None = None
+    #: how the contact risk was scored: "stream-learned", "offline model <version>" or "none"
+    contact_risk: str = "none"
+    #: with stream learning: every fit, accepted or refused
+    learned_models: list[LearnedModel] = []
+    #: the same rulebook with the contact risk scored another way (learned vs offline)
+    variants: dict[str, Measures] = {}
 
     def to_json(self) -> dict[str, Any]:
         """The report as written to ``--report`` (no ``churn_model`` without a model)."""
@@ -123,21 +144,35 @@ def evaluate(
     seed: int = 7,
     plot: Path | None = None,
     contact: RiskModel | None = None,
-    learner: ContactLearner | None = None,
+    learning: LearnerSettings | None = None,
+    measure_from: datetime | None = None,
 ) -> EvaluationReport:
     """Replay the history through the decision path and measure it against the baselines.
 
-    ``contact``: a contact-risk model trained offline; ``learner``: learn the contact-risk
-    model in the replay, as the stream learner would (``ContactLearner``)."""
+    ``learning``: learn the contact-risk model in the replay, as ``forewarn learn`` would
+    beside the workers (the deployed default); ``contact``: a contact-risk model trained
+    offline (with ``learning`` too, the report compares them). ``measure_from``: measure only
+    what happens from then on (the replay still runs through the whole history, so state
+    and learning start where they would have been)."""
     book = rulebook or load_rulebook()
-    out = replay(events, profiles, rulebook=book, churn=churn, contact=contact, learner=learner)
+
+    def run(learn: bool) -> Replay:
+        return replay(
+            events, profiles, rulebook=book, churn=churn,
+            contact=None if learn else contact,
+            learner=ContactLearner(learning) if learn and learning is not None else None,
+        )  # fmt: skip
+
+    learned = learning is not None and contact is None
+    out = run(learned)
+    since = -math.inf if measure_from is None else measure_from.timestamp()
     window = window_hours * 3600
-    flat = [(e.customer_id, e.occurred_at.timestamp(), e.type) for e in events]
+    flat = [(e.customer_id, t, e.type) for e in events if (t := e.occurred_at.timestamp()) >= since]
     contacts = [(c, t) for c, t, k in flat if k == "support_contact"]
-    churns = list(churn_times(events).items())
+    churns = [(c, t) for c, t in churn_times(events).items() if t >= since]
     customers = len({c for c, _, _ in flat})
     days = max((flat[-1][1] - flat[0][1]) / 86400, 1 / 24) if flat else 1.0
-    acts = [(a.customer_id, a.triggered_at.timestamp(), a.rule_id, a.playbook) for a in out.actions]
+    acts = _acts(out, since)
 
     def m(actions: list[Act], any_retains: bool = False) -> Measures:
         return measure(
@@ -159,26 +194,33 @@ def evaluate(
         )
 
     overall = m(acts)
+    scored = [x for x in out.scored if x.at >= since]
     errors = on_errors_baseline(flat)
     baselines = {
         "on_errors": m(errors, any_retains=True),
         "on_errors at equal volume": m(at_most(errors, len(acts), seed), any_retains=True),
         "random": m(random_baseline(flat, len(acts), seed), any_retains=True),
     }
-    label = followed_by(out.scored, contacts, window)
-    friction = m(threshold_crossings(out.scored, FRICTION_THRESHOLD)).model_dump(
+    label = followed_by(scored, contacts, window)
+    friction = m(threshold_crossings(scored, FRICTION_THRESHOLD)).model_dump(
         exclude={"churn_capture"}
     )
     quality = None
     if churn is not None:
-        churned = followed_by(out.scored, churns, 14 * 86400)
+        churned = followed_by(scored, churns, 14 * 86400)
         quality = ChurnModelQuality(
             version=churn.version,
             roc_auc_churn_within_14_days=_round(
-                roc_auc([s.churn_risk or 0.0 for s in out.scored], churned)
+                roc_auc([s.churn_risk or 0.0 for s in scored], churned)
             ),
             held_out_at_training=churn.card.held_out.model_dump(exclude={"calibration"}),
         )
+    variants: dict[str, Measures] = {}
+    if learning is not None and contact is not None:
+        variants["stream-learned contact risk"] = m(_acts(run(True), since))
+    described = (
+        "stream-learned" if learned else f"offline model {contact.version}" if contact else "none"
+    )
     report = EvaluationReport(
         **overall.model_dump(),
         history=History(
@@ -195,7 +237,7 @@ def evaluate(
         by_rule={r.id: by_rule(r.id) for r in book.rules},
         baselines=baselines,
         friction_alone=FrictionAlone(
-            roc_auc_contact_within_window=_round(roc_auc([s.friction for s in out.scored], label)),
+            roc_auc_contact_within_window=_round(roc_auc([s.friction for s in scored], label)),
             threshold=FRICTION_THRESHOLD,
             **friction,
         ),
@@ -207,6 +249,20 @@ def evaluate(
             precision_above_on_errors=overall.outreach_precision
             > baselines["on_errors"].outreach_precision,
         ),
+        measured_from=None if measure_from is None else measure_from.isoformat(),
+        contact_risk=described,
+        learned_models=[
+            LearnedModel(
+                version=r.model_version,
+                fitted_at=r.fitted_at.isoformat(),
+                serves_from=r.serves_from.isoformat(),
+                accepted=r.verdict.accepted,
+                reason=r.verdict.reason,
+                roc_auc_on_judging_rows=r.card.held_out.roc_auc,
+            )
+            for r in out.releases
+        ],
+        variants=variants,
     )
     if plot is not None:
         from forewarn.offline.plots import plot_report
@@ -216,9 +272,17 @@ def evaluate(
             name: (r.actions / per, r.contact_coverage)
             for name, r in (("rulebook", report), *baselines.items())
         }
-        sweep = friction_sweep(out.scored, contacts, customers, window)
-        plot_report(plot, out.scored, label, sweep, points)
+        sweep = friction_sweep(scored, contacts, customers, window)
+        plot_report(plot, scored, label, sweep, points)
     return report
+
+
+def _acts(out: Replay, since: float) -> list[Act]:
+    return [
+        (a.customer_id, t, a.rule_id, a.playbook)
+        for a in out.actions
+        if (t := a.triggered_at.timestamp()) >= since
+    ]
 
 
 def _round(v: float | None) -> float | None:
@@ -229,6 +293,7 @@ def format_report(report: EvaluationReport) -> str:
     """The report as a table for people."""
     rows: list[tuple[str, Measures | FrictionAlone]] = [("rulebook", report)]
     rows += [(f"  {rule}", r) for rule, r in report.by_rule.items()]
+    rows += [(f"with {k}", v) for k, v in report.variants.items()]
     rows += [(f"baseline {k}", v) for k, v in report.baselines.items()]
     fa = report.friction_alone
     rows += [(f"friction >= {fa.threshold:g} alone", fa)]
@@ -253,6 +318,16 @@ def format_report(report: EvaluationReport) -> str:
         f"friction ROC AUC for a contact within {report.window_hours:g} h: "
         f"{fa.roc_auc_contact_within_window}"
     )
+    if report.measured_from is not None:
+        lines.append(f"measured from {report.measured_from} (earlier events build state only)")
+    lines.append(f"contact risk: {report.contact_risk}")
+    if report.learned_models:
+        accepted = [m for m in report.learned_models if m.accepted]
+        lines.append(
+            f"stream learner: {len(report.learned_models)} fits, {len(accepted)} accepted"
+            + (f", last {accepted[-1].version} serving from {accepted[-1].serves_from}"
+               if accepted else "")
+        )  # fmt: skip
     if report.churn_model is not None:
         cm = report.churn_model
         lines.append(

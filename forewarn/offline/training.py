@@ -15,7 +15,6 @@ held-out rows only.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,22 +22,19 @@ from datetime import UTC, datetime
 
 import numpy as np
 from numpy.typing import NDArray
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import (
     average_precision_score,
     brier_score_loss,
     precision_recall_curve,
     roc_auc_score,
 )
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
 
 from forewarn.errors import ForewarnError
 from forewarn.models.contracts import JourneyEvent
 from forewarn.models.features import CHURN_FEATURES, churn_features
+from forewarn.models.fitting import calibration_bins, logistic_pipeline
 from forewarn.models.friction import FrictionConfig, friction_scores
 from forewarn.models.risk import (
-    CalibrationBin,
     ClassBalance,
     HeldOutMetrics,
     LabelDefinition,
@@ -131,32 +127,8 @@ def snapshot_dataset(
     return Snapshots(np.vstack(xs), np.array(ys, dtype=np.int64), customers, times)
 
 
-def logistic_pipeline(max_iter: int = 2000) -> Pipeline:
-    """Every Forewarn model's shape: standardized features into a logistic regression (its
-    numbers leave scikit-learn as a ``LinearModel``)."""
-    return Pipeline([("scale", StandardScaler()), ("model", LogisticRegression(max_iter=max_iter))])
-
-
 def _held_out(cid: str) -> bool:
     return hashlib.blake2b(cid.encode(), digest_size=2).digest()[0] < 64  # 25%
-
-
-def calibration_bins(y: NDArray[np.int64], p: NDArray[np.float64]) -> list[CalibrationBin]:
-    bins = []
-    edges = np.linspace(0, 1, 11)
-    for lo, hi in itertools.pairwise(edges):
-        mask = (p >= lo) & ((p < hi) if hi < 1 else (p <= hi))
-        if mask.any():
-            bins.append(
-                CalibrationBin(
-                    lower=round(float(lo), 2),
-                    upper=round(float(hi), 2),
-                    predicted=round(float(p[mask].mean()), 4),
-                    observed=round(float(y[mask].mean()), 4),
-                    n=int(mask.sum()),
-                )
-            )
-    return bins
 
 
 def fit_churn_model(

@@ -28,7 +28,6 @@ history.
 from __future__ import annotations
 
 import hashlib
-import heapq
 import math
 from collections import deque
 from collections.abc import Sequence
@@ -37,12 +36,12 @@ from datetime import UTC, datetime
 
 import numpy as np
 from numpy.typing import NDArray
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
 from forewarn.models.contracts import FeatureRow, Milestone
 from forewarn.models.features import CONTACT_FEATURE_SET, CONTACT_FEATURES
-from forewarn.models.learning import LabelledRow, judge, keeps_negative, split_by_time
+from forewarn.models.fitting import calibration_bins, fit_linear
+from forewarn.models.learning import LabelledRow, MaturingSample, judge, split_by_time
 from forewarn.models.risk import (
     ClassBalance,
     HeldOutMetrics,
@@ -57,7 +56,6 @@ from forewarn.models.risk import (
     nowhere,
     predict,
 )
-from forewarn.offline.training import calibration_bins
 
 CONTACT = "support_contact"
 LEARNED_KIND = "StandardScaler + LogisticRegression (scikit-learn), learned in the stream"
@@ -85,15 +83,6 @@ class LearnerSettings:
     friction_version: str = "unknown"
 
 
-@dataclass(order=True, slots=True)
-class _Waiting:
-    at: float
-    customer_id: str
-    event_id: str
-    weight: float = field(compare=False)
-    features: tuple[float, ...] = field(compare=False)
-
-
 @dataclass(slots=True)
 class ContactLearner:
     """Rows and milestones in (any interleaving), releases out as the watermark moves."""
@@ -102,33 +91,34 @@ class ContactLearner:
     champion: RiskModel | None = None
     #: fits at or before this stream time already happened (a restarted learner skips them)
     fitted_until: float = -math.inf
-    _waiting: list[_Waiting] = field(default_factory=list)
-    _contacts: dict[str, list[float]] = field(default_factory=dict)
-    labelled: deque[LabelledRow] = field(default_factory=deque)
+    sample: MaturingSample = field(init=False)
     watermark: float = -math.inf
     #: rows ignored: of another feature set, or older than the watermark when they came
     ignored: int = 0
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.sample = MaturingSample(s.horizon, s.negative_rate, s.capacity)
 
     def row(self, r: FeatureRow) -> None:
         at = r.occurred_at.timestamp()
         if r.feature_set != CONTACT_FEATURE_SET or at + self.settings.horizon <= self.watermark:
             self.ignored += 1
             return
-        heapq.heappush(self._waiting, _Waiting(at, r.customer_id, r.event_id, r.weight,
-                                               tuple(r.features)))  # fmt: skip
+        self.sample.add(r.customer_id, at, r.features, r.weight, r.event_id)
 
     def milestone(self, m: Milestone) -> None:
         if m.type == CONTACT:
-            times = self._contacts.setdefault(m.customer_id, [])
-            at = m.occurred_at.timestamp()
-            if at not in times:
-                times.append(at)
-                times.sort()
+            self.sample.contact(m.customer_id, m.occurred_at.timestamp())
+
+    @property
+    def labelled(self) -> deque[LabelledRow]:
+        return self.sample.labelled
 
     @property
     def waiting(self) -> int:
         """Rows waiting for their horizon to pass."""
-        return len(self._waiting)
+        return self.sample.pending
 
     def restore(self, releases: Sequence[ModelRelease]) -> None:
         """Start from the model history (a restart): the last accepted model is the champion,
@@ -154,33 +144,12 @@ class ContactLearner:
                 points.append(t)
                 t += every
         for t in points:
-            self._release(t)
+            self.sample.advance(t)
             if t > self.fitted_until:
                 out.append(self._fit(t))
                 self.fitted_until = t
-        self._release(watermark)
+        self.sample.advance(watermark)
         return out
-
-    def _release(self, now: float) -> None:
-        s = self.settings
-        while self._waiting and self._waiting[0].at + s.horizon <= now:
-            w = heapq.heappop(self._waiting)
-            times = self._contacts.get(w.customer_id, ())
-            positive = any(w.at < c <= w.at + s.horizon for c in times)
-            if positive:
-                self._keep(LabelledRow(w.customer_id, w.at, w.features, 1, w.weight))
-            elif keeps_negative(w.customer_id, w.at, s.negative_rate):
-                weight = w.weight / s.negative_rate
-                self._keep(LabelledRow(w.customer_id, w.at, w.features, 0, weight))
-        # contacts older than any row still waiting can label nothing more
-        oldest = self._waiting[0].at if self._waiting else now - s.horizon
-        for cid in [c for c, ts in self._contacts.items() if ts[-1] <= oldest]:
-            del self._contacts[cid]
-
-    def _keep(self, row: LabelledRow) -> None:
-        self.labelled.append(row)
-        if len(self.labelled) > self.settings.capacity:
-            self.labelled.popleft()
 
     def _fit(self, t: float) -> ModelRelease:
         s = self.settings
@@ -288,29 +257,6 @@ def _arrays(
         x,
         np.array([r.label for r in rows], dtype=np.int64),
         np.array([r.weight for r in rows], dtype=np.float64),
-    )
-
-
-#: the smallest standard deviation a feature is scaled by: a count that is nearly always 0 in
-#: the sample would otherwise turn a single occurrence into tens of deviations, and a
-#: confident, wrong risk
-MIN_SCALE = 0.5
-#: the inverse of the L2 penalty (scikit-learn's C): the sample is small and shifts daily
-REGULARIZATION_C = 0.1
-
-
-def fit_linear(x: NDArray[np.float64], y: NDArray[np.int64], w: NDArray[np.float64]) -> LinearModel:
-    """A weighted logistic regression on standardized features, as plain numbers."""
-    mean = np.average(x, axis=0, weights=w)
-    scale = np.maximum(np.sqrt(np.average((x - mean) ** 2, axis=0, weights=w)), MIN_SCALE)
-    clf = LogisticRegression(C=REGULARIZATION_C, max_iter=1000)
-    clf.fit((x - mean) / scale, y, sample_weight=w)
-    return LinearModel(
-        features=list(CONTACT_FEATURES),
-        mean=[float(v) for v in mean],
-        scale=[float(v) for v in scale],
-        coef=[float(v) for v in clf.coef_[0]],
-        intercept=float(clf.intercept_[0]),
     )
 
 

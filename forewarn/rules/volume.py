@@ -45,7 +45,7 @@ from forewarn.models.state import stable_fraction
 #: score resolution: thresholds are found to within one bin of [low, high]
 BINS = 1_000
 #: the share the policies let through is measured once this many pass a day
-MIN_PASSED_PER_DAY = 20.0
+MIN_PASSED_PER_DAY = 5.0
 #: at most this many moments pass the threshold for each action sent
 MAX_CORRECTION = 20.0
 #: the short window may pass this many times the target's share before it binds

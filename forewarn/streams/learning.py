@@ -35,7 +35,7 @@ from forewarn.errors import ForewarnError
 from forewarn.models.contracts import FeatureRow, Milestone
 from forewarn.models.friction import load_friction
 from forewarn.models.risk import ModelRelease
-from forewarn.pipeline.learner import ContactLearner, LearnerSettings
+from forewarn.pipeline.learner import ContactLearner
 from forewarn.streams.metrics import Health, LearnerMetrics, serve_http
 from forewarn.streams.settings import Settings, kafka_config
 
@@ -47,20 +47,6 @@ class LearnerFailed(ForewarnError):
     the environment must be fixed, exit code 1."""
 
     exit_code = 1
-
-
-def learner_settings(settings: Settings, friction_version: str) -> LearnerSettings:
-    c = settings.learner
-    return LearnerSettings(
-        horizon=c.horizon_minutes * 60,
-        refit_every=c.refit_every_hours * 3600,
-        capacity=c.capacity,
-        margin=c.margin,
-        min_positives=c.min_positives,
-        min_rows=c.min_rows,
-        activation_delay=c.activation_delay_minutes * 60,
-        friction_version=friction_version,
-    )
 
 
 #: wall-clock seconds a partition read to its end waits before it stops holding the
@@ -87,7 +73,7 @@ class LearnerWorker:
         self.metrics = metrics or LearnerMetrics()
         self.health = Health(settings.liveness_timeout_seconds, ready_without_work=True)
         friction = load_friction(settings.friction_path)
-        self.learner = ContactLearner(learner_settings(settings, friction.version))
+        self.learner = ContactLearner(settings.learner.learner_settings(friction.version))
         self._stop = threading.Event()
         self._http: ThreadingHTTPServer | None = None
         self.published: list[ModelRelease] = []

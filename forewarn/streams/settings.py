@@ -18,12 +18,15 @@ import socket
 from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from forewarn.pipeline.codecs import DEAD_LETTER_KEEP_BYTES, DecodeSettings
+
+if TYPE_CHECKING:
+    from forewarn.pipeline.learner import LearnerSettings
 
 MASK = "**********"
 #: librdkafka properties whose values are secrets (passwords, OAuth client secrets, tokens,
@@ -150,6 +153,21 @@ class LearnerConfig(BaseModel):
     capacity: int = Field(default=200_000, ge=1000)
     #: the learner's consumer group (for lag monitoring; it reads by assignment)
     group_id: str = "forewarn-learner"
+
+    def learner_settings(self, friction_version: str) -> LearnerSettings:
+        """The pure learner's settings (the same in ``forewarn learn`` and ``evaluate``)."""
+        from forewarn.pipeline.learner import LearnerSettings
+
+        return LearnerSettings(
+            horizon=self.horizon_minutes * 60,
+            refit_every=self.refit_every_hours * 3600,
+            capacity=self.capacity,
+            margin=self.margin,
+            min_positives=self.min_positives,
+            min_rows=self.min_rows,
+            activation_delay=self.activation_delay_minutes * 60,
+            friction_version=friction_version,
+        )
 
 
 class Settings(BaseSettings):
