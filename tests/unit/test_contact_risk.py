@@ -10,9 +10,7 @@ import pytest
 
 from forewarn.models.features import CONTACT_FEATURES
 from forewarn.offline.contact_risk import (
-    ContactRows,
     contact_dataset,
-    daily_refit_actions,
     fit_and_judge,
 )
 from forewarn.offline.simulator import JourneySimulator
@@ -54,6 +52,7 @@ def test_the_model_is_fitted_before_the_cut_and_judged_after_it() -> None:
     assert ev.test_rows == int(np.sum(rows.at >= cut))
     assert 0.5 < ev.roc_auc <= 1 and 0 < ev.base_rate < 1
     assert ev.linear.features == list(CONTACT_FEATURES)
+    assert ev.held_out.rows == ev.test_rows and ev.held_out.roc_auc == ev.roc_auc
     small = fit_and_judge(rows, cut=cut, max_rows=2_000)
     assert small.train_rows == 2_000
 
@@ -63,26 +62,3 @@ def test_a_history_without_contacts_cannot_train() -> None:
     rows = contact_dataset(evs, horizon=HOUR)
     with pytest.raises(TrainingError, match="no contacts"):
         fit_and_judge(rows, cut=T0.timestamp() + 30 * HOUR, horizon=HOUR)
-
-
-def test_the_daily_refit_learns_only_from_labels_matured_before_each_day() -> None:
-    sim = JourneySimulator(400, seed=78, start=T0, span=timedelta(days=6))
-    rows = contact_dataset(list(sim.events()))
-    acts = daily_refit_actions(rows, per_1000_active=50)
-    assert acts, "it acts from day 2 on"
-    day = [int((at - rows.at.min()) // 86400) for _, at, _, _ in acts]
-    assert min(day) >= 2
-    per_day: dict[int, list[str]] = {}
-    for (customer, _, _, _), d in zip(acts, day, strict=True):
-        per_day.setdefault(d, []).append(customer)
-    assert all(len(set(cs)) == len(cs) for cs in per_day.values()), "one per customer a day"
-    since = rows.x[:, CONTACT_FEATURES.index("minutes_since_error")]
-    moments = {(c, float(at)) for c, at, s in zip(rows.customers, rows.at, since, strict=True)
-               if s == 0}  # fmt: skip
-    assert {(c, at) for c, at, _, _ in acts} <= moments, "only at the first trouble"
-    # labels that mature after day 3 began cannot change what was done on days 2 and 3
-    cut = rows.at.min() + 4 * 86400
-    future = rows.at + 86400 > rows.at.min() + 3 * 86400
-    flipped = ContactRows(rows.x, np.where(future, 1 - rows.y, rows.y), rows.at, rows.customers)
-    early = [a for a in acts if a[1] < cut]
-    assert [a for a in daily_refit_actions(flipped, per_1000_active=50) if a[1] < cut] == early

@@ -14,6 +14,7 @@ from forewarn.models.learning import (
     LabelledRow,
     MaturingSample,
     judge,
+    keeps_negative,
     split_by_time,
 )
 
@@ -26,9 +27,11 @@ def test_a_row_is_positive_only_if_its_customer_contacts_within_the_horizon() ->
     s.add("ann", 10 * HOUR, [2.0])
     s.add("bob", 10 * HOUR, [3.0])
     s.contact("ann", 30 * HOUR)  # 30 h after the first row, 20 h after the second
+    s.advance(30 * HOUR)
     labels = {(r.customer_id, r.at): r.label for r in s.labelled}
     assert labels == {("ann", 0.0): 0}, "only the first horizon has passed"
     s.add("bob", 40 * HOUR, [4.0])
+    s.advance(40 * HOUR)
     labels = {(r.customer_id, r.at): r.label for r in s.labelled}
     assert labels[("ann", 10 * HOUR)] == 1 and labels[("bob", 10 * HOUR)] == 0
     s.contact("bob", 41 * HOUR)
@@ -59,6 +62,7 @@ def test_the_recent_labels_are_not_richer_in_positives_than_the_stream() -> None
         s.add(c, t, [0.0])
         if rng.random() < 0.02:
             s.contact(c, t + 1.0)
+        s.advance(t)
     older, recent = split_by_time(list(s.labelled), 0.2)
 
     def rate(rows: list[LabelledRow]) -> float:
@@ -152,3 +156,18 @@ def test_the_first_model_must_beat_the_base_rate() -> None:
     flat = np.full(len(y), 0.5)  # says nothing, and says it badly
     first = judge(None, flat, y, w)
     assert not first.accept and "base rate" in first.reason
+
+
+def test_a_row_sampled_upstream_keeps_its_weight_through_the_sample() -> None:
+    """A feature row the worker kept one time in 20 stands for 20 moments; a negative the
+    sample keeps one time in 2 then stands for 40."""
+    s = MaturingSample(horizon=HOUR, negative_rate=0.5, capacity=1000)
+    kept = [i for i in range(200) if keeps_negative(f"c{i}", 0.0, 0.5)]
+    for i in range(200):
+        s.add(f"c{i}", 0.0, [0.0], weight=20.0)
+    s.add("pos", 0.0, [1.0], weight=20.0)
+    s.contact("pos", 60.0)
+    s.advance(HOUR)
+    weights = {r.customer_id: (r.label, r.weight) for r in s.labelled}
+    assert weights["pos"] == (1, 20.0)
+    assert {weights[f"c{i}"] for i in kept} == {(0, 40.0)} and len(weights) == len(kept) + 1
