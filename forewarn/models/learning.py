@@ -181,6 +181,22 @@ def weighted_log_loss(
     return float(np.sum(w * losses) / np.sum(w))
 
 
+def weighted_auc(p: NDArray[np.float64], y: NDArray[np.int64], w: NDArray[np.float64]) -> float:
+    """ROC AUC with row weights: the chance that a positive ranks above a negative."""
+    order = np.argsort(p, kind="stable")
+    p, y, w = p[order], y[order], w[order]
+    neg = np.where(y == 0, w, 0.0)
+    pos = np.where(y == 1, w, 0.0)
+    below = np.cumsum(neg) - neg  # negative weight strictly below, before ties
+    # ties: half of the negatives with the same score
+    _, start, counts = np.unique(p, return_index=True, return_counts=True)
+    tied = np.add.reduceat(neg, start)
+    half = np.repeat(tied / 2, counts)
+    first_below = np.repeat(below[start], counts)
+    total = pos.sum() * neg.sum()
+    return float(np.sum(pos * (first_below + half)) / total) if total > 0 else 0.5
+
+
 def judge(
     champion: NDArray[np.float64] | None,
     challenger: NDArray[np.float64],
@@ -195,7 +211,8 @@ def judge(
     """Champion/challenger on the most recent matured labels neither was fitted on
     (``champion``/``challenger``: each one's predicted probabilities for them; no champion:
     the first model). The challenger serves only if its weighted log loss is at least
-    ``margin`` (a share) below the champion's; a window with too few labels (an outage, a
+    ``margin`` (a share) below the champion's and it ranks better (weighted ROC AUC; the
+    first model: better than chance); a window with too few labels (an outage, a
     quiet night) decides nothing, so a bad window never replaces a good model.
 
     The first model must beat a constant: ``base_rate``, the rate of the rows it was fitted
@@ -212,13 +229,23 @@ def judge(
                        positives, rows)  # fmt: skip
     base = float(np.average(y, weights=w)) if base_rate is None else base_rate
     prior = weighted_log_loss(np.full(rows, base), y, w)
+    # Volume targets act on the ranking alone: a better calibrated model that ranks worse
+    # would send the worse moments. So a challenger must also rank at least as well.
+    ranks = weighted_auc(challenger, y, w)
+    floor = 0.5 if champion is None else weighted_auc(champion, y, w)
     if champion is None:
+        if new < prior * (1 - margin) and ranks <= floor:
+            return Verdict(False, f"ranks no better than chance: ROC AUC {ranks:.3f}", prior,
+                           new, positives, rows)  # fmt: skip
         if new < prior * (1 - margin):
             return Verdict(True, f"first model: log loss {new:.4f} against {prior:.4f} for "
                            "the base rate", prior, new, positives, rows)  # fmt: skip
         return Verdict(False, f"no better than the base rate: log loss {new:.4f} against "
                        f"{prior:.4f}", prior, new, positives, rows)  # fmt: skip
     old = weighted_log_loss(champion, y, w)
+    if new < old * (1 - margin) and ranks < floor:
+        return Verdict(False, f"ranks worse: ROC AUC {ranks:.3f} against the champion's "
+                       f"{floor:.3f}", old, new, positives, rows)  # fmt: skip
     if new < old * (1 - margin):
         return Verdict(True, f"log loss {new:.4f} against the champion's {old:.4f}", old, new,
                        positives, rows)  # fmt: skip

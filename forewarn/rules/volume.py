@@ -66,7 +66,8 @@ class VolumeTarget(BaseModel):
     lifetime_seconds: float = Field(default=86_400.0, gt=0)
     #: how often, in stream time, the threshold is recomputed
     every_seconds: float = Field(default=300.0, gt=0)
-    #: nothing passes until this much stream time has been seen
+    #: nothing passes until the rule's moments have been seen for this much stream time (from
+    #: its first one: a score that appears later, a model's first version, warms up then)
     warm_up_seconds: float = Field(default=86_400.0, ge=0)
     #: the threshold is also held to the target's share of this recent a window, so that
     #: scores that shift all at once (an incident) do not send a day's volume in an hour
@@ -80,7 +81,8 @@ class AdaptiveThreshold:
         self.target = target
         #: the stream time weights are relative to (rebased now and then to stay finite)
         self._origin = start
-        self._start = start
+        #: stream time of the first moment (the warm-up counts from it)
+        self._first: float | None = None
         self._scores = [0.0] * BINS
         self._moments = 0.0
         #: the same over the guard's short window (weights with its own lifetime)
@@ -114,6 +116,8 @@ class AdaptiveThreshold:
         ``tiebreak`` in [0, 1) (``tiebreak(event_id)``) settles which moments of the
         threshold's own bin pass."""
         self._advance(at)
+        if self._first is None:
+            self._first = at
         w = self._weight(at)
         b = self._bin(score)
         edge, share = self._edge
@@ -182,7 +186,9 @@ class AdaptiveThreshold:
 
     def _update(self) -> None:
         t = self.target
-        if self._last - self._start < t.warm_up_seconds or self._moments <= 0:
+        if self._first is None or self._last - self._first < t.warm_up_seconds:
+            return
+        if self._moments <= 0:  # everything decayed away (a long silence): nothing to rank
             return
         self.warm = True
         scale = self._per_day_scale()
@@ -234,7 +240,7 @@ class AdaptiveThreshold:
             "v": _RECORD_VERSION,
             "target": self.target.model_dump(),
             "origin": self._origin,
-            "start": self._start,
+            "start": self._first,
             "scores": list(self._scores),
             "moments": self._moments,
             "recent": list(self._recent),
@@ -254,8 +260,8 @@ class AdaptiveThreshold:
     def from_record(cls, target: VolumeTarget, record: dict[str, Any]) -> AdaptiveThreshold:
         if record.get("v") != _RECORD_VERSION or len(record["scores"]) != BINS:
             raise ValueError(f"not a volume record of version {_RECORD_VERSION}")
-        t = cls(target, start=float(record["start"]))
-        t._origin = float(record["origin"])
+        t = cls(target, start=float(record["origin"]))
+        t._first = None if record["start"] is None else float(record["start"])
         t._scores = [float(c) for c in record["scores"]]
         t._moments = float(record["moments"])
         t._recent = [float(c) for c in record["recent"]]

@@ -16,6 +16,8 @@ from forewarn.models.learning import (
     judge,
     keeps_negative,
     split_by_time,
+    weighted_auc,
+    weighted_log_loss,
 )
 
 HOUR = 3600.0
@@ -171,3 +173,25 @@ def test_a_row_sampled_upstream_keeps_its_weight_through_the_sample() -> None:
     weights = {r.customer_id: (r.label, r.weight) for r in s.labelled}
     assert weights["pos"] == (1, 20.0)
     assert {weights[f"c{i}"] for i in kept} == {(0, 40.0)} and len(weights) == len(kept) + 1
+
+
+def test_a_better_calibrated_challenger_that_ranks_worse_is_refused() -> None:
+    """Volume targets act on the ranking: a challenger that guesses the rate better but
+    orders the moments worse would send worse moments."""
+    y, signal, w = _window(4_000, 200, seed=3)
+    champion = _prob(signal, 1.0) * 3  # ranks well, predicts three times too much
+    jitter = np.random.default_rng(4).normal(0, 0.01, len(y))
+    noisy = np.clip(0.05 + 0.002 * signal + jitter, 0.001, 0.5)  # near the rate, barely ranked
+    assert weighted_auc(noisy, y, w) < weighted_auc(champion, y, w)
+    assert weighted_log_loss(noisy, y, w) < weighted_log_loss(champion, y, w) * 0.99
+    verdict = judge(champion, noisy, y, w)
+    assert not verdict.accept and "ranks worse" in verdict.reason
+
+
+def test_the_weighted_auc_is_the_chance_a_positive_outranks_a_negative() -> None:
+    p = np.array([0.1, 0.4, 0.4, 0.8])
+    y = np.array([0, 0, 1, 1])
+    # pairs (pos, neg): 0.4>0.1 yes, 0.4=0.4 half, 0.8 beats both: 3.5 of 4
+    assert weighted_auc(p, y, np.ones(4)) == pytest.approx(3.5 / 4)
+    # the tied negative counting twice: 2 * 0.5 + 1 + 2 + 1 = 5 of 6 weighted pairs
+    assert weighted_auc(p, y, np.array([1.0, 2.0, 1.0, 1.0])) == pytest.approx(5 / 6)

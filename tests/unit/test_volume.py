@@ -158,3 +158,20 @@ def test_a_long_silence_or_an_unreadable_record_does_not_break_the_partition() -
     targets = {"r": target}
     fresh = PartitionVolumes.decode(b"\x00not msgpack of ours", targets, start=5.0)
     assert fresh.encode() == PartitionVolumes(targets, start=5.0).encode()
+
+
+def test_a_score_that_appears_late_warms_up_from_its_first_moment() -> None:
+    """A contact-risk rule has no moments until the learner's first model serves, days after
+    the partition started: it must not act on the first few moments' quantile."""
+    target = VolumeTarget(per_1000_active_per_day=50, warm_up_seconds=DAY)
+    t = AdaptiveThreshold(target, start=0.0)
+    for i in range(5 * 288):  # five days of customers, no moments of this score
+        t.customer_active(i * 300.0)
+    passed = []
+    for i in range(2 * 2880):  # then two days of moments, every 30 s
+        at = 5 * DAY + i * 30.0
+        t.customer_active(at)
+        passed.append((at, t.observe(at, (i * 7919 % 1000) / 1000)))
+    assert not any(ok for at, ok in passed if at < 6 * DAY), "a day of moments first"
+    assert any(ok for at, ok in passed if at >= 6 * DAY + 600)
+    assert t.to_record()["start"] == 5 * DAY
