@@ -6,6 +6,9 @@ One run, one data set, baselines measured in the same run on the same broker:
 * ``consume + json.loads`` the same loop decoding every value (a floor for any JSON pipeline);
 * ``engine only``          the pure scoring engine on in-memory records (no Kafka), with
                            friction alone and with the shipped churn model (CPU µs per event);
+* ``engine only, + contact risk, feature rows`` with a contact-risk model served and a
+                           share of moments sampled as feature rows (a worker beside
+                           ``forewarn learn``, the default);
 * ``engine only, shipped / 200 rules`` the default rulebook, then filled up to 200
                            (shadow rules with CEL conditions on trouble events): the
                            trigger index keeps the cost nearly flat; and CEL µs per
@@ -32,6 +35,7 @@ information: no test asserts it. Set FOREWARN_BENCH_BOOTSTRAP to use another Kaf
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -48,12 +52,20 @@ from typing import Any
 from confluent_kafka import Consumer
 
 from forewarn.models.contracts import DeadLetterReason
-from forewarn.models.risk import default_model_path, load_risk_model
+from forewarn.models.features import CONTACT_FEATURES
+from forewarn.models.risk import (
+    LinearModel,
+    RiskModel,
+    default_model_path,
+    load_risk_model,
+    model_file_bytes,
+)
 from forewarn.models.state_codec import encode_state
 from forewarn.offline.samples import bad_record
 from forewarn.offline.simulator import JourneySimulator, span_for
 from forewarn.pipeline.clocks import ManualClock
 from forewarn.pipeline.codecs import RawRecord, encode
+from forewarn.pipeline.engine import FEATURE_ROW_SHARE
 from forewarn.pipeline.harness import Harness
 from forewarn.rules.conditions import compile_condition, evaluate
 from forewarn.rules.rulebook import (
@@ -191,6 +203,19 @@ TROUBLE = (
 )
 
 
+def hand_made_contact_model() -> RiskModel:
+    """A contact-risk model with every feature in use (the cost does not depend on what it
+    learned)."""
+    n = len(CONTACT_FEATURES)
+    linear = LinearModel(features=list(CONTACT_FEATURES), mean=[0.5] * n, scale=[2.0] * n,
+                         coef=[0.1] * n, intercept=-3.0)  # fmt: skip
+    card = load_risk_model(default_model_path()).card.model_copy(
+        update={"target": "contact", "features": list(CONTACT_FEATURES), "model_version": "bench",
+                "model_sha256": hashlib.sha256(model_file_bytes(linear)).hexdigest()}
+    )  # fmt: skip
+    return RiskModel(card, linear, Path("bench"))
+
+
 def many_rules(n: int) -> Rulebook:
     """The default rulebook filled up to ``n`` rules with shadow rules with CEL conditions on
     trouble events."""
@@ -293,9 +318,14 @@ def main() -> int:
     ]
     per_event_us: dict[str, float] = {}
     shipped = load_risk_model(default_model_path())
+    learning = "engine only, + contact risk, feature rows"
     for name, churn in (("engine only, friction (no Kafka)", None),
-                        ("engine only, friction + churn model", shipped)):  # fmt: skip
+                        ("engine only, friction + churn model", shipped),
+                        (learning, shipped)):  # fmt: skip
         h = Harness(churn=churn, clock=ManualClock(now))
+        if name == learning:  # as a worker serving a learned model and sampling rows
+            h.engine.use(contact=hand_made_contact_model())
+            h.engine.feature_rows = FEATURE_ROW_SHARE
         h.records(profiles=profile_records)
         t, cpu = time.perf_counter(), time.process_time()
         for i in range(0, n, 500):
@@ -309,6 +339,7 @@ def main() -> int:
         per_event_us["engine only, friction + churn model"]
         - per_event_us["engine only, friction (no Kafka)"]
     )
+    contact_cost = per_event_us[learning] - per_event_us["engine only, friction + churn model"]
     eos_cost = 1 - rows["scoring worker, exactly-once"] / rows["scoring worker, at-least-once"]
     clean = rows["scoring worker, exactly-once"]
     poison_ratio = rows["exactly-once, a poison in every batch"] / clean
@@ -320,6 +351,10 @@ def main() -> int:
     for name, us in per_event_us.items():
         print(f"{name}: {us:.1f} µs CPU per event")
     print(f"the churn model adds {model_cost:.1f} µs per event (features + batch scoring)")
+    print(
+        f"a contact-risk model and {FEATURE_ROW_SHARE:.0%} feature rows add {contact_cost:.1f} "
+        "µs per event"
+    )
     print(
         f"rules: {rows['engine only, 200 rules']:,.0f} events/s with 200 rules against "
         f"{rows['engine only, shipped rules']:,.0f} with the shipped ones "
@@ -350,6 +385,7 @@ def main() -> int:
         "poison_in_every_batch_ratio": round(poison_ratio, 3),
         "cpu_microseconds_per_event": {k: round(v, 1) for k, v in per_event_us.items()},
         "churn_model_microseconds_per_event": round(model_cost, 1),
+        "contact_risk_and_rows_microseconds_per_event": round(contact_cost, 1),
         "cel_microseconds_per_condition": round(cel_us, 1),
         "restore_customers_per_second": round(restored / restore_s),
         "restore_records_per_second": round(restore_records / restore_s),

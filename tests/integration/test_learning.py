@@ -17,7 +17,7 @@ from forewarn.models.contracts import Decision, JourneyEvent
 from forewarn.offline.replay import replay
 from forewarn.offline.simulator import JourneySimulator
 from forewarn.pipeline.codecs import encode
-from forewarn.pipeline.learner import ContactLearner
+from forewarn.pipeline.learner import ContactLearner, LearnerSettings
 from forewarn.rules.rulebook import load_rulebook
 from forewarn.streams.learning import LearnerWorker
 from forewarn.streams.settings import LearnerConfig, Settings, kafka_config
@@ -164,3 +164,31 @@ def test_a_worker_serves_what_the_learner_learns_and_serves_it_again_after_a_res
     assert {d.action.contact_model_version for d in again} == {served.model_version}
     assert restarted.worker.engine.contact.latest is not None
     assert restarted.worker.engine.contact.latest.version == served.model_version
+
+
+def test_a_record_on_the_models_topic_that_is_not_a_release_is_refused_and_the_rest_served(
+    make_settings: Callable[..., Settings], start_worker: Callable[[Settings], Any]
+) -> None:
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    sim = JourneySimulator(250, seed=11, start=midnight - 4 * DAY, span=4 * DAY)
+    learner = ContactLearner(LearnerSettings(min_positives=5, min_rows=50))
+    learned = replay(list(sim.events()), sim.profiles(), rulebook=load_rulebook(RULES),
+                     learner=learner, sample_share=0.5)  # fmt: skip
+    accepted = [r for r in learned.releases if r.verdict.accepted]
+    assert accepted
+    s = make_settings(partitions=1, rules_path=RULES, reload_check_seconds=0.2)
+    p = Producer(kafka_config(s, "producer"))
+    p.produce(s.topics.models, b'{"not": "a release"}', b"contact_risk/garbage")
+    for r in learned.releases:
+        p.produce(s.topics.models, r.model_dump_json().encode(), r.key.encode())
+    assert p.flush(30) == 0
+    running = start_worker(s)
+    metrics = running.worker.metrics
+    deadline = time.monotonic() + 30
+    while metrics.learned_models.labels("unreadable")._value.get() < 1:
+        assert time.monotonic() < deadline, "the models topic was never read"
+        time.sleep(0.2)
+    assert metrics.learned_models.labels("served")._value.get() == len(accepted)
+    served = [v.model.version for v in running.worker.engine.contact.served]
+    assert served == [r.model_version for r in accepted]
+    assert metrics.contact_model_info.labels(accepted[-1].model_version)._value.get() == 1
