@@ -30,6 +30,7 @@ from forewarn.models.risk import (
     LabelDefinition,
     LinearModel,
     ModelCard,
+    ModelRelease,
     RiskModel,
     TrainingData,
     default_model_path,
@@ -114,8 +115,8 @@ def world(seed: int, days: int, trouble_days: range) -> tuple[list[FeatureRow], 
 
 def learn(
     rows: list[FeatureRow], contacts: list[Milestone], learner: ContactLearner
-) -> list[object]:
-    out: list[object] = []
+) -> list[ModelRelease]:
+    out: list[ModelRelease] = []
     for r in rows:
         learner.row(r)
     for c in contacts:
@@ -191,7 +192,7 @@ def test_a_restarted_learner_keeps_its_champion_and_does_not_refit_the_past() ->
     first.advance(T0.timestamp())
     history = learn(rows, contacts, first)
     again = ContactLearner(LearnerSettings(min_positives=20, min_rows=100))
-    again.restore(history)  # type: ignore[arg-type]
+    again.restore(history)
     assert again.champion is not None and first.champion is not None
     assert again.champion.version == first.champion.version
     assert learn(rows, contacts, again) == [], "the fits of the history are not run again"
