@@ -202,6 +202,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from forewarn.offline.training import (
         CHURN_EVENT,
         default_version,
+        event_snapshot_dataset,
         fit_churn_model,
         period_of,
         snapshot_dataset,
@@ -212,13 +213,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.target == "contact":
         return _train_contact(args, events, friction)
     labels = read_labels(args.labels) if args.labels else None
-    data = snapshot_dataset(
-        events,
-        friction=friction,
-        horizon_days=args.horizon_days,
-        every_hours=args.snapshot_hours,
-        churned_at=labels,
-    )
+    if args.snapshot_hours == 0:  # at events: the moments the stream scores
+        data = event_snapshot_dataset(
+            events, friction=friction, horizon_days=args.horizon_days, churned_at=labels
+        )
+    else:
+        data = snapshot_dataset(
+            events,
+            friction=friction,
+            horizon_days=args.horizon_days,
+            every_hours=args.snapshot_hours,
+            churned_at=labels,
+        )
     source = f"labels file {args.labels.name}" if args.labels else f"first {CHURN_EVENT} event"
     linear, card = fit_churn_model(
         data,
@@ -230,8 +236,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         every_hours=args.snapshot_hours,
         friction_version=friction.version,
         label_definition=(
-            f"churned ({source}) within {args.horizon_days:g} days after a snapshot taken "
-            f"every {args.snapshot_hours:g} h"
+            f"churned ({source}) within {args.horizon_days:g} days after "
+            + (
+                "an event (snapshots at events)"
+                if args.snapshot_hours == 0
+                else f"a snapshot taken every {args.snapshot_hours:g} h"
+            )
         ),
     )
     save_risk_model(args.out, linear, card)
@@ -459,7 +469,12 @@ def parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--labels", type=Path, help="churn dates: CSV/JSONL customer_id,churned_at")
     tr.add_argument("--horizon-days", type=float, default=14.0, help="churn (default 14)")
-    tr.add_argument("--snapshot-hours", type=float, default=24.0, help="churn (default 24)")
+    tr.add_argument(
+        "--snapshot-hours",
+        type=float,
+        default=24.0,
+        help="churn: a snapshot of every customer this often (default 24); 0: at events",
+    )
     tr.add_argument(
         "--horizon-hours", type=float, default=24.0, help="contact (default 24; 0.5: in-session)"
     )

@@ -44,7 +44,7 @@ from forewarn.models.risk import (
     linear_model_of,
     model_file_bytes,
 )
-from forewarn.models.state import CustomerState, apply_event
+from forewarn.models.state import CustomerState, apply_event, stable_fraction
 
 CHURN_EVENT = "subscription_cancelled"
 
@@ -119,6 +119,58 @@ def snapshot_dataset(
             customers += who
             times += [t] * len(who)
         t += step
+    if not xs:
+        raise TrainingError(
+            f"the history spans {(end - start) / 86400:.1f} days: too short for a "
+            f"{warmup_days:g}-day warm-up and a {horizon_days:g}-day label window"
+        )
+    return Snapshots(np.vstack(xs), np.array(ys, dtype=np.int64), customers, times)
+
+
+def event_snapshot_dataset(
+    events: Sequence[JourneyEvent],
+    *,
+    friction: FrictionConfig | None = None,
+    horizon_days: float = 14.0,
+    warmup_days: float = 3.0,
+    churned_at: dict[str, float] | None = None,
+    max_rows: int = 200_000,
+) -> Snapshots:
+    """Training rows taken at events, not on a daily grid: the moments the stream scores.
+
+    One row at an event of a customer who has not churned yet, once the warm-up has passed
+    and while the horizon fits in the history; about ``max_rows``, a share fixed by a hash
+    of customer and event (the same rows in every run)."""
+    cfg = friction or FrictionConfig.default()
+    if not events:
+        raise TrainingError("the history is empty")
+    churn = churned_at if churned_at is not None else churn_times(events)
+    start, end = events[0].occurred_at.timestamp(), events[-1].occurred_at.timestamp()
+    horizon, first = horizon_days * 86400, start + warmup_days * 86400
+    eligible = sum(1 for e in events if first <= e.occurred_at.timestamp() <= end - horizon)
+    share = min(1.0, max_rows / max(1, eligible))
+    states: dict[str, CustomerState] = {}
+    signals = np.zeros((1, len(cfg.signals)))
+    xs: list[NDArray[np.float64]] = []
+    ys: list[int] = []
+    customers: list[str] = []
+    times: list[float] = []
+    for e in events:
+        state = states.setdefault(e.customer_id, CustomerState(e.customer_id))
+        at = apply_event(state, e, cfg).at
+        gone = churn.get(e.customer_id, math.inf)
+        if at < first or at + horizon > end or gone <= at:
+            continue
+        if share < 1 and stable_fraction(f"churn\x1f{e.customer_id}\x1f{e.event_id}") >= share:
+            continue
+        signals[:] = 0.0
+        state.signal_row(cfg, at, signals[0])
+        row = np.zeros(len(CHURN_FEATURES))
+        churn_features(state, at, float(friction_scores(cfg, signals)[0][0]), row)
+        xs.append(row)
+        ys.append(int(gone <= at + horizon))
+        customers.append(e.customer_id)
+        times.append(at)
     if not xs:
         raise TrainingError(
             f"the history spans {(end - start) / 86400:.1f} days: too short for a "

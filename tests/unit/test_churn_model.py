@@ -29,7 +29,9 @@ from forewarn.offline.history import HistoryError, Mapping, file_sha256, read_hi
 from forewarn.offline.simulator import JourneySimulator
 from forewarn.offline.training import (
     TrainingError,
+    churn_times,
     event_feature_rows,
+    event_snapshot_dataset,
     fit_churn_model,
     period_of,
     snapshot_dataset,
@@ -247,3 +249,21 @@ def test_a_truncated_or_inconsistent_model_file_is_refused_by_name(tmp_path: Pat
 def test_the_shipped_model_file_is_what_its_card_names(shipped: RiskModel) -> None:
     data = (default_model_path() / MODEL_FILE).read_bytes()
     assert hashlib.sha256(data).hexdigest() == shipped.card.model_sha256
+
+
+def test_snapshots_at_events_stop_at_the_churn_and_label_the_horizon() -> None:
+    sim = JourneySimulator(300, seed=21, start=datetime(2026, 1, 1, tzinfo=UTC),
+                           span=timedelta(days=24))  # fmt: skip
+    events = list(sim.events())
+    churn = churn_times(events)
+    data = event_snapshot_dataset(events, horizon_days=7, warmup_days=2, max_rows=5_000)
+    assert 4_000 < len(data.y) < 6_000, "a hash-fixed share of the eligible events"
+    start = events[0].occurred_at.timestamp()
+    end = events[-1].occurred_at.timestamp()
+    for cid, at, y in zip(data.customers, data.times, data.y, strict=True):
+        assert start + 2 * 86400 <= at <= end - 7 * 86400
+        gone = churn.get(cid, math.inf)
+        assert at < gone and y == int(gone <= at + 7 * 86400)
+    assert 0 < data.y.sum() < len(data.y)
+    again = event_snapshot_dataset(events, horizon_days=7, warmup_days=2, max_rows=5_000)
+    assert again.times == data.times and np.array_equal(again.x, data.x)
