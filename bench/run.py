@@ -65,8 +65,8 @@ from forewarn.offline.samples import bad_record
 from forewarn.offline.simulator import JourneySimulator, span_for
 from forewarn.pipeline.clocks import ManualClock
 from forewarn.pipeline.codecs import RawRecord, encode
-from forewarn.pipeline.engine import FEATURE_ROW_SHARE
 from forewarn.pipeline.harness import Harness
+from forewarn.pipeline.learning_rows import FEATURE_ROW_SHARE
 from forewarn.rules.conditions import compile_condition, evaluate
 from forewarn.rules.rulebook import (
     Rulebook,

@@ -393,7 +393,7 @@ def json_schemas() -> dict[str, str]:
     """The JSON Schema text of every contract, keyed by file name."""
     # The model release holds a model card, which is defined with the models (that import
     # this module): added here, not in SCHEMA_FILES.
-    from forewarn.models.risk import ModelRelease
+    from forewarn.models.releases import ModelRelease
 
     out: dict[str, str] = {}
     every: dict[str, type[BaseModel]] = {**SCHEMA_FILES, "model-release.v1.json": ModelRelease}

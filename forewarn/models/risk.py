@@ -21,7 +21,6 @@ reasons on an action account for the whole risk.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import json
 import math
@@ -33,7 +32,7 @@ from typing import Annotated, Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from forewarn.errors import ForewarnError
 from forewarn.models.config_file import first_error
@@ -388,123 +387,3 @@ def save_risk_model(path: Path, linear: LinearModel, card: ModelCard) -> None:
 def default_model_path() -> Path:
     """The model shipped with Forewarn (trained on simulator data by ``make model``)."""
     return Path(__file__).parent / "default_model"
-
-
-@dataclass(frozen=True, slots=True)
-class Served:
-    """One model version and the event time it scores from (``-inf``: from the start)."""
-
-    serves_from: float
-    model: RiskModel
-
-
-class ModelSchedule:
-    """Which version scores an event: the latest whose ``serves_from`` is at or before the
-    event's time. Versions learned in the stream are applied at the stream times they name,
-    so a replay of the history with the same versions decides what the stream did.
-
-    >>> s = ModelSchedule()
-    >>> s.index_at(5.0) is None
-    True
-    """
-
-    def __init__(self, served: Sequence[Served] = ()) -> None:
-        self._served: list[Served] = sorted(served, key=lambda v: v.serves_from)
-        self._starts = [v.serves_from for v in self._served]
-
-    def add(self, serves_from: float, model: RiskModel) -> None:
-        """Serve ``model`` from ``serves_from`` on (a version already held is not added
-        twice)."""
-        if any(v.model.version == model.version for v in self._served):
-            return
-        self._served = sorted([*self._served, Served(serves_from, model)],
-                              key=lambda v: v.serves_from)  # fmt: skip
-        self._starts = [v.serves_from for v in self._served]
-
-    def __bool__(self) -> bool:
-        return bool(self._served)
-
-    @property
-    def served(self) -> tuple[Served, ...]:
-        return tuple(self._served)
-
-    @property
-    def latest(self) -> RiskModel | None:
-        return self._served[-1].model if self._served else None
-
-    def index_at(self, at: float) -> int | None:
-        i = bisect.bisect_right(self._starts, at) - 1
-        return None if i < 0 else i
-
-    def model(self, index: int) -> RiskModel:
-        return self._served[index].model
-
-    def split(self, times: NDArray[np.float64]) -> list[tuple[RiskModel, NDArray[np.int64]]]:
-        """(model, rows it scores) for a batch's event times; rows before every version are
-        in none (no risk for them)."""
-        if not self._served or not len(times):
-            return []
-        first = self._starts[-1]
-        if float(times.min()) >= first:  # nearly every batch: the latest version for all
-            return [(self._served[-1].model, np.arange(len(times)))]
-        idx = np.searchsorted(np.asarray(self._starts), times, side="right") - 1
-        return [
-            (self._served[i].model, np.flatnonzero(idx == i)) for i in sorted(set(idx.tolist()))
-            if i >= 0
-        ]  # fmt: skip
-
-
-class Verdict(BaseModel):
-    """Why a challenger serves or not."""
-
-    model_config = ConfigDict(frozen=True)
-
-    accepted: bool
-    reason: str
-    champion_log_loss: float | None
-    challenger_log_loss: float | None
-    positives: int
-    rows: int
-
-
-class ModelRelease(BaseModel):
-    """One fit of the stream learner, accepted or refused: a record of the models topic
-    (key ``contact_risk/<fitted_at>``), and an entry of the model history."""
-
-    model_config = ConfigDict(frozen=True)
-
-    schema_version: int = 1
-    target: str = "contact"
-    model_version: str
-    #: stream time the fit ran at: it saw the rows whose horizon closed by then
-    fitted_at: AwareDatetime
-    #: events from this time on are scored by this model (if accepted)
-    serves_from: AwareDatetime
-    #: the champion it was judged against (None: the first model)
-    champion_version: str | None
-    verdict: Verdict
-    card: ModelCard
-    model: LinearModel = Field(description="the fitted numbers (model.json)")
-
-    @property
-    def key(self) -> str:
-        return f"contact_risk/{self.fitted_at.isoformat()}"
-
-    def risk_model(self) -> RiskModel:
-        """The release as a servable model (its numbers checked like a loaded artifact)."""
-        problem = self.model.check_shapes()
-        if problem is None and self.model.features != list(CONTACT_FEATURES):
-            problem = "features: not the contact features this version computes"
-        digest = hashlib.sha256(model_file_bytes(self.model)).hexdigest()
-        if problem is None and digest != self.card.model_sha256:
-            problem = "card.model_sha256: the card names other numbers than the release holds"
-        if problem is None and self.card.target != "contact":
-            problem = f"card.target: a {self.card.target}-risk model on the contact models topic"
-        if problem is not None:
-            raise ValueError(f"model release {self.model_version}: {problem}")
-        return RiskModel(self.card, self.model, nowhere(self.model_version))
-
-
-def nowhere(version: str) -> Path:
-    """Where a model from the models topic comes from, as its ``path``."""
-    return Path(f"<models topic: {version}>")

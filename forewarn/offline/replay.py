@@ -28,11 +28,12 @@ from forewarn.models.contracts import (
     OutreachAction,
 )
 from forewarn.models.friction import FrictionConfig
-from forewarn.models.risk import ModelRelease, RiskModel
+from forewarn.models.releases import ModelRelease
+from forewarn.models.risk import RiskModel
 from forewarn.pipeline.codecs import encode
-from forewarn.pipeline.engine import FEATURE_ROW_SHARE
 from forewarn.pipeline.harness import Harness
 from forewarn.pipeline.learner import ContactLearner
+from forewarn.pipeline.learning_rows import FEATURE_ROW_SHARE
 from forewarn.pipeline.results import ScoredEvent
 from forewarn.rules.rulebook import Rulebook
 

@@ -45,25 +45,22 @@ import numpy as np
 from numpy.typing import NDArray
 
 from forewarn.models.contracts import (
-    MILESTONE_TYPES,
     VOCABULARY,
     CustomerProfile,
     DeadLetter,
     DeadLetterReason,
-    FeatureRow,
     JourneyEvent,
-    Milestone,
 )
 from forewarn.models.features import (
     CHURN_FEATURES,
-    CONTACT_FEATURE_SET,
     CONTACT_FEATURES,
     churn_features,
     contact_features,
 )
 from forewarn.models.friction import FrictionConfig, friction_scores
-from forewarn.models.risk import ModelSchedule, RiskModel, Served
-from forewarn.models.state import CustomerState, apply_event, stable_fraction
+from forewarn.models.releases import ModelSchedule, Served
+from forewarn.models.risk import RiskModel
+from forewarn.models.state import CustomerState, apply_event
 from forewarn.pipeline.clocks import SystemClock
 from forewarn.pipeline.codecs import (
     DecodedEvent,
@@ -75,6 +72,7 @@ from forewarn.pipeline.codecs import (
     decode_event,
     decode_profile,
 )
+from forewarn.pipeline.learning_rows import feature_rows, milestones
 from forewarn.pipeline.ports import Clock, StateStore, StateStores
 from forewarn.pipeline.results import (
     BatchResult,
@@ -87,7 +85,7 @@ from forewarn.pipeline.stores import MemoryStores
 from forewarn.rules.decide import DecisionMaker
 from forewarn.rules.moment import Moment
 from forewarn.rules.rulebook import Rulebook, load_rulebook
-from forewarn.rules.volume import VOLUME_KEY, PartitionVolumes
+from forewarn.rules.volume import VOLUME_KEY, PartitionVolumes, VolumeTarget
 
 OTHER = "other"
 #: idle customers (no event for this long, in stream time) lose their activity state
@@ -99,20 +97,6 @@ EXPIRY_SWEEP_SECONDS = 3600.0
 
 #: what ``use`` leaves as it is
 KEEP: Literal["keep"] = "keep"
-
-#: the share of moments without trouble the worker samples as feature rows, by default
-FEATURE_ROW_SHARE = 0.05
-
-#: moments with trouble just now (an error, or a checkout left, in the last hour): every one
-#: is a feature row; other moments are sampled
-_ERRORS_1H = CONTACT_FEATURES.index("errors_1h")
-_LEFT_CHECKOUT = CONTACT_FEATURES.index("checkout_without_purchase_1h")
-
-
-def sampled_share(row: NDArray[np.float64], share: float) -> float:
-    """The share of such moments kept as feature rows: all with trouble, ``share`` of the
-    rest."""
-    return 1.0 if row[_ERRORS_1H] > 0 or row[_LEFT_CHECKOUT] > 0 else share
 
 
 @dataclass(slots=True)
@@ -167,8 +151,15 @@ class Scored:
     churn: NDArray[np.float64] | None
     #: NaN where no contact-risk version serves yet; None without any
     contact: NDArray[np.float64] | None
-    #: row -> the contact-risk model that scored it
-    contact_models: dict[int, RiskModel]
+    #: the contact-risk versions that scored the batch, and each row's (-1: none)
+    contact_models: tuple[RiskModel, ...] = ()
+    contact_index: NDArray[np.int64] | None = None
+
+    def contact_model(self, row: int) -> RiskModel | None:
+        if self.contact_index is None:
+            return None
+        i = int(self.contact_index[row])
+        return None if i < 0 else self.contact_models[i]
 
 
 class ScoringEngine:
@@ -263,13 +254,10 @@ class ScoringEngine:
                 VolumeReading(p, rule, t.threshold, t.target_per_day(), t.per_day()[2], t.warm)
                 for rule, t in v.rules.items()
             ]
-        result.milestones = [
-            Milestone(event_id=f.event.event_id, customer_id=f.event.customer_id,
-                      type=f.event.type, occurred_at=f.event.occurred_at)
-            for f in folded.events if f.event.type in MILESTONE_TYPES
-        ]  # fmt: skip
+        moments = [f.event for f in folded.events]
+        result.milestones = milestones(moments)
         if self.feature_rows > 0:
-            result.feature_rows = self._feature_rows(folded)
+            result.feature_rows = feature_rows(moments, folded.contact_features, self.feature_rows)
         if self.taps:
             risks = scored.churn
             result.scored = [
@@ -282,25 +270,6 @@ class ScoringEngine:
             result.features = folded.features
             result.contact_features = folded.contact_features
         return result
-
-    def _feature_rows(self, folded: Folded) -> list[FeatureRow]:
-        """A sample of the batch's moments as contact-risk feature rows, fixed by customer
-        and event (a replay samples the same ones); support contacts are what is predicted,
-        not moments."""
-        rows = []
-        x = folded.contact_features
-        for i, f in enumerate(folded.events):
-            e = f.event
-            if e.type == "support_contact":
-                continue
-            share = sampled_share(x[i], self.feature_rows)
-            if share < 1 and stable_fraction(f"row\x1f{e.customer_id}\x1f{e.event_id}") >= share:
-                continue
-            rows.append(FeatureRow(
-                event_id=e.event_id, customer_id=e.customer_id, occurred_at=e.occurred_at,
-                weight=1 / share, feature_set=CONTACT_FEATURE_SET, features=x[i].tolist(),
-            ))  # fmt: skip
-        return rows
 
     # -- 1. decode --
 
@@ -417,19 +386,20 @@ class ScoringEngine:
         if self._churn is not None:
             folded.features[:, 0] = friction
             risks = self._churn.score(folded.features)  # the whole batch at once
-        contact = None
-        models: dict[int, RiskModel] = {}
-        if self._contact:
-            x = folded.contact_features
-            x[:, 0] = friction
-            contact = np.full(len(x), np.nan)
-            at = np.fromiter((f.at for f in folded.events), dtype=np.float64, count=len(x))
-            for model, rows in self._contact.split(at):
-                contact[rows] = model.score(x[rows])
-                models.update(dict.fromkeys(rows.tolist(), model))
-        elif len(folded.contact_features):
+        if len(folded.contact_features):
             folded.contact_features[:, 0] = friction
-        return Scored(friction, contributions, risks, contact, models)
+        if not self._contact:
+            return Scored(friction, contributions, risks, None)
+        x = folded.contact_features
+        contact = np.full(len(x), np.nan)
+        index = np.full(len(x), -1, dtype=np.int64)
+        at = np.fromiter((f.at for f in folded.events), dtype=np.float64, count=len(x))
+        models: list[RiskModel] = []
+        for model, rows in self._contact.split(at):
+            contact[rows] = model.score(x[rows])
+            index[rows] = len(models)
+            models.append(model)
+        return Scored(friction, contributions, risks, contact, tuple(models), index)
 
     # -- 4. decide --
 
@@ -444,15 +414,8 @@ class ScoringEngine:
         volumes: dict[int, PartitionVolumes] = {}
         for row, f in enumerate(folded.events):
             state = f.state
-            vol = None
-            if targets:  # every event counts towards the volume, acted on or not
-                p = f.record.partition
-                vol = volumes.get(p)
-                if vol is None:
-                    saved = self.stores.partition(p).get_record(VOLUME_KEY)
-                    vol = volumes[p] = PartitionVolumes.decode(saved, targets, f.stream_time)
-                if f.new_day:
-                    vol.customer_active(f.stream_time)
+            # every event counts towards the volumes, acted on or not
+            vol = self._volumes(f, volumes, targets) if targets else None
             friction = float(scored.friction[row])
             prev, state.last_friction = state.last_friction, friction
             risk = prev_risk = None
@@ -468,15 +431,8 @@ class ScoringEngine:
             )
             if not rules:  # about 99% of events: only the rest pay for a Moment
                 continue
-            why: tuple[tuple[str, float], ...] = ()
-            # Churn reasons only where the risk is material (the model's operating
-            # threshold): "raises the churn risk" would mislead at 0.1%.
-            if churn is not None and risk is not None and risk >= churn.threshold:
-                why = tuple(churn.explain(folded.features[row]))
-            contact_why: tuple[tuple[str, float], ...] = ()
-            contact_model = scored.contact_models.get(row)
-            if contact_model is not None and book.uses_contact_risk:
-                contact_why = tuple(contact_model.explain(folded.contact_features[row]))
+            contact_model = scored.contact_model(row)
+            why, contact_why = self._reasons(row, risk, contact_model, folded)
             moment = Moment(
                 event=f.event,
                 at=f.at,
@@ -500,6 +456,34 @@ class ScoringEngine:
             except Exception as error:
                 dead.append(self.processing_error(f.record, error))
         return maker, volumes
+
+    def _volumes(
+        self, f: FoldedEvent, volumes: dict[int, PartitionVolumes], targets: dict[str, VolumeTarget]
+    ) -> PartitionVolumes:
+        """The partition's volume thresholds (read once a batch), told of active customers."""
+        p = f.record.partition
+        vol = volumes.get(p)
+        if vol is None:
+            saved = self.stores.partition(p).get_record(VOLUME_KEY)
+            vol = volumes[p] = PartitionVolumes.decode(saved, targets, f.stream_time)
+        if f.new_day:
+            vol.customer_active(f.stream_time)
+        return vol
+
+    def _reasons(
+        self, row: int, risk: float | None, contact_model: RiskModel | None, folded: Folded
+    ) -> tuple[tuple[tuple[str, float], ...], tuple[tuple[str, float], ...]]:
+        """What raises the churn risk and the contact risk most, in words."""
+        churn = self._churn
+        why: tuple[tuple[str, float], ...] = ()
+        # Churn reasons only where the risk is material (the model's operating threshold):
+        # "raises the churn risk" would mislead at 0.1%.
+        if churn is not None and risk is not None and risk >= churn.threshold:
+            why = tuple(churn.explain(folded.features[row]))
+        contact_why: tuple[tuple[str, float], ...] = ()
+        if contact_model is not None and self._rulebook.uses_contact_risk:
+            contact_why = tuple(contact_model.explain(folded.contact_features[row]))
+        return why, contact_why
 
     # -- 5. save and sweep --
 

@@ -42,18 +42,16 @@ from forewarn.models.contracts import FeatureRow, Milestone
 from forewarn.models.features import CONTACT_FEATURE_SET, CONTACT_FEATURES
 from forewarn.models.fitting import calibration_bins, fit_linear
 from forewarn.models.learning import LabelledRow, MaturingSample, judge, split_by_time
+from forewarn.models.releases import ModelRelease, Verdict, nowhere
 from forewarn.models.risk import (
     ClassBalance,
     HeldOutMetrics,
     LabelDefinition,
     LinearModel,
     ModelCard,
-    ModelRelease,
     RiskModel,
     TrainingData,
-    Verdict,
     model_file_bytes,
-    nowhere,
     predict,
 )
 

@@ -34,9 +34,10 @@ from pydantic import ValidationError
 from forewarn.errors import ForewarnError
 from forewarn.models.contracts import FeatureRow, Milestone
 from forewarn.models.friction import load_friction
-from forewarn.models.risk import ModelRelease
+from forewarn.models.releases import ModelRelease
 from forewarn.pipeline.learner import ContactLearner
-from forewarn.streams.metrics import Health, LearnerMetrics, serve_http
+from forewarn.streams.http import Health, serve_http
+from forewarn.streams.metrics import LearnerMetrics
 from forewarn.streams.settings import Settings, kafka_config
 
 log = logging.getLogger("forewarn.learn")

@@ -23,6 +23,7 @@ from forewarn.models.contracts import (
     Milestone,
 )
 from forewarn.models.features import CONTACT_FEATURE_SET, CONTACT_FEATURES
+from forewarn.models.releases import ModelRelease
 from forewarn.models.risk import (
     ArtifactError,
     ClassBalance,
@@ -30,7 +31,6 @@ from forewarn.models.risk import (
     LabelDefinition,
     LinearModel,
     ModelCard,
-    ModelRelease,
     RiskModel,
     TrainingData,
     default_model_path,

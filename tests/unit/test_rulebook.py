@@ -27,7 +27,7 @@ rules:
 """
 
 
-def test_the_default_rulebook_loads_with_its_six_playbooks() -> None:
+def test_the_default_rulebook_loads_with_its_seven_rules() -> None:
     book = load_rulebook()
     assert default_rulebook_path().name == "default.yaml"
     assert {r.id for r in book.rules} == {
@@ -37,8 +37,10 @@ def test_the_default_rulebook_loads_with_its_six_playbooks() -> None:
         "agent_callback",
         "retention_offer",
         "first_trouble",
+        "likely_contact",
     }
-    assert set(book.volume_targets) == {"first_trouble"}, "one rule holds a volume"
+    assert set(book.volume_targets) == {"first_trouble", "likely_contact"}
+    assert book.uses_contact_risk, "the shipped rulebook reads the learned contact risk"
 
 
 def test_durations_are_parsed_to_seconds() -> None:

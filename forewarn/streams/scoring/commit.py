@@ -36,7 +36,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from forewarn.errors import ForewarnError
 from forewarn.pipeline.codecs import RawRecord
-from forewarn.streams.metrics import Health, ScoringMetrics
+from forewarn.streams.http import Health
+from forewarn.streams.metrics import ScoringMetrics
 from forewarn.streams.scoring.outputs import Limits, OutputRecord
 from forewarn.streams.settings import Role, Settings, kafka_config
 

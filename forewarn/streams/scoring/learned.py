@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from pydantic import ValidationError
 
-from forewarn.models.risk import ModelRelease, RiskModel
+from forewarn.models.releases import ModelRelease
+from forewarn.models.risk import RiskModel
 from forewarn.streams.settings import Settings, kafka_config
 
 log = logging.getLogger("forewarn.score")

@@ -41,7 +41,8 @@ from forewarn.pipeline.engine import ScoringEngine
 from forewarn.pipeline.isolation import process_isolating
 from forewarn.pipeline.ports import Clock, Encoded
 from forewarn.pipeline.results import BatchResult
-from forewarn.streams.metrics import Health, ScoringMetrics
+from forewarn.streams.http import Health
+from forewarn.streams.metrics import ScoringMetrics
 from forewarn.streams.scoring.commit import (
     BrokerUnreachable,
     Committer,
