@@ -182,10 +182,12 @@ def read_partitioned(s: Any, topic: str) -> list[tuple[int, bytes | None, bytes 
 
 
 class RunningWorker:
-    def __init__(self, settings: Any) -> None:
+    """A scoring worker (or another long-lived process: ``make``) running in a thread."""
+
+    def __init__(self, settings: Any, make: Callable[[Any], Any] | None = None) -> None:
         from forewarn.streams.scoring.worker import ScoringWorker
 
-        self.worker = ScoringWorker(settings)
+        self.worker: Any = (make or ScoringWorker)(settings)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -198,7 +200,7 @@ class RunningWorker:
     def stop(self) -> None:
         self.worker.stop()
         self.thread.join(timeout=30)
-        assert not self.thread.is_alive(), "worker did not stop within 30 s"
+        assert not self.thread.is_alive(), f"{type(self.worker).__name__} did not stop in 30 s"
         if self.error is not None:
             raise self.error
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
 from pydantic import ValidationError
@@ -46,18 +48,25 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 class _Service(Protocol):
-    def install_signal_handlers(self) -> None: ...
     def serve_http(self, host: str, port: int) -> None: ...
     def run(self) -> None: ...
+    def stop(self) -> None: ...
 
 
 def _serve(make: Callable[[Settings], _Service], settings: Settings) -> int:
     """Run a long-lived process (``score``, ``learn``): settings logged with secrets masked,
-    SIGTERM and Ctrl-C heard, its HTTP endpoints served; its ForewarnErrors (fenced,
-    unreachable, failed) become exit codes in ``main``."""
+    SIGTERM and Ctrl-C heard (the process stops cleanly), its HTTP endpoints served; its
+    ForewarnErrors (fenced, unreachable, failed) become exit codes in ``main``."""
     log.info("settings: %s", json.dumps(settings.masked(), default=str))
     service = make(settings)
-    service.install_signal_handlers()
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        # the worker finishes the batch in hand and commits; the learner stops between reads
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        service.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     if settings.http_port:
         service.serve_http(settings.http_host, settings.http_port)
         log.info("metrics, /healthz and /readyz on http://%s:%d", settings.http_host,

@@ -37,19 +37,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
 import numpy as np
-from numpy.typing import NDArray
 
 from forewarn.models.contracts import (
     VOCABULARY,
-    CustomerProfile,
     DeadLetter,
     DeadLetterReason,
-    JourneyEvent,
 )
 from forewarn.models.features import (
     CHURN_FEATURES,
@@ -73,6 +69,7 @@ from forewarn.pipeline.codecs import (
     decode_profile,
 )
 from forewarn.pipeline.learning_rows import feature_rows, milestones
+from forewarn.pipeline.phases import Decoded, Folded, FoldedEvent, Scored
 from forewarn.pipeline.ports import Clock, StateStore, StateStores
 from forewarn.pipeline.results import (
     BatchResult,
@@ -97,69 +94,6 @@ EXPIRY_SWEEP_SECONDS = 3600.0
 
 #: what ``use`` leaves as it is
 KEEP: Literal["keep"] = "keep"
-
-
-@dataclass(slots=True)
-class Decoded:
-    """Phase 1: what the batch's records are."""
-
-    profiles: list[tuple[RawRecord, CustomerProfile | ProfileTombstone]]
-    events: list[tuple[JourneyEvent, RawRecord]]
-    dead: list[DeadLetter]
-
-
-@dataclass(slots=True)  # not frozen: a frozen dataclass costs ~0.5 µs more to build, per event
-class FoldedEvent:
-    """Phase 2: one event applied to its customer's state."""
-
-    event: JourneyEvent
-    #: event time, epoch seconds
-    at: float
-    state: CustomerState
-    #: session detections this event completed (``rage_burst``, ``page_loop``)
-    derived: tuple[str, ...]
-    in_checkout: bool
-    record: RawRecord
-    #: the partition's stream time at this event (for "too old to act on")
-    stream_time: float
-    #: the customer's first event of one of their days (an active customer, for volumes)
-    new_day: bool
-
-
-@dataclass(slots=True)
-class Folded:
-    events: list[FoldedEvent]
-    #: one row per folded event: friction signals, churn features (none without a model),
-    #: contact features (none without a contact model or learning)
-    signals: NDArray[np.float64]
-    features: NDArray[np.float64]
-    contact_features: NDArray[np.float64]
-    #: (partition, customer) -> the batch's copy of the customer's state
-    touched: dict[tuple[int, str], CustomerState]
-    #: partition -> stream time, before the batch and after it
-    before: dict[int, float]
-    after: dict[int, float]
-
-
-@dataclass(frozen=True, slots=True)
-class Scored:
-    """Phase 3: every folded event's scores, one row each."""
-
-    friction: NDArray[np.float64]
-    #: points each friction signal adds, one row per event
-    contributions: NDArray[np.float64]
-    churn: NDArray[np.float64] | None
-    #: NaN where no contact-risk version serves yet; None without any
-    contact: NDArray[np.float64] | None
-    #: the contact-risk versions that scored the batch, and each row's (-1: none)
-    contact_models: tuple[RiskModel, ...] = ()
-    contact_index: NDArray[np.int64] | None = None
-
-    def contact_model(self, row: int) -> RiskModel | None:
-        if self.contact_index is None:
-            return None
-        i = int(self.contact_index[row])
-        return None if i < 0 else self.contact_models[i]
 
 
 class ScoringEngine:
@@ -312,8 +246,9 @@ class ScoringEngine:
             touched[key] = state
         return state
 
-    def _fold(self, decoded: Decoded, stats: BatchStats) -> Folded:
-        touched: dict[tuple[int, str], CustomerState] = {}
+    def _fold_profiles(
+        self, decoded: Decoded, touched: dict[tuple[int, str], CustomerState], stats: BatchStats
+    ) -> None:
         for rec, p in decoded.profiles:
             try:
                 state = self._state((rec.partition, p.customer_id), touched)
@@ -327,6 +262,9 @@ class ScoringEngine:
                 state.profile = p
                 stats.profiles_updated += 1
 
+    def _fold(self, decoded: Decoded, stats: BatchStats) -> Folded:
+        touched: dict[tuple[int, str], CustomerState] = {}
+        self._fold_profiles(decoded, touched, stats)  # profiles first, then each event
         events = decoded.events
         before = {p: self.stores.partition(p).stream_time for p in {r.partition for _, r in events}}
         # Stream times are the stores' only once the batch is saved (phase 5).

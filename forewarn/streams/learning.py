@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 import threading
 import time
 from http.server import ThreadingHTTPServer
-from types import FrameType
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from pydantic import ValidationError
@@ -81,14 +79,6 @@ class LearnerWorker:
 
     def stop(self) -> None:
         self._stop.set()
-
-    def install_signal_handlers(self) -> None:
-        def handler(signum: int, _frame: FrameType | None) -> None:
-            log.info("received %s: stopping", signal.Signals(signum).name)
-            self.stop()
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
 
     def serve_http(self, host: str, port: int) -> None:
         self._http = serve_http(self.metrics.registry, host, port, self.health)

@@ -4,7 +4,6 @@ restart, and a restarted worker serves the same model."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -21,7 +20,7 @@ from forewarn.pipeline.learner import ContactLearner, LearnerSettings
 from forewarn.rules.rulebook import load_rulebook
 from forewarn.streams.learning import LearnerWorker
 from forewarn.streams.settings import LearnerConfig, Settings, kafka_config
-from tests.conftest import ROOT, read_topic
+from tests.conftest import ROOT, RunningWorker, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -29,33 +28,14 @@ RULES = ROOT / "tests" / "data" / "contact_rulebook.yaml"
 DAY = timedelta(days=1)
 
 
-class RunningLearner:
-    def __init__(self, settings: Settings) -> None:
-        self.learner = LearnerWorker(settings)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.learner.run()
-        except BaseException as e:  # surfaced by stop()
-            self.error = e
-
-    def stop(self) -> None:
-        self.learner.stop()
-        self.thread.join(timeout=30)
-        assert not self.thread.is_alive(), "learner did not stop within 30 s"
-        if self.error is not None:
-            raise self.error
-
-
 @pytest.fixture
-def start_learner() -> Iterator[Callable[[Settings], RunningLearner]]:
-    running: list[RunningLearner] = []
+def start_learner() -> Iterator[Callable[[Settings], RunningWorker]]:
+    """``forewarn learn`` in a thread; always stopped at the end of the test."""
+    running: list[RunningWorker] = []
 
-    def start(settings: Settings) -> RunningLearner:
-        r = RunningLearner(settings)
+    def start(settings: Settings) -> RunningWorker:
+        r = RunningWorker(settings, LearnerWorker)
+        r.thread.start()
         running.append(r)
         return r
 
@@ -93,7 +73,7 @@ def decisions_for(s: Settings, ids: set[str], timeout: float = 60) -> list[Decis
 def test_a_worker_serves_what_the_learner_learns_and_serves_it_again_after_a_restart(
     make_settings: Callable[..., Settings],
     start_worker: Callable[[Settings], Any],
-    start_learner: Callable[[Settings], RunningLearner],
+    start_learner: Callable[[Settings], RunningWorker],
 ) -> None:
     midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     start = midnight - 4 * DAY
@@ -119,20 +99,20 @@ def test_a_worker_serves_what_the_learner_learns_and_serves_it_again_after_a_res
     learning = start_learner(s)
 
     deadline = time.monotonic() + 120
-    while not any(r.verdict.accepted for r in learning.learner.published):
+    while not any(r.verdict.accepted for r in learning.worker.published):
         assert time.monotonic() < deadline, (
-            f"no model accepted: {[r.verdict.reason for r in learning.learner.published]}"
+            f"no model accepted: {[r.verdict.reason for r in learning.worker.published]}"
         )
         assert learning.error is None, learning.error
         time.sleep(0.5)
-    accepted = [r for r in learning.learner.published if r.verdict.accepted]
+    accepted = [r for r in learning.worker.published if r.verdict.accepted]
     served = accepted[-1]
     # The same history replayed offline learns the same releases, number for number: the
     # learner does not depend on how partitions and batches interleaved.
     offline = replay(before, sim.profiles(), rulebook=load_rulebook(RULES),
-                     learner=ContactLearner(learning.learner.learner.settings),
+                     learner=ContactLearner(learning.worker.learner.settings),
                      sample_share=s.feature_row_share)  # fmt: skip
-    assert [(r.key, r.verdict.accepted, r.model) for r in learning.learner.published] == [
+    assert [(r.key, r.verdict.accepted, r.model) for r in learning.worker.published] == [
         (r.key, r.verdict.accepted, r.model) for r in offline.releases
     ]
     assert served.serves_from <= cut, "the test's later events must come after its activation"

@@ -24,13 +24,11 @@ from __future__ import annotations
 import gc
 import logging
 import math
-import signal
 import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from http.server import ThreadingHTTPServer
-from types import FrameType
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
@@ -129,14 +127,6 @@ class ScoringWorker:
     def stop(self) -> None:
         """Ask the loop to finish its current batch and exit."""
         self._stop.set()
-
-    def install_signal_handlers(self) -> None:
-        def handler(signum: int, _frame: FrameType | None) -> None:
-            log.info("received %s: finishing the current batch", signal.Signals(signum).name)
-            self.stop()
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
 
     def serve_http(self, host: str, port: int) -> None:
         """``/metrics``, ``/healthz`` and ``/readyz`` on ``host:port`` until the worker stops."""
