@@ -185,12 +185,22 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from forewarn.rules.rulebook import load_rulebook
 
     churn, rulebook = _model(args.model), load_rulebook(args.rules)  # refuse before reading
+    contact = _contact_model(args.contact_model)
+    learning = None if args.no_learning or contact is not None else _learning()
     events, profiles = _history(args)
-    out = replay(events, profiles, rulebook=rulebook, churn=churn)
-    actions, decisions = write_replay(out, args.out)
+    learner = None
+    if learning is not None:
+        from forewarn.pipeline.learner import ContactLearner
+
+        learner = ContactLearner(learning)
+    out = replay(events, profiles, rulebook=rulebook, churn=churn, contact=contact,
+                 learner=learner)  # fmt: skip
+    actions, decisions, models = write_replay(out, args.out)
+    accepted = sum(r.verdict.accepted for r in out.releases)
     print(
         f"{out.events:,} events -> {len(out.actions):,} actions ({actions}), "
         f"{len(out.decisions):,} decisions ({decisions}), {out.dead_letters} dead letters"
+        + (f"; {len(out.releases)} fits, {accepted} accepted ({models})" if models else "")
     )
     return 0
 
@@ -326,6 +336,17 @@ def add_history_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     rp.add_argument("--out", type=Path, required=True, help="directory for the JSON Lines")
     rp.add_argument("--model", type=Path, help="artifact directory ('none': friction only)")
     rp.add_argument("--rules", type=Path, help="rulebook (default: the shipped one)")
+    rp.add_argument(
+        "--contact-model",
+        type=Path,
+        help="a contact-risk model trained offline, instead of learning one in the replay",
+    )
+    rp.add_argument(
+        "--no-learning",
+        action="store_true",
+        help="no stream learner in the replay (by default one runs, as `forewarn learn` "
+        "would, and its fits are written to DIR/models.jsonl)",
+    )
     rp.set_defaults(func=cmd_replay)
 
     ru = sub.add_parser("rules", help="lint, test or backtest a rulebook")

@@ -370,11 +370,11 @@ class FeatureRow(_Contract):
     event_id: str
     customer_id: CustomerId
     occurred_at: AwareDatetime
-    weight: float = Field(gt=0)
-    #: names the features and their order (``features.FEATURE_SET``): a learner ignores rows
-    #: of another feature set
+    weight: float = Field(gt=0, allow_inf_nan=False)
+    #: names the features and their order (``features.CONTACT_FEATURE_SET``): a learner
+    #: ignores rows of another feature set
     feature_set: str
-    features: list[float]
+    features: list[Annotated[float, Field(allow_inf_nan=False)]] = Field(max_length=256)
 
 
 #: File name in ``schemas/`` for each exported contract.

@@ -66,14 +66,17 @@ class MaturingSample:
     horizon: float
     negative_rate: float
     capacity: int
-    #: pending rows at most (the oldest are dropped first: nearly all would be negatives)
-    pending_capacity: int = 200_000
+    #: rows waiting at most; beyond it new rows are refused (counted in ``dropped_pending``):
+    #: size it above rows per second times the horizon
+    pending_capacity: int = 1_000_000
     _pending: list[_Pending] = field(default_factory=list)
     _contacts: dict[str, list[float]] = field(default_factory=dict)
     labelled: deque[LabelledRow] = field(default_factory=deque)
     #: rows dropped while pending (the pending bound), and negatives seen (kept or not)
     dropped_pending: int = 0
     negatives_seen: int = 0
+    #: stream time labels were released up to: a row whose horizon ended before it is late
+    released_until: float = -math.inf
 
     def __post_init__(self) -> None:
         if not 0 < self.negative_rate <= 1:
@@ -88,14 +91,18 @@ class MaturingSample:
         features: Sequence[float],
         weight: float = 1.0,
         tiebreak: str = "",
-    ) -> None:
+    ) -> bool:
         """A moment of ``customer_id`` at stream time ``at``, standing for ``weight`` moments
-        of the stream (it was sampled at ``1 / weight``)."""
+        of the stream (it was sampled at ``1 / weight``). False when refused: its horizon
+        already passed (its contacts may be forgotten), or too many rows wait."""
+        if at + self.horizon <= self.released_until:
+            return False
+        if len(self._pending) >= self.pending_capacity:
+            self.dropped_pending += 1
+            return False
         row = _Pending(at, customer_id, tiebreak, tuple(float(x) for x in features), weight)
         heapq.heappush(self._pending, row)
-        if len(self._pending) > self.pending_capacity:
-            heapq.heappop(self._pending)
-            self.dropped_pending += 1
+        return True
 
     def contact(self, customer_id: str, at: float) -> None:
         """A support contact: the customer's rows within ``horizon`` strictly before it will
@@ -106,6 +113,7 @@ class MaturingSample:
 
     def advance(self, now: float) -> None:
         """Stream time reached ``now``: rows whose horizon passed get their label."""
+        self.released_until = max(self.released_until, now)
         while self._pending and self._pending[0].at + self.horizon <= now:
             p = heapq.heappop(self._pending)
             times = self._contacts.get(p.customer_id, ())
@@ -117,8 +125,9 @@ class MaturingSample:
             if keeps_negative(p.customer_id, p.at, self.negative_rate):
                 weight = p.weight / self.negative_rate
                 self._keep(LabelledRow(p.customer_id, p.at, p.features, 0, weight))
-        # contacts before every row still pending can label nothing more
-        oldest = self._pending[0].at if self._pending else now - self.horizon
+        # Contacts before every row still pending, and before any row still accepted (one
+        # whose horizon has not passed), can label nothing more.
+        oldest = min(self._pending[0].at if self._pending else now, now - self.horizon)
         for cid in [c for c, ts in self._contacts.items() if ts[-1] <= oldest]:
             del self._contacts[cid]
 

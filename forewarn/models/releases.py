@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,12 @@ class ModelSchedule:
         self._served = sorted([*self._served, Served(serves_from, model)],
                               key=lambda v: v.serves_from)  # fmt: skip
         self._starts = [v.serves_from for v in self._served]
+
+    def with_base(self, model: RiskModel | None) -> ModelSchedule:
+        """The same versions with ``model`` serving every event before them (a model from a
+        file: it serves until the first learned version's time); None: no base."""
+        learned = [v for v in self._served if v.serves_from > -math.inf]
+        return ModelSchedule(learned if model is None else [Served(-math.inf, model), *learned])
 
     def __bool__(self) -> bool:
         return bool(self._served)
@@ -118,8 +125,9 @@ class ModelRelease(BaseModel):
     def key(self) -> str:
         return f"contact_risk/{self.fitted_at.isoformat()}"
 
-    def risk_model(self) -> RiskModel:
-        """The release as a servable model (its numbers checked like a loaded artifact)."""
+    def risk_model(self, friction_version: str | None = None) -> RiskModel:
+        """The release as a servable model (its numbers checked like a loaded artifact);
+        ``friction_version``: the one the caller scores friction with (a feature)."""
         problem = self.model.check_shapes()
         if problem is None and self.model.features != list(CONTACT_FEATURES):
             problem = "features: not the contact features this version computes"
@@ -128,6 +136,11 @@ class ModelRelease(BaseModel):
             problem = "card.model_sha256: the card names other numbers than the release holds"
         if problem is None and self.card.target != "contact":
             problem = f"card.target: a {self.card.target}-risk model on the contact models topic"
+        if problem is None and friction_version not in (None, self.card.friction_version):
+            problem = (
+                f"card.friction_version: learned from friction {self.card.friction_version!r}, "
+                f"this worker scores {friction_version!r}"
+            )
         if problem is not None:
             raise ValueError(f"model release {self.model_version}: {problem}")
         return RiskModel(self.card, self.model, nowhere(self.model_version))

@@ -113,8 +113,9 @@ def replay(
     )  # fmt: skip
 
 
-def write_replay(out: Replay, directory: Path) -> tuple[Path, Path]:
-    """``actions.jsonl`` and ``decisions.jsonl`` in ``directory``."""
+def write_replay(out: Replay, directory: Path) -> tuple[Path, Path, Path | None]:
+    """``actions.jsonl``, ``decisions.jsonl`` and, with a learner, ``models.jsonl`` (every
+    fit, as the models topic would hold them) in ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     actions, decisions = directory / "actions.jsonl", directory / "decisions.jsonl"
     with actions.open("wb") as f:
@@ -123,4 +124,8 @@ def write_replay(out: Replay, directory: Path) -> tuple[Path, Path]:
     with decisions.open("wb") as f:
         for d in out.decisions:
             f.write(encode(d) + b"\n")
-    return actions, decisions
+    models = None
+    if out.releases:
+        models = directory / "models.jsonl"
+        models.write_text("".join(r.model_dump_json() + "\n" for r in out.releases))
+    return actions, decisions, models

@@ -54,7 +54,7 @@ from forewarn.models.features import (
     contact_features,
 )
 from forewarn.models.friction import FrictionConfig, friction_scores
-from forewarn.models.releases import ModelSchedule, Served
+from forewarn.models.releases import ModelSchedule
 from forewarn.models.risk import RiskModel
 from forewarn.models.state import CustomerState, apply_event
 from forewarn.pipeline.clocks import SystemClock
@@ -113,7 +113,9 @@ class ScoringEngine:
     ) -> None:
         self._rulebook = rulebook or load_rulebook()
         self._churn = churn
-        self._contact = contact if isinstance(contact, ModelSchedule) else _schedule(contact)
+        self._contact = (
+            contact if isinstance(contact, ModelSchedule) else ModelSchedule().with_base(contact)
+        )
         #: the share of moments without trouble sampled as feature rows (0: learning off)
         self.feature_rows = feature_rows
         self.friction = friction or FrictionConfig.default()
@@ -147,14 +149,15 @@ class ScoringEngine:
         contact: RiskModel | Literal["keep"] | None = KEEP,
     ) -> None:
         """Score the next batches with another rulebook, churn model (``churn=None``:
-        friction only) or contact-risk model (served for every event from now on). The
-        worker swaps them between batches, never inside one."""
+        friction only) or contact-risk model (a file's: it serves every event, except those
+        at or after a learned version's time). The worker swaps them between batches, never
+        inside one."""
         if rulebook is not None:
             self._rulebook = rulebook
         if churn != KEEP:
             self._churn = churn
-        if contact != KEEP:
-            self._contact = _schedule(contact)
+        if contact != KEEP:  # the base version; learned ones keep serving from their times
+            self._contact = self._contact.with_base(contact)
 
     def serve(self, contact: RiskModel, serves_from: float) -> None:
         """A stream-learned contact-risk version scores events from ``serves_from`` (event
@@ -189,9 +192,11 @@ class ScoringEngine:
                 for rule, t in v.rules.items()
             ]
         moments = [f.event for f in folded.events]
-        result.milestones = milestones(moments)
+        parts = [f.record.partition for f in folded.events]
+        result.milestones = milestones(moments, parts)
         if self.feature_rows > 0:
-            result.feature_rows = feature_rows(moments, folded.contact_features, self.feature_rows)
+            x, share = folded.contact_features, self.feature_rows
+            result.feature_rows = feature_rows(moments, parts, x, share)
         if self.taps:
             risks = scored.churn
             result.scored = [
@@ -476,7 +481,3 @@ class ScoringEngine:
             self.clock.now(),
             self.decode.dead_letter_keep_bytes,
         )
-
-
-def _schedule(model: RiskModel | None) -> ModelSchedule:
-    return ModelSchedule() if model is None else ModelSchedule([Served(-math.inf, model)])

@@ -41,6 +41,7 @@ from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_s
 from forewarn.models.contracts import FeatureRow, Milestone
 from forewarn.models.features import CONTACT_FEATURE_SET, CONTACT_FEATURES
 from forewarn.models.fitting import calibration_bins, fit_linear
+from forewarn.models.friction import FrictionConfig
 from forewarn.models.learning import LabelledRow, MaturingSample, judge, split_by_time
 from forewarn.models.releases import ModelRelease, Verdict, nowhere
 from forewarn.models.risk import (
@@ -54,6 +55,7 @@ from forewarn.models.risk import (
     model_file_bytes,
     predict,
 )
+from forewarn.models.state import stable_fraction
 
 CONTACT = "support_contact"
 LEARNED_KIND = "StandardScaler + LogisticRegression (scikit-learn), learned in the stream"
@@ -77,8 +79,14 @@ class LearnerSettings:
     min_rows: int = 300
     #: an accepted model serves events this long (stream time) after its fit
     activation_delay: float = 3600.0
-    #: the friction config the rows were scored with (friction is a feature)
-    friction_version: str = "unknown"
+    #: the friction config the rows were scored with (friction is a feature; a worker
+    #: scoring another one refuses the release)
+    friction_version: str = field(default_factory=lambda: FrictionConfig.default().version)
+    #: the share of the feature rows the learner keeps (a hash of customer and event; each
+    #: kept row weighs 1 / share more): for streams whose rows outgrow ``max_waiting``
+    row_share: float = 1.0
+    #: rows waiting for their horizon at most (rows per second times the horizon)
+    max_waiting: int = 1_000_000
 
 
 @dataclass(slots=True)
@@ -91,19 +99,34 @@ class ContactLearner:
     fitted_until: float = -math.inf
     sample: MaturingSample = field(init=False)
     watermark: float = -math.inf
-    #: rows ignored: of another feature set, or older than the watermark when they came
+    #: rows ignored: of another feature set or shape, not finite, behind the watermark when
+    #: they came, or beyond ``max_waiting``
     ignored: int = 0
+    #: releases in the history that cannot serve (``restore``)
+    unusable: int = 0
 
     def __post_init__(self) -> None:
         s = self.settings
-        self.sample = MaturingSample(s.horizon, s.negative_rate, s.capacity)
+        self.sample = MaturingSample(s.horizon, s.negative_rate, s.capacity, s.max_waiting)
 
     def row(self, r: FeatureRow) -> None:
+        """One feature row; a row that cannot be learned from is ignored and counted, never
+        raised: a bad record on the topic must not stop the learner at every restart."""
+        s = self.settings
+        usable = (
+            r.feature_set == CONTACT_FEATURE_SET
+            and len(r.features) == len(CONTACT_FEATURES)
+            and math.isfinite(r.weight)
+            and all(math.isfinite(x) for x in r.features)
+        )
+        weight = r.weight
+        if usable and s.row_share < 1:
+            if stable_fraction(f"learn\x1f{r.customer_id}\x1f{r.event_id}") >= s.row_share:
+                return  # not in the learner's own sample: neither learned nor ignored
+            weight /= s.row_share
         at = r.occurred_at.timestamp()
-        if r.feature_set != CONTACT_FEATURE_SET or at + self.settings.horizon <= self.watermark:
+        if not usable or not self.sample.add(r.customer_id, at, r.features, weight, r.event_id):
             self.ignored += 1
-            return
-        self.sample.add(r.customer_id, at, r.features, r.weight, r.event_id)
 
     def milestone(self, m: Milestone) -> None:
         if m.type == CONTACT:
@@ -123,8 +146,12 @@ class ContactLearner:
         and fits up to the last one are not run again."""
         for r in sorted(releases, key=lambda r: r.fitted_at):
             self.fitted_until = max(self.fitted_until, r.fitted_at.timestamp())
-            if r.verdict.accepted:
+            if not r.verdict.accepted:
+                continue
+            try:
                 self.champion = r.risk_model()
+            except ValueError:  # another feature set (an older version): not a champion now
+                self.unusable += 1
 
     def advance(self, watermark: float) -> list[ModelRelease]:
         """Every input has reached ``watermark``: label what matured, fit on the grid points

@@ -20,6 +20,7 @@ from forewarn.models.contracts import (
     OutreachAction,
 )
 from forewarn.models.state import CustomerState
+from forewarn.pipeline.learning_rows import Sampled
 
 
 @dataclass(slots=True)
@@ -98,9 +99,9 @@ class BatchResult:
     partition_records: dict[int, dict[str, bytes]] = field(default_factory=dict)
     volumes: list[VolumeReading] = field(default_factory=list)
     #: support contacts, cancellations and purchases (the milestones topic)
-    milestones: list[Milestone] = field(default_factory=list)
+    milestones: Sampled[Milestone] = field(default_factory=Sampled)
     #: with learning on: a sample of moments' contact-risk features (the feature-rows topic)
-    feature_rows: list[FeatureRow] = field(default_factory=list)
+    feature_rows: Sampled[FeatureRow] = field(default_factory=Sampled)
     #: with ``taps``: every scored event, its churn and contact feature rows (one each)
     scored: list[ScoredEvent] | None = None
     features: NDArray[np.float64] | None = None
@@ -120,8 +121,8 @@ class BatchResult:
         for p, records in other.partition_records.items():
             self.partition_records.setdefault(p, {}).update(records)
         self.volumes += other.volumes
-        self.milestones += other.milestones
-        self.feature_rows += other.feature_rows
+        self.milestones.extend(other.milestones)
+        self.feature_rows.extend(other.feature_rows)
         if other.scored is not None:
             self.scored = (self.scored or []) + other.scored
         self.features = _stacked(self.features, other.features)

@@ -8,9 +8,10 @@ batches. Run one learner; a second one would publish the same releases under the
 **The watermark.** Rows mature when every input has reached their horizon: the watermark is
 the oldest latest event time among the input partitions, less ``lateness_seconds`` for
 records that a slower worker publishes a little later. A partition read to its end that has
-stayed there for ``IDLE_SECONDS`` no longer holds it back (a quiet partition would stop all
-learning); one that is still being written to does, so a backfill that runs through days of
-history in minutes matures the same rows as the live stream did. A row that arrives behind
+stayed there for ``IDLE_SECONDS`` while records kept coming to the others no longer holds it
+back (a quiet partition would stop all learning); one that is still being written to does,
+so a backfill that runs through days of history in minutes matures the same rows as the live
+stream did. A row that arrives behind
 the watermark is ignored and counted.
 
 **Restart.** The learner starts from the model history (the models topic): its champion is the
@@ -154,6 +155,8 @@ class LearnerWorker:
         last = {(tp.topic, tp.partition): -math.inf for tp in parts}
         #: partition -> when (monotonic) it was read to its end; absent while records come
         ended: dict[tuple[str, int], float] = {}
+        #: when (monotonic) the last record of any partition came
+        flowing = -math.inf
         lateness = s.learner.lateness_seconds
         rows_topic = s.topics.feature_rows
         while not self._stop.is_set():
@@ -167,6 +170,12 @@ class LearnerWorker:
                     else:
                         log.warning("reading %s: %s", tp, err)
                     continue
+                now = time.monotonic()
+                if now - flowing > IDLE_SECONDS:
+                    # Records flow again after a pause (the start, a worker restarting):
+                    # quiet partitions are quiet only relative to this flow.
+                    ended = dict.fromkeys(ended, now)
+                flowing = now
                 ended.pop(tp, None)
                 at = self._take(msg.topic() == rows_topic, msg.value())
                 if at is not None:

@@ -171,8 +171,9 @@ class ScoringMetrics:
         )
         self.contact_model_info = Gauge(
             "forewarn_contact_model_info",
-            "The contact-risk model serving the newest events (1), by version; from a file "
-            "(FOREWARN_CONTACT_MODEL_PATH) or learned in the stream (the models topic)",
+            "The newest contact-risk model the worker holds (1), by version: from a file "
+            "(FOREWARN_CONTACT_MODEL_PATH), or learned (the models topic; it scores events "
+            "from the stream time its release names, up to an hour after it appears here)",
             ["version"],
             registry=r,
         )
@@ -186,7 +187,8 @@ class ScoringMetrics:
         )
         self.model_reloads = Counter(
             "forewarn_model_reloads_total",
-            "Attempts to load a changed churn model, by outcome (loaded or refused)",
+            "Attempts to load a changed churn or contact-risk model file, by outcome (loaded or "
+            "refused)",
             ["outcome"],
             registry=r,
         )

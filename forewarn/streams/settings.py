@@ -151,7 +151,13 @@ class LearnerConfig(BaseModel):
     min_rows: int = Field(default=300, ge=1)
     #: labelled rows kept at most
     capacity: int = Field(default=200_000, ge=1000)
-    #: the learner's consumer group (for lag monitoring; it reads by assignment)
+    #: rows waiting for their horizon at most (about feature rows per second times the
+    #: horizon); beyond it rows are refused and counted
+    max_waiting_rows: int = Field(default=1_000_000, ge=1000)
+    #: the share of feature rows the learner keeps (a hash of customer and event), for
+    #: streams whose rows outgrow ``max_waiting_rows``
+    row_share: float = Field(default=1.0, gt=0, le=1)
+    #: names the learner's Kafka client (it reads by assignment and commits nothing)
     group_id: str = "forewarn-learner"
 
     def learner_settings(self, friction_version: str) -> LearnerSettings:
@@ -167,6 +173,8 @@ class LearnerConfig(BaseModel):
             min_rows=self.min_rows,
             activation_delay=self.activation_delay_minutes * 60,
             friction_version=friction_version,
+            row_share=self.row_share,
+            max_waiting=self.max_waiting_rows,
         )
 
 

@@ -48,9 +48,11 @@ def _check(settings: Settings, existing: dict[str, int], created: set[str]) -> l
         elif have != parts and name in (
             settings.topics.journey_events,
             settings.topics.customer_profiles,
+            settings.topics.models,
         ):
-            # Only the co-partitioned pair must match exactly: a customer's events and
-            # profile have to land on the same worker.
+            # The co-partitioned pair must match exactly (a customer's events and profile
+            # land on the same worker), and the model history is one partition (read whole,
+            # in the learner's order, by every worker).
             status = f"wrong partitions ({have}, want {parts})"
         else:
             status = "exists"

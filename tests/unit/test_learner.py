@@ -334,3 +334,77 @@ def test_the_contact_risk_travels_with_the_state_and_old_states_read_as_zero() -
     old = msgpack.unpackb(encode_state(CustomerState("bob")), raw=False, strict_map_key=False)
     assert decode_state(msgpack.packb(old[:-1], use_bin_type=True)).last_contact_risk == 0.0
     assert math.isclose(CustomerState("c", last_contact_risk=0.3).copy().last_contact_risk, 0.3)
+
+
+def test_rows_that_cannot_be_learned_from_are_ignored_not_raised() -> None:
+    learner = ContactLearner(LearnerSettings())
+    good = row("ann", T0.timestamp(), 1.0)
+    short = good.model_copy(update={"features": good.features[:3]})
+    other = good.model_copy(update={"feature_set": "contact-000000000000"})
+    for r in (short, other):
+        learner.row(r)
+    assert learner.ignored == 2 and learner.waiting == 0
+    with pytest.raises(ValueError, match="finite"):
+        FeatureRow.model_validate_json(good.model_dump_json().replace("1.0", "NaN", 1))
+    learner.row(good)
+    assert learner.waiting == 1
+
+
+def test_a_late_row_is_refused_and_early_contacts_stay_until_no_row_can_need_them() -> None:
+    """Rows may arrive after a contact that follows them (another partition, read later):
+    a row that is still accepted is labelled from every contact in its horizon."""
+    learner = ContactLearner(LearnerSettings(horizon=100))
+    learner.advance(400.0)
+    learner.row(row("z", 460.0, 0.0))  # waiting, later than the contact below
+    learner.milestone(contact("x", 450.0))
+    learner.advance(420.0)
+    learner.row(row("x", 440.0, 0.0))  # arrives after the contact; its horizon is open
+    learner.advance(1000.0)
+    assert {(r.customer_id, r.label) for r in learner.labelled} == {("x", 1), ("z", 0)}
+    late = ContactLearner(LearnerSettings(horizon=100))
+    late.advance(1000.0)
+    late.row(row("y", 800.0, 0.0))  # its horizon ended before stream time: refused
+    assert late.ignored == 1 and late.waiting == 0
+
+
+def test_a_model_from_a_file_serves_before_the_learned_versions_not_instead_of_them() -> None:
+    h = Harness(rulebook=load_rulebook(CONTACT_RULES), start=T0)
+    h.profile("ann", consent=ALL_CONSENT)
+    h.engine.serve(contact_model("learned"), (T0 + timedelta(hours=2)).timestamp())
+    h.engine.use(contact=contact_model("file"))
+    assert [v.model.version for v in h.engine.contact.served] == ["file", "learned"]
+    events = [ev("ann", "page_view", T0 + timedelta(hours=i), i) for i in range(4)]
+    h.at(events[-1].occurred_at)
+    versions = [d.action.contact_model_version for d in h.feed(*events).decisions]
+    assert versions == ["file", "file", "learned", "learned"]
+    h.engine.use(contact=None)
+    assert [v.model.version for v in h.engine.contact.served] == ["learned"]
+
+
+def test_a_release_learned_with_another_friction_config_is_refused() -> None:
+    rows, contacts = world(4, 3, range(0, 3))
+    learner = ContactLearner(LearnerSettings(min_positives=20, min_rows=100,
+                                             friction_version="friction-v1"))  # fmt: skip
+    learner.advance(T0.timestamp())
+    good = next(r for r in learn(rows, contacts, learner) if r.verdict.accepted)
+    assert good.risk_model("friction-v1").version == good.model_version
+    with pytest.raises(ValueError, match="friction_version"):
+        good.risk_model("friction-v9")
+
+
+def test_learning_records_go_to_the_partition_of_their_event() -> None:
+    from forewarn.streams.scoring.outputs import Limits, OutputTopics, batch_records
+
+    sim = JourneySimulator(60, seed=13, start=T0, span=timedelta(days=1))
+    events = [e for e in sim.events()][:400]
+    h = Harness(start=T0)
+    h.engine.feature_rows = 1.0
+    h.at(events[-1].occurred_at)
+    raw = [h.event_record(e.model_dump_json().encode(), e.customer_id) for e in events]
+    raw = [r.__class__(r.topic, 5, r.offset, r.key, r.value) for r in raw]  # partition 5
+    result = h.engine.process(raw)
+    assert result.feature_rows and set(result.feature_rows.partitions) == {5}
+    topics = OutputTopics("a", "d", "dlq", "s", "m", "f", learning_partitions=(2, 3))
+    out = batch_records(result, {}, topics, Limits(1_000_000), T0).records
+    assert {r.partition for r in out if r.topic == "f"} == {5 % 3}
+    assert {r.partition for r in out if r.topic == "m"} <= {5 % 2}

@@ -42,8 +42,9 @@ class ModelsRead:
 class LearnedModels:
     """Reads the models topic by assignment (no consumer group, nothing committed)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, friction_version: str) -> None:
         self.topic = settings.topics.models
+        self.friction_version = friction_version
         group = f"{settings.group_id}-models"
         self._consumer = Consumer(kafka_config(settings, "restore", **{"group.id": group}))
         self._consumer.assign([TopicPartition(self.topic, 0, OFFSET_BEGINNING)])
@@ -65,18 +66,21 @@ class LearnedModels:
         return out
 
     def _read(self, out: ModelsRead, timeout: float, *, until_end: bool) -> bool:
-        """Read what is there; True once the end of the partition was reached."""
+        """Read what is there (every record of the batch, whatever follows the end of the
+        partition in it); True once the end was reached."""
+        ended = not until_end
         for msg in self._consumer.consume(500, timeout=timeout):
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
-                    return True
-                if err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    ended = True
+                elif err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
                     if not self._missing_logged:
                         log.warning("no models topic %s yet: no stream-learned models", self.topic)
                         self._missing_logged = True
-                    return True
-                log.warning("reading the models topic: %s", err)
+                    ended = True
+                else:
+                    log.warning("reading the models topic: %s", err)
                 continue
             value = msg.value()
             if value is None:  # a tombstone: nothing to serve
@@ -86,11 +90,12 @@ class LearnedModels:
                 if not release.verdict.accepted:
                     out.refused += 1
                     continue
-                out.accepted.append(Learned(release, release.risk_model()))
+                model = release.risk_model(self.friction_version)
+                out.accepted.append(Learned(release, model))
             except (ValidationError, ValueError) as e:
                 what = f"offset {msg.offset()}: {str(e).splitlines()[0]}"
                 out.unreadable.append(what)
-        return not until_end
+        return ended
 
     def close(self) -> None:
         self._consumer.close()

@@ -46,6 +46,9 @@ class OutputTopics:
     state: str
     milestones: str = "forewarn-milestones"
     feature_rows: str = "forewarn-feature-rows"
+    #: partitions of the learner's inputs (None: unknown, by key): a record goes to the
+    #: partition of its event, modulo these
+    learning_partitions: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,10 +178,12 @@ def batch_records(
         if add(topics.decisions, d.customer_id.encode(), encode(d)):
             kept_decisions.append(d)
     result.actions, result.decisions = kept_actions, kept_decisions
-    for m in result.milestones:  # small and bounded (ids, a type, a time)
-        add(topics.milestones, m.customer_id.encode(), encode(m))
-    for r in result.feature_rows:
-        add(topics.feature_rows, r.customer_id.encode(), encode(r))
+    counts = topics.learning_partitions or (0, 0)
+    m, n = counts
+    for ms, p in zip(result.milestones.records, result.milestones.partitions, strict=True):
+        add(topics.milestones, ms.customer_id.encode(), encode(ms), p % m if m else None)
+    for r, p in zip(result.feature_rows.records, result.feature_rows.partitions, strict=True):
+        add(topics.feature_rows, r.customer_id.encode(), encode(r), p % n if n else None)
     for partition, by_customer in states.items():
         st = result.stream_times.get(partition)
         headers = None if st is None else [(STREAM_TIME_HEADER, repr(st).encode())]

@@ -27,6 +27,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from http.server import ThreadingHTTPServer
 
@@ -72,6 +73,22 @@ log = logging.getLogger("forewarn.score")
 #: states); at the defaults (700, 10, 10) the collector walks all those states again and
 #: again. Measured on the bench workload: 19.5 µs CPU per event at the defaults, 14.7 here.
 GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def learning_partitions(client: Consumer, s: Settings) -> tuple[int, int] | None:
+    """How many partitions the milestones and feature-rows topics have (None: unknown; the
+    records then go by key): each event's records go to its own partition number, so each
+    of the learner's input partitions follows one worker."""
+    counts = []
+    for topic in (s.topics.milestones, s.topics.feature_rows):
+        try:
+            md = client.list_topics(topic, timeout=10).topics.get(topic)
+        except KafkaException:
+            return None
+        if md is None or md.error is not None or not md.partitions:
+            return None
+        counts.append(len(md.partitions))
+    return counts[0], counts[1]
 
 
 def tune_garbage_collector() -> None:
@@ -352,9 +369,12 @@ class ScoringWorker:
         if not self.committer.start(deadline=time.monotonic() + s.startup_timeout_seconds):
             return  # stopped while waiting for Kafka
         if s.learned_models:
-            self.reloads.read_learned(LearnedModels(s), self._stream_time())
+            self.reloads.read_learned(
+                LearnedModels(s, self.engine.friction.version), self._stream_time()
+            )
         consumer = self._subscribe()
         restorer = Consumer(kafka_config(s, "restore"))
+        self.outputs = replace(self.outputs, learning_partitions=learning_partitions(restorer, s))
         log.info(
             "scoring %s + %s as group %s (instance %s, %s) on %s",
             s.topics.journey_events,
