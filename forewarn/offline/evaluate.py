@@ -28,6 +28,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from forewarn.models.contracts import CustomerProfile, JourneyEvent
+from forewarn.models.releases import ModelRelease
 from forewarn.models.risk import RiskModel
 from forewarn.offline.measures import (
     Act,
@@ -185,7 +186,9 @@ def evaluate(
         suppressed = Counter(
             d.suppressed_by.value
             for d in out.decisions
-            if d.rule_id == rule_id and d.suppressed_by is not None
+            if d.rule_id == rule_id
+            and d.suppressed_by is not None
+            and d.action.triggered_at.timestamp() >= since
         )
         return RuleMeasures(
             **m(mine).model_dump(),
@@ -251,17 +254,7 @@ def evaluate(
         ),
         measured_from=None if measure_from is None else measure_from.isoformat(),
         contact_risk=described,
-        learned_models=[
-            LearnedModel(
-                version=r.model_version,
-                fitted_at=r.fitted_at.isoformat(),
-                serves_from=r.serves_from.isoformat(),
-                accepted=r.verdict.accepted,
-                reason=r.verdict.reason,
-                roc_auc_on_judging_rows=r.card.held_out.roc_auc,
-            )
-            for r in out.releases
-        ],
+        learned_models=[_learned(r) for r in out.releases],
         variants=variants,
     )
     if plot is not None:
@@ -275,6 +268,17 @@ def evaluate(
         sweep = friction_sweep(scored, contacts, customers, window)
         plot_report(plot, scored, label, sweep, points)
     return report
+
+
+def _learned(r: ModelRelease) -> LearnedModel:
+    return LearnedModel(
+        version=r.model_version,
+        fitted_at=r.fitted_at.isoformat(),
+        serves_from=r.serves_from.isoformat(),
+        accepted=r.verdict.accepted,
+        reason=r.verdict.reason,
+        roc_auc_on_judging_rows=r.card.held_out.roc_auc,
+    )
 
 
 def _acts(out: Replay, since: float) -> list[Act]:

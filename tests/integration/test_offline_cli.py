@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from forewarn.models.contracts import Decision, OutreachAction
+from forewarn.models.releases import ModelRelease
 from forewarn.models.risk import load_risk_model
 
 pytestmark = pytest.mark.integration
@@ -77,3 +78,39 @@ def test_bad_history_and_bad_models_are_refused_with_file_and_line(tmp_path: Pat
     assert r.returncode == 2 and f"{bad}:1: occurred_at: Field required" in r.stderr
     r = forewarn("evaluate", "--events", bad, "--model", tmp_path, "--report", tmp_path / "r")
     assert r.returncode == 2 and "no model card" in r.stderr
+
+
+def test_contact_risk_offline_against_learned_measured_from_a_time_on(tmp_path: Path) -> None:
+    history = tmp_path / "h.jsonl"
+    r = forewarn("simulate", "--out", history, "--days", 6, "--customers", 300, "--seed", 47,
+                 "--start", "2026-05-01T00:00:00+00:00")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    model, cut = tmp_path / "contact", "2026-05-04T00:00:00+00:00"
+    r = forewarn("train", "--target", "contact", "--events", history, "--out", model,
+                 "--horizon-hours", "0.5", "--holdout-from", cut,
+                 "--version", "contact-e2e")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "friction alone" in r.stdout
+    card = load_risk_model(model, target="contact").card
+    assert card.label.horizon_days == 0.5 / 24 and card.held_out.rows > 0
+
+    report = tmp_path / "r.json"
+    r = forewarn("evaluate", "--events", history, "--contact-model", model, "--from", cut,
+                 "--report", report)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(report.read_text())
+    assert rep["contact_risk"] == "offline model contact-e2e"
+    assert rep["measured_from"] == cut
+    assert set(rep["variants"]) == {"stream-learned contact risk"}
+    assert rep["learned_models"] == [], "the offline model scored the main run"
+    events = [json.loads(x) for x in history.open()]
+    after = [e for e in events if e["occurred_at"] >= "2026-05-04T00:00:00"]
+    assert rep["history"]["support_contacts"] == sum(e["type"] == "support_contact" for e in after)
+    assert "with stream-learned contact risk" in r.stdout
+
+    out = tmp_path / "replay"
+    r = forewarn("replay", "--events", history, "--out", out)
+    assert r.returncode == 0, r.stderr
+    fits = [ModelRelease.model_validate_json(x) for x in (out / "models.jsonl").open("rb")]
+    assert [f.fitted_at.day for f in fits] == [2, 3, 4, 5, 6], "a fit a day, accepted or not"
+    assert "fits" in r.stdout
