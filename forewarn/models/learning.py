@@ -16,7 +16,8 @@ stay unbiased. Which negatives are kept is fixed by the customer and the time (a
 replay keeps the same ones. At most ``capacity`` labelled rows are kept, oldest out first.
 
 >>> s = MaturingSample(horizon=3600, negative_rate=1.0, capacity=100)
->>> s.add("ann", 0.0, [1.0]); s.add("bob", 0.0, [0.0])
+>>> s.add("ann", 0.0, [1.0]), s.add("bob", 0.0, [0.0])   # both waiting for their label
+(True, True)
 >>> s.contact("ann", 600.0)              # ann's row will be positive
 >>> s.advance(3600.0)                    # both horizons passed: bob's without a contact
 >>> [(r.customer_id, r.label, r.weight) for r in s.labelled]
