@@ -20,7 +20,7 @@ from forewarn.pipeline.learner import ContactLearner, LearnerSettings
 from forewarn.rules.rulebook import load_rulebook
 from forewarn.streams.learning import LearnerWorker
 from forewarn.streams.settings import LearnerConfig, Settings, kafka_config
-from tests.conftest import ROOT, RunningWorker, read_topic
+from tests.conftest import ROOT, RunningWorker, read_topic, wait_committed
 
 pytestmark = pytest.mark.integration
 
@@ -172,3 +172,27 @@ def test_a_record_on_the_models_topic_that_is_not_a_release_is_refused_and_the_r
     served = [v.model.version for v in running.worker.engine.contact.served]
     assert served == [r.model_version for r in accepted]
     assert metrics.contact_model_info.labels(accepted[-1].model_version)._value.get() == 1
+
+
+def test_without_the_learning_topics_the_worker_scores_and_says_what_is_missing(
+    make_settings: Callable[..., Settings], start_worker: Callable[[Settings], Any]
+) -> None:
+    made = make_settings(
+        partitions=1, rules_path=ROOT / "tests" / "data" / "policies_rulebook.yaml"
+    )
+    missing = made.topics.model_copy(
+        update={"milestones": f"absent-{made.group_id}", "feature_rows": f"absent2-{made.group_id}"}
+    )
+    s = made.model_copy(update={"topics": missing})
+    now = datetime.now(UTC) - timedelta(minutes=5)
+    events = [
+        JourneyEvent(
+            event_id=f"e{i}", customer_id="c1", type=kind, occurred_at=now + timedelta(seconds=i)
+        )
+        for i, kind in enumerate(["session_start", "support_contact", "payment_failed", "purchase"])
+    ]
+    publish(s, events)
+    running = start_worker(s)
+    wait_committed(s, len(events), timeout=60)
+    assert running.worker.outputs.learning_partitions is None
+    assert running.worker.metrics.transactions.labels("committed")._value.get() >= 1

@@ -46,8 +46,8 @@ class OutputTopics:
     state: str
     milestones: str = "forewarn-milestones"
     feature_rows: str = "forewarn-feature-rows"
-    #: partitions of the learner's inputs (None: unknown, by key): a record goes to the
-    #: partition of its event, modulo these
+    #: partitions of the milestones and feature-rows topics: a record goes to the partition
+    #: of its event, modulo these (None: the topics are missing, nothing is published there)
     learning_partitions: tuple[int, int] | None = None
 
 
@@ -178,12 +178,13 @@ def batch_records(
         if add(topics.decisions, d.customer_id.encode(), encode(d)):
             kept_decisions.append(d)
     result.actions, result.decisions = kept_actions, kept_decisions
-    counts = topics.learning_partitions or (0, 0)
-    m, n = counts
-    for ms, p in zip(result.milestones.records, result.milestones.partitions, strict=True):
-        add(topics.milestones, ms.customer_id.encode(), encode(ms), p % m if m else None)
-    for r, p in zip(result.feature_rows.records, result.feature_rows.partitions, strict=True):
-        add(topics.feature_rows, r.customer_id.encode(), encode(r), p % n if n else None)
+    if topics.learning_partitions is not None:
+        m, n = topics.learning_partitions
+        milestones, rows = result.milestones, result.feature_rows
+        for ms, p in zip(milestones.records, milestones.partitions, strict=True):
+            add(topics.milestones, ms.customer_id.encode(), encode(ms), p % m)
+        for r, p in zip(rows.records, rows.partitions, strict=True):
+            add(topics.feature_rows, r.customer_id.encode(), encode(r), p % n)
     for partition, by_customer in states.items():
         st = result.stream_times.get(partition)
         headers = None if st is None else [(STREAM_TIME_HEADER, repr(st).encode())]

@@ -139,6 +139,7 @@ class ScoringWorker:
         self.batches = 0
         self.records = 0
         self.restores: list[RestoreResult] = []
+        self._learning_missing = False
         self.reloads = Reloads(self.engine, self.models, contact_models, rules, self.metrics)
 
     def stop(self) -> None:
@@ -340,6 +341,20 @@ class ScoringWorker:
             )
         return True
 
+    def _find_learning_topics(self, client: Consumer) -> None:
+        """Where milestones and feature rows go; until their topics exist, nothing is
+        published to them (a batch producing to a missing topic would fail for good)."""
+        found = learning_partitions(client, self.settings)
+        if found is None and not self._learning_missing:
+            t = self.settings.topics
+            log.error(
+                "no topics %s and %s: milestones and feature rows are not published, so "
+                "nothing is learned (forewarn topics create); looking again every %.0f s",
+                t.milestones, t.feature_rows, self.settings.reload_check_seconds,
+            )  # fmt: skip
+        self._learning_missing = found is None
+        self.outputs = replace(self.outputs, learning_partitions=found)
+
     def _stream_time(self) -> float:
         """The furthest stream time this worker's partitions reached."""
         return max((st.stream_time for st in self.stores.stores.values()), default=-math.inf)
@@ -374,7 +389,7 @@ class ScoringWorker:
             )
         consumer = self._subscribe()
         restorer = Consumer(kafka_config(s, "restore"))
-        self.outputs = replace(self.outputs, learning_partitions=learning_partitions(restorer, s))
+        self._find_learning_topics(restorer)
         log.info(
             "scoring %s + %s as group %s (instance %s, %s) on %s",
             s.topics.journey_events,
@@ -394,6 +409,8 @@ class ScoringWorker:
                 if time.monotonic() >= next_check:  # between batches, never inside one
                     next_check = time.monotonic() + s.reload_check_seconds
                     self.reloads.check(self._stream_time())
+                    if self.outputs.learning_partitions is None:
+                        self._find_learning_topics(restorer)
                 consumer = self._watch_assignment(consumer)
                 records = self._read(consumer)
                 started = time.perf_counter()
