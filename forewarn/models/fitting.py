@@ -10,11 +10,17 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import (
+    average_precision_score,
+    brier_score_loss,
+    precision_recall_curve,
+    roc_auc_score,
+)
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from forewarn.models.features import CONTACT_FEATURES
-from forewarn.models.risk import CalibrationBin, LinearModel
+from forewarn.models.risk import CalibrationBin, HeldOutMetrics, LinearModel
 
 
 def logistic_pipeline(max_iter: int = 2000) -> Pipeline:
@@ -70,3 +76,29 @@ def calibration_bins(y: NDArray[np.int64], p: NDArray[np.float64]) -> list[Calib
                 )
             )
     return bins
+
+
+def held_out_metrics(
+    y_fit: NDArray[np.int64],
+    p_fit: NDArray[np.float64],
+    y: NDArray[np.int64],
+    p: NDArray[np.float64],
+) -> HeldOutMetrics:
+    """A card's held-out figures: ranking, Brier score and calibration on the held-out rows
+    (``y``, ``p``), and precision and recall there at the operating threshold, the one with
+    the best F1 on the rows the model was fitted on (``y_fit``, ``p_fit``)."""
+    prec, rec, thr = precision_recall_curve(y_fit, p_fit)
+    f1 = 2 * prec[:-1] * rec[:-1] / np.maximum(prec[:-1] + rec[:-1], 1e-12)
+    threshold = float(thr[int(np.argmax(f1))])
+    flagged = p >= threshold
+    hits = int((flagged & (y == 1)).sum())
+    return HeldOutMetrics(
+        roc_auc=round(float(roc_auc_score(y, p)), 4),
+        pr_auc=round(float(average_precision_score(y, p)), 4),
+        brier=round(float(brier_score_loss(y, p)), 5),
+        calibration=calibration_bins(y, p),
+        operating_threshold=round(threshold, 4),
+        precision=round(hits / max(1, int(flagged.sum())), 4),
+        recall=round(hits / max(1, int((y == 1).sum())), 4),
+        rows=len(y),
+    )

@@ -27,14 +27,12 @@ import numpy as np
 from numpy.typing import NDArray
 from sklearn.metrics import (
     average_precision_score,
-    brier_score_loss,
-    precision_recall_curve,
     roc_auc_score,
 )
 
 from forewarn.models.contracts import JourneyEvent
 from forewarn.models.features import CONTACT_FEATURES, contact_features
-from forewarn.models.fitting import calibration_bins, fit_linear
+from forewarn.models.fitting import fit_linear, held_out_metrics
 from forewarn.models.friction import FrictionConfig, friction_scores
 from forewarn.models.risk import (
     ClassBalance,
@@ -143,30 +141,16 @@ def fit_and_judge(
     linear = fit_linear(x_train, y_train)
     p = predict(linear, rows.x[test])
     friction = rows.x[test][:, 0]
-    train_p = predict(linear, x_train)
-    prec, rec, thr = precision_recall_curve(y_train, train_p)
-    f1 = 2 * prec[:-1] * rec[:-1] / np.maximum(prec[:-1] + rec[:-1], 1e-12)
-    threshold = float(thr[int(np.argmax(f1))])
-    flagged = p >= threshold
-    hits = int((flagged & (y_test == 1)).sum())
+    held = held_out_metrics(y_train, predict(linear, x_train), y_test, p)
     return ContactEvaluation(
         linear=linear,
         train_rows_positive=int(y_train.sum()),
-        held_out=HeldOutMetrics(
-            roc_auc=round(float(roc_auc_score(y_test, p)), 4),
-            pr_auc=round(float(average_precision_score(y_test, p)), 4),
-            brier=round(float(brier_score_loss(y_test, p)), 5),
-            calibration=calibration_bins(y_test, p),
-            operating_threshold=round(threshold, 4),
-            precision=round(hits / max(1, int(flagged.sum())), 4),
-            recall=round(hits / max(1, int(y_test.sum())), 4),
-            rows=len(y_test),
-        ),
+        held_out=held,
         train_rows=len(y_train),
         test_rows=len(y_test),
         base_rate=round(float(y_test.mean()), 5),
-        roc_auc=round(float(roc_auc_score(y_test, p)), 4),
-        pr_auc=round(float(average_precision_score(y_test, p)), 4),
+        roc_auc=held.roc_auc,
+        pr_auc=held.pr_auc,
         friction_roc_auc=round(float(roc_auc_score(y_test, friction)), 4),
         friction_pr_auc=round(float(average_precision_score(y_test, friction)), 4),
     )

@@ -22,21 +22,14 @@ from datetime import UTC, datetime
 
 import numpy as np
 from numpy.typing import NDArray
-from sklearn.metrics import (
-    average_precision_score,
-    brier_score_loss,
-    precision_recall_curve,
-    roc_auc_score,
-)
 
 from forewarn.errors import ForewarnError
 from forewarn.models.contracts import JourneyEvent
 from forewarn.models.features import CHURN_FEATURES, churn_features
-from forewarn.models.fitting import calibration_bins, logistic_pipeline
+from forewarn.models.fitting import held_out_metrics, logistic_pipeline
 from forewarn.models.friction import FrictionConfig, friction_scores
 from forewarn.models.risk import (
     ClassBalance,
-    HeldOutMetrics,
     LabelDefinition,
     LinearModel,
     ModelCard,
@@ -201,22 +194,8 @@ def fit_churn_model(
     pipeline = logistic_pipeline()
     pipeline.fit(data.x[~test], y_train)
     p_train = pipeline.predict_proba(data.x[~test])[:, 1]
-    prec, rec, thr = precision_recall_curve(y_train, p_train)
-    f1 = 2 * prec[:-1] * rec[:-1] / np.maximum(prec[:-1] + rec[:-1], 1e-12)
-    threshold = float(thr[int(np.argmax(f1))])
     p = pipeline.predict_proba(data.x[test])[:, 1]
-    flagged = p >= threshold
-    tp = int((flagged & (y_test == 1)).sum())
-    metrics = HeldOutMetrics(
-        roc_auc=round(float(roc_auc_score(y_test, p)), 4),
-        pr_auc=round(float(average_precision_score(y_test, p)), 4),
-        brier=round(float(brier_score_loss(y_test, p)), 5),
-        calibration=calibration_bins(y_test, p),
-        operating_threshold=round(threshold, 4),
-        precision=round(tp / max(1, int(flagged.sum())), 4),
-        recall=round(tp / max(1, int((y_test == 1).sum())), 4),
-        rows=len(y_test),
-    )
+    metrics = held_out_metrics(y_train, p_train, y_test, p)
     positives = int(data.y.sum())
     linear = linear_model_of(pipeline)
     card = ModelCard(
