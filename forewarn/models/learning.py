@@ -146,7 +146,8 @@ class MaturingSample:
     ) -> tuple[NDArray[np.float64], NDArray[np.int64], NDArray[np.float64]]:
         """(features, labels, weights) of ``rows`` (default: every labelled row)."""
         rows = list(self.labelled) if rows is None else list(rows)
-        x = np.array([r.features for r in rows], dtype=np.float64).reshape(len(rows), -1)
+        width = len(rows[0].features) if rows else 0
+        x = np.array([r.features for r in rows], dtype=np.float64).reshape(len(rows), width)
         y = np.array([r.label for r in rows], dtype=np.int64)
         w = np.array([r.weight for r in rows], dtype=np.float64)
         return x, y, w

@@ -181,8 +181,8 @@ class ContactLearner:
         rows = [r for r in self.labelled if r.at + s.horizon <= t]
         fit_rows, judge_rows = split_by_time(rows, s.judge_share)
         version = f"contact-{datetime.fromtimestamp(t, UTC):%Y%m%dT%H%M}"
-        x, y, w = _arrays(fit_rows)
-        xj, yj, wj = _arrays(judge_rows)
+        x, y, w = self.sample.arrays(fit_rows)
+        xj, yj, wj = self.sample.arrays(judge_rows)
         rate = float(np.average(y, weights=w)) if len(y) else 0.0
         linear = fit_linear(x, y, w) if len(set(y.tolist())) == 2 else _constant(rate)
         card = self._card(version, t, linear, fit_rows, xj, yj, wj)
@@ -270,19 +270,6 @@ class ContactLearner:
                 rows=len(yj),
             ),
         )
-
-
-def _arrays(
-    rows: Sequence[LabelledRow],
-) -> tuple[NDArray[np.float64], NDArray[np.int64], NDArray[np.float64]]:
-    x = np.array([r.features for r in rows], dtype=np.float64).reshape(
-        len(rows), len(CONTACT_FEATURES)
-    )
-    return (
-        x,
-        np.array([r.label for r in rows], dtype=np.int64),
-        np.array([r.weight for r in rows], dtype=np.float64),
-    )
 
 
 def _constant(rate: float) -> LinearModel:
