@@ -218,9 +218,7 @@ class RiskModel:
         """The risk 0-1 for every row of a feature matrix (one call per batch)."""
         if not len(rows):
             return np.zeros(0)
-        logit = self.standardized(rows) @ self._coef + self.linear.intercept
-        risk: NDArray[np.float64] = 1.0 / (1.0 + np.exp(-logit))
-        return risk
+        return _logistic(self.standardized(rows) @ self._coef + self.linear.intercept)
 
     def contributions(self, rows: NDArray[np.float64]) -> tuple[NDArray[np.float64], float]:
         """Each feature's signed contribution to the log-odds, and the intercept."""
@@ -361,9 +359,11 @@ def predict(linear: LinearModel, rows: NDArray[np.float64]) -> NDArray[np.float6
     if not len(rows):
         return np.zeros(0)
     z = (rows - np.asarray(linear.mean)) / np.asarray(linear.scale)
-    risk: NDArray[np.float64] = 1.0 / (
-        1.0 + np.exp(-(z @ np.asarray(linear.coef) + linear.intercept))
-    )
+    return _logistic(z @ np.asarray(linear.coef) + linear.intercept)
+
+
+def _logistic(logit: NDArray[np.float64]) -> NDArray[np.float64]:
+    risk: NDArray[np.float64] = 1.0 / (1.0 + np.exp(-logit))
     return risk
 
 
