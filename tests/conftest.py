@@ -205,13 +205,15 @@ class RunningWorker:
             raise self.error
 
 
-@pytest.fixture
-def start_worker() -> Iterator[Callable[[Any], RunningWorker]]:
-    """Run a scoring worker in a thread; always stopped at the end of the test."""
+def running_in_threads(
+    make: Callable[[Any], Any] | None = None,
+) -> Iterator[Callable[[Any], RunningWorker]]:
+    """A fixture's body: start processes (``make``; default a scoring worker) in threads,
+    and stop every one still running at the end of the test."""
     running: list[RunningWorker] = []
 
     def start(settings: Any) -> RunningWorker:
-        w = RunningWorker(settings)
+        w = RunningWorker(settings, make)
         w.thread.start()
         running.append(w)
         return w
@@ -220,6 +222,12 @@ def start_worker() -> Iterator[Callable[[Any], RunningWorker]]:
     for w in running:
         if w.thread.is_alive():
             w.stop()
+
+
+@pytest.fixture
+def start_worker() -> Iterator[Callable[[Any], RunningWorker]]:
+    """Run a scoring worker in a thread; always stopped at the end of the test."""
+    yield from running_in_threads()
 
 
 def read_topic(

@@ -20,7 +20,7 @@ from forewarn.pipeline.learner import ContactLearner, LearnerSettings
 from forewarn.rules.rulebook import load_rulebook
 from forewarn.streams.learning import LearnerWorker
 from forewarn.streams.settings import LearnerConfig, Settings, kafka_config
-from tests.conftest import ROOT, RunningWorker, read_topic, wait_committed
+from tests.conftest import ROOT, RunningWorker, read_topic, running_in_threads, wait_committed
 
 pytestmark = pytest.mark.integration
 
@@ -31,18 +31,7 @@ DAY = timedelta(days=1)
 @pytest.fixture
 def start_learner() -> Iterator[Callable[[Settings], RunningWorker]]:
     """``forewarn learn`` in a thread; always stopped at the end of the test."""
-    running: list[RunningWorker] = []
-
-    def start(settings: Settings) -> RunningWorker:
-        r = RunningWorker(settings, LearnerWorker)
-        r.thread.start()
-        running.append(r)
-        return r
-
-    yield start
-    for r in running:
-        if r.thread.is_alive():
-            r.stop()
+    yield from running_in_threads(LearnerWorker)
 
 
 def publish(s: Settings, events: list[JourneyEvent]) -> None:
