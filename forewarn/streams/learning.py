@@ -38,6 +38,7 @@ from forewarn.pipeline.learner import ContactLearner
 from forewarn.streams.http import Health, serve_http
 from forewarn.streams.metrics import LearnerMetrics
 from forewarn.streams.settings import Settings, kafka_config
+from forewarn.streams.topics import existing_partitions
 
 log = logging.getLogger("forewarn.learn")
 
@@ -138,14 +139,14 @@ class LearnerWorker:
 
     def _inputs(self, reader: Consumer) -> list[TopicPartition]:
         t = self.settings.topics
+        have = existing_partitions(reader)
         wanted = []
         for topic in (t.feature_rows, t.milestones):
-            md = reader.list_topics(topic, timeout=10).topics.get(topic)
-            if md is None or md.error is not None or not md.partitions:
+            if not have.get(topic):
                 raise LearnerFailed(
                     f"no topic {topic}: create the topics first (forewarn topics create)"
                 )
-            wanted += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(md.partitions)]
+            wanted += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(have[topic])]
         return wanted
 
     def _learn(self, reader: Consumer, producer: Producer) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
@@ -32,8 +32,9 @@ def _wanted(settings: Settings) -> dict[str, tuple[int, bool]]:
     return {name: (1 if name == t.models else t.partitions, name in compacted) for name in t.all()}
 
 
-def _existing(admin: AdminClient, timeout: float) -> dict[str, int]:
-    md = admin.list_topics(timeout=timeout)
+def existing_partitions(client: AdminClient | Consumer, timeout: float = 10.0) -> dict[str, int]:
+    """Topic -> partition count, for every topic the cluster has (any client's metadata)."""
+    md = client.list_topics(timeout=timeout)
     return {name: len(m.partitions) for name, m in md.topics.items() if not m.error}
 
 
@@ -62,13 +63,13 @@ def _check(settings: Settings, existing: dict[str, int], created: set[str]) -> l
 
 def verify_topics(settings: Settings, timeout: float = 10.0) -> list[TopicReport]:
     admin = AdminClient(kafka_config(settings, "admin"))
-    return _check(settings, _existing(admin, timeout), set())
+    return _check(settings, existing_partitions(admin, timeout), set())
 
 
 def create_topics(settings: Settings, timeout: float = 10.0) -> list[TopicReport]:
     """Create what is missing; report every topic. Idempotent."""
     admin = AdminClient(kafka_config(settings, "admin"))
-    existing = _existing(admin, timeout)
+    existing = existing_partitions(admin, timeout)
     new = []
     for name, (parts, compacted) in _wanted(settings).items():
         if name in existing:
@@ -91,7 +92,7 @@ def create_topics(settings: Settings, timeout: float = 10.0) -> list[TopicReport
             except KafkaException as e:
                 if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise
-        existing = _existing(admin, timeout)
+        existing = existing_partitions(admin, timeout)
     return _check(settings, existing, created)
 
 

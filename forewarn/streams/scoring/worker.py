@@ -63,6 +63,7 @@ from forewarn.streams.scoring.stores import (
 )
 from forewarn.streams.scoring.watch import ModelWatch, RulebookWatch
 from forewarn.streams.settings import Settings, kafka_config
+from forewarn.streams.topics import existing_partitions
 
 __all__ = ["BrokerUnreachable", "ProducerFailed", "ScoringWorker", "WorkerFenced"]
 
@@ -73,22 +74,6 @@ log = logging.getLogger("forewarn.score")
 #: states); at the defaults (700, 10, 10) the collector walks all those states again and
 #: again. Measured on the bench workload: 19.5 µs CPU per event at the defaults, 14.7 here.
 GC_THRESHOLDS = (50_000, 20, 100)
-
-
-def learning_partitions(client: Consumer, s: Settings) -> tuple[int, int] | None:
-    """How many partitions the milestones and feature-rows topics have (None: unknown; the
-    records then go by key): each event's records go to its own partition number, so each
-    of the learner's input partitions follows one worker."""
-    counts = []
-    for topic in (s.topics.milestones, s.topics.feature_rows):
-        try:
-            md = client.list_topics(topic, timeout=10).topics.get(topic)
-        except KafkaException:
-            return None
-        if md is None or md.error is not None or not md.partitions:
-            return None
-        counts.append(len(md.partitions))
-    return counts[0], counts[1]
 
 
 def tune_garbage_collector() -> None:
@@ -344,9 +329,14 @@ class ScoringWorker:
     def _find_learning_topics(self, client: Consumer) -> None:
         """Where milestones and feature rows go; until their topics exist, nothing is
         published to them (a batch producing to a missing topic would fail for good)."""
-        found = learning_partitions(client, self.settings)
+        t = self.settings.topics
+        try:
+            have = existing_partitions(client)
+        except KafkaException:
+            have = {}
+        m, f = have.get(t.milestones), have.get(t.feature_rows)
+        found = (m, f) if m and f else None
         if found is None and not self._learning_missing:
-            t = self.settings.topics
             log.error(
                 "no topics %s and %s: milestones and feature rows are not published, so "
                 "nothing is learned (forewarn topics create); looking again every %.0f s",
