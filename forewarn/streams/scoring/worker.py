@@ -326,6 +326,12 @@ class ScoringWorker:
             )
         return True
 
+    def _between_batches(self, client: Consumer) -> None:
+        """Changed models and rulebooks, new learned releases, learning topics created."""
+        self.reloads.check(self._stream_time())
+        if self.outputs.learning_partitions is None:
+            self._find_learning_topics(client)
+
     def _find_learning_topics(self, client: Consumer) -> None:
         """Where milestones and feature rows go; until their topics exist, nothing is
         published to them (a batch producing to a missing topic would fail for good)."""
@@ -398,9 +404,7 @@ class ScoringWorker:
                 self.health.beat()
                 if time.monotonic() >= next_check:  # between batches, never inside one
                     next_check = time.monotonic() + s.reload_check_seconds
-                    self.reloads.check(self._stream_time())
-                    if self.outputs.learning_partitions is None:
-                        self._find_learning_topics(restorer)
+                    self._between_batches(restorer)
                 consumer = self._watch_assignment(consumer)
                 records = self._read(consumer)
                 started = time.perf_counter()
