@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
+from forewarn.models.risk import RiskModel
 from forewarn.pipeline.engine import ScoringEngine
 from forewarn.streams.metrics import ScoringMetrics
 from forewarn.streams.scoring.learned import LearnedModels, ModelsRead
@@ -42,8 +43,8 @@ class Reloads:
     def check(self, reached: float) -> None:
         if self.learned is not None:
             self._serve(self.learned.poll(), reached)
-        self._contact_file()
-        self._churn_file()
+        self._model_file(self.contact)
+        self._model_file(self.churn)
         self._rulebook_file()
 
     def close(self) -> None:
@@ -76,37 +77,37 @@ class Reloads:
                 )  # fmt: skip
             log.info("contact-risk model %s (%s) serves from %s", model.version,
                      release.verdict.reason, release.serves_from.isoformat())  # fmt: skip
-        new = engine.contact.latest
-        metrics.contact_model_in_use(
-            None if old is None else old.version, None if new is None else new.version
+        self._show_contact(old)
+
+    def _model_file(self, watch: ModelWatch) -> None:
+        """A changed churn or contact-risk model file: used, or refused with the last good
+        one kept."""
+        what = "churn" if watch.target == "churn" else "contact-risk"
+        old = watch.version
+        found = watch.check()
+        if found.refused is not None:
+            self.metrics.model_reloads.labels("refused").inc()
+            log.error("refused the new %s model, keeping %s: %s", what, old, found.refused)
+            return
+        if found.loaded is None:
+            return
+        if watch.target == "churn":
+            self.engine.use(churn=found.loaded)
+            self.metrics.model_in_use(old, found.loaded.version)
+        else:  # the base version: learned ones keep serving from their times
+            before = self.engine.contact.latest
+            self.engine.use(contact=found.loaded)
+            self._show_contact(before)
+        self.metrics.model_reloads.labels("loaded").inc()
+        log.info("%s model %s from %s replaced %s", what, found.loaded.version,
+                 found.loaded.path, old)  # fmt: skip
+
+    def _show_contact(self, before: RiskModel | None) -> None:
+        """The contact-risk info metric follows the newest version the engine holds."""
+        after = self.engine.contact.latest
+        self.metrics.contact_model_in_use(
+            None if before is None else before.version, None if after is None else after.version
         )
-
-    def _contact_file(self) -> None:
-        contact = self.contact.check()
-        if contact.refused is not None:
-            self.metrics.model_reloads.labels("refused").inc()
-            log.error("refused the new contact-risk model, keeping %s: %s",
-                      self.contact.version, contact.refused)  # fmt: skip
-        elif contact.loaded is not None:
-            old = self.engine.contact.latest
-            self.engine.use(contact=contact.loaded)
-            self.metrics.model_reloads.labels("loaded").inc()
-            self.metrics.contact_model_in_use(
-                None if old is None else old.version, contact.loaded.version
-            )
-            log.info("contact-risk model %s from %s", contact.loaded.version, contact.loaded.path)
-
-    def _churn_file(self) -> None:
-        old = self.churn.version
-        model = self.churn.check()
-        if model.refused is not None:
-            self.metrics.model_reloads.labels("refused").inc()
-            log.error("refused the new churn model, keeping %s: %s", old, model.refused)
-        elif model.loaded is not None:
-            self.engine.use(churn=model.loaded)
-            self.metrics.model_reloads.labels("loaded").inc()
-            self.metrics.model_in_use(old, model.loaded.version)
-            log.info("churn model %s replaced %s", model.loaded.version, old)
 
     def _rulebook_file(self) -> None:
         old = self.engine.rulebook.version
