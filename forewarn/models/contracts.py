@@ -377,6 +377,39 @@ class FeatureRow(_Contract):
     features: list[Annotated[float, Field(allow_inf_nan=False)]] = Field(max_length=256)
 
 
+class OutcomeKind(StrEnum):
+    """What became of an action, as the tool that sent it reports it."""
+
+    delivered = "delivered"
+    opened = "opened"
+    clicked = "clicked"
+    converted = "converted"
+    bounced = "bounced"
+    unsubscribed = "unsubscribed"
+    complained = "complained"
+    #: the sender gave up on it (``forewarn deliver``: failed for good)
+    failed = "failed"
+    #: it was never sent: its ``expires_at`` passed first
+    expired = "expired"
+
+
+class Outcome(_Contract):
+    """What a marketing or support tool reports back about one action (v1), keyed by
+    customer on ``outreach-outcomes``.
+
+    The feedback plane counts each ``(action_id, kind)`` once, however often it is sent.
+    """
+
+    schema_version: Literal[1] = 1
+    action_id: str = Field(min_length=1, max_length=256)
+    customer_id: CustomerId
+    kind: OutcomeKind
+    at: AwareDatetime
+    #: the tool that reports it (for example ``crm-webhook``)
+    source: str | None = Field(default=None, max_length=128)
+    detail: str | None = Field(default=None, max_length=1024)
+
+
 #: File name in ``schemas/`` for each exported contract.
 SCHEMA_FILES: dict[str, type[BaseModel]] = {
     "journey-event.v1.json": JourneyEvent,
@@ -386,6 +419,7 @@ SCHEMA_FILES: dict[str, type[BaseModel]] = {
     "dead-letter.v1.json": DeadLetter,
     "milestone.v1.json": Milestone,
     "feature-row.v1.json": FeatureRow,
+    "outcome.v1.json": Outcome,
 }
 
 
