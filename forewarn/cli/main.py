@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from pydantic import ValidationError
 
+from forewarn.cli.feedback import add_feedback_commands
 from forewarn.cli.history import add_history_commands, aware_time
 from forewarn.errors import ForewarnError
 from forewarn.models.contracts import write_json_schemas
@@ -223,6 +224,7 @@ def parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     add_history_commands(sub)
+    add_feedback_commands(sub)
 
     sc = sub.add_parser("schemas", help="write the contracts' JSON Schemas")
     sc.add_argument("--out", type=Path, default=Path("schemas"))

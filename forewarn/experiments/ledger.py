@@ -7,10 +7,11 @@ customer). Everything the experiment reports is read off the ledgers
 or a milestone seen twice (a replay, an aborted transaction the broker showed anyway, a
 restarted worker) finds its id already in the ledger and changes nothing.
 
-**Arms** (intention to treat). A rule's decision reached the holdout check when it was
-emitted, suppressed by ``holdout``, or suppressed by ``arbitration`` (which comes after the
-holdout check: the customer was assigned to treatment and another rule's action went out).
-Those are assignments; every other suppression is not part of the experiment.
+**Arms** (intention to treat). The scoring worker names each decision's arm
+(``Decision.arm``): every decision of a live rule that reached the holdout check is
+``treated`` or ``holdout``, including treated ones that a cooldown, the budget, quiet hours
+or arbitration stopped afterwards. Decisions stopped before it (consent, expiry) and shadow
+rules' are not part of the experiment.
 
 **Episodes.** Treated customers are cooled down by the action they got, held-out ones are
 not, so the holdout arm would count more decisions per customer for the same trouble. An
@@ -47,7 +48,6 @@ from forewarn.models.contracts import (
     Milestone,
     Outcome,
     OutcomeKind,
-    SuppressionReason,
 )
 
 Arm = Literal["treated", "holdout"]
@@ -95,10 +95,8 @@ class ExperimentWindows(BaseModel):
 
 
 class OutcomeProblem(StrEnum):
-    """Why an outcome could not be counted: the dead-letter reason."""
+    """Why an outcome could not be counted (the dead letter's ``error_type``)."""
 
-    malformed_json = "malformed_json"
-    schema_violation = "schema_violation"
     #: no decision with this action id reached the customer's ledger in time
     unknown_action = "unknown_action"
     #: the outcome says it happened before the event that triggered its action
@@ -183,17 +181,6 @@ class CustomerLedger(BaseModel):
         return self.settled_before is not None and at < self.settled_before
 
 
-def arm_of(decision: Decision) -> Arm | None:
-    """The experiment arm a decision assigns, or None when it is not an assignment."""
-    if decision.status is DecisionStatus.emitted:
-        return "treated"
-    if decision.suppressed_by is SuppressionReason.arbitration:
-        return "treated"
-    if decision.suppressed_by is SuppressionReason.holdout:
-        return "holdout"
-    return None
-
-
 def record_decision(ledger: CustomerLedger, decision: Decision, windows: ExperimentWindows) -> bool:
     """Adds a decision; False when it was seen before (nothing changes)."""
     action = decision.action
@@ -208,7 +195,7 @@ def record_decision(ledger: CustomerLedger, decision: Decision, windows: Experim
         ledger.actions[action.action_id] = ActionMark(
             rule_id=decision.rule_id, channel=action.channel.value, at=at
         )
-    arm = arm_of(decision)
+    arm = decision.arm
     if arm is not None and not _in_open_episode(ledger, decision.rule_id, at, windows):
         ledger.episodes.append(
             Episode(

@@ -25,6 +25,7 @@ from forewarn.experiments.ledger import (
     Measure,
     happened,
     matured,
+    tally_key,
 )
 from forewarn.experiments.statistics import (
     Interval,
@@ -39,6 +40,7 @@ from forewarn.experiments.statistics import (
     wilson,
 )
 from forewarn.models.contracts import OutcomeKind
+from forewarn.rules.rulebook import Rulebook
 
 #: below this sample-ratio-mismatch p-value the split is called broken
 SRM_ALARM = 0.001
@@ -128,18 +130,94 @@ class ExperimentReport(BaseModel):
     coverage: Coverage
 
 
+class ExperimentTally(BaseModel):
+    """What the report is computed from, over some ledgers: tallies from several feedback
+    workers add up (``merge``), so any worker can answer for all of them."""
+
+    as_of: AwareDatetime | None = None
+    #: matured episodes by ``tally_key(rule, channel, arm)``
+    arms: dict[str, ArmTally] = Field(default_factory=dict)
+    #: episodes whose contact window is still open, by the same key
+    pending: dict[str, int] = Field(default_factory=dict)
+    funnels: dict[str, FunnelTally] = Field(default_factory=dict)
+    contacts: int = 0
+    anticipated: int = 0
+    lead_minutes: list[float] = Field(default_factory=list)
+
+    def add_arm(self, key: str, other: ArmTally) -> None:
+        _add_arm(self.arms.setdefault(key, ArmTally()), other)
+
+    def add_funnel(self, rule_id: str, other: FunnelTally) -> None:
+        mine = self.funnels.setdefault(rule_id, FunnelTally())
+        mine.actions += other.actions
+        for kind, n in other.outcomes.items():
+            mine.outcomes[kind] = mine.outcomes.get(kind, 0) + n
+
+    def merge(self, other: ExperimentTally) -> None:
+        if other.as_of is not None and (self.as_of is None or other.as_of > self.as_of):
+            self.as_of = other.as_of
+        for key, arm in other.arms.items():
+            self.add_arm(key, arm)
+        for key, n in other.pending.items():
+            self.pending[key] = self.pending.get(key, 0) + n
+        for rule_id, funnel in other.funnels.items():
+            self.add_funnel(rule_id, funnel)
+        self.contacts += other.contacts
+        self.anticipated += other.anticipated
+        self.lead_minutes.extend(other.lead_minutes)
+
+
+def _add_arm(into: ArmTally, other: ArmTally) -> None:
+    for m in MEASURES:
+        if m in other.episodes:
+            into.episodes[m] = into.episodes.get(m, 0) + other.episodes[m]
+            into.events[m] = into.events.get(m, 0) + other.events.get(m, 0)
+
+
+def tally(
+    ledgers: Iterable[tuple[CustomerLedger, datetime | None]], windows: ExperimentWindows
+) -> ExperimentTally:
+    """The tally of every ledger, each with its partition's watermark (None: nothing has
+    matured there yet)."""
+    t = ExperimentTally()
+    for ledger, watermark in ledgers:
+        if watermark is not None and (t.as_of is None or watermark > t.as_of):
+            t.as_of = watermark
+        for key, arm in ledger.settled_arms.items():
+            t.add_arm(key, arm)
+        for key, funnel in ledger.settled_funnels.items():
+            t.add_funnel(key.split("|")[0], funnel)
+        for mark in ledger.actions.values():
+            live_funnel = FunnelTally()
+            live_funnel.add(mark)
+            t.add_funnel(mark.rule_id, live_funnel)
+        for episode in ledger.episodes:
+            key = tally_key(episode.rule_id, episode.channel, episode.arm)
+            live = ArmTally()
+            for m in MEASURES:
+                if watermark is not None and matured(episode, m, watermark, windows):
+                    live.add(m, happened(ledger, episode, m, windows))
+            t.add_arm(key, live)
+            if "contact" not in live.episodes:
+                t.pending[key] = t.pending.get(key, 0) + 1
+        action_times = sorted(mark.at for mark in ledger.actions.values())
+        for milestone in ledger.milestones:
+            if milestone.type != "support_contact":
+                continue
+            t.contacts += 1
+            before = [a for a in action_times if a < milestone.at]
+            if before and milestone.at - before[-1] <= windows.contact:
+                t.anticipated += 1
+                t.lead_minutes.append((milestone.at - before[-1]).total_seconds() / 60)
+    return t
+
+
 class _Counts:
     """Matured and pending episodes by measure and arm, for one group."""
 
     def __init__(self) -> None:
         self.tally = {"treated": ArmTally(), "holdout": ArmTally()}
         self.pending = {"treated": 0, "holdout": 0}
-
-    def merge(self, arm: str, other: ArmTally) -> None:
-        for m in MEASURES:
-            mine = self.tally[arm]
-            mine.episodes[m] = mine.episodes.get(m, 0) + other.episodes.get(m, 0)
-            mine.events[m] = mine.events.get(m, 0) + other.events.get(m, 0)
 
 
 def _rates(c: _Counts, m: Measure) -> ArmRates:
@@ -203,67 +281,31 @@ def _funnel(f: FunnelTally) -> Funnel:
 
 
 def experiment_report(
-    ledgers: Iterable[tuple[CustomerLedger, datetime | None]],
-    windows: ExperimentWindows,
-    expected_holdout_share: Mapping[str, float] | None = None,
+    t: ExperimentTally, expected_holdout_share: Mapping[str, float] | None = None
 ) -> ExperimentReport:
-    """The report over every ledger, each with its partition's watermark (None: nothing
-    matured there yet). ``expected_holdout_share``: per rule, the share of assignments the
-    rulebook holds out (global and rule holdout together), for the sample-ratio check."""
+    """The report from a tally. ``expected_holdout_share``: per rule, the share of
+    assignments the rulebook holds out (global and rule holdout together), for the
+    sample-ratio check (``holdout_shares``)."""
     shares = expected_holdout_share or {}
     per_rule: dict[str, _Counts] = {}
     per_channel: dict[tuple[str, str], _Counts] = {}
     overall = _Counts()
-    funnels: dict[str, FunnelTally] = {}
-    contacts = anticipated = 0
-    leads: list[float] = []
-    as_of: datetime | None = None
-
-    for ledger, watermark in ledgers:
-        if watermark is not None and (as_of is None or watermark > as_of):
-            as_of = watermark
-        for key, tally in ledger.settled_arms.items():
-            rule, channel, arm = key.split("|")
-            for group in (
-                per_rule.setdefault(rule, _Counts()),
-                per_channel.setdefault((rule, channel), _Counts()),
-                overall,
-            ):
-                group.merge(arm, tally)
-        for key, funnel in ledger.settled_funnels.items():
-            _add_funnel(funnels.setdefault(key.split("|")[0], FunnelTally()), funnel)
-        for mark in ledger.actions.values():
-            funnels.setdefault(mark.rule_id, FunnelTally()).add(mark)
-        for episode in ledger.episodes:
-            live = ArmTally()
-            for m in MEASURES:
-                if watermark is not None and matured(episode, m, watermark, windows):
-                    live.add(m, happened(ledger, episode, m, windows))
-            for group in (
-                per_rule.setdefault(episode.rule_id, _Counts()),
-                per_channel.setdefault((episode.rule_id, episode.channel), _Counts()),
-                overall,
-            ):
-                group.merge(episode.arm, live)
-                if "contact" not in live.episodes:
-                    group.pending[episode.arm] += 1
-        action_times = sorted(mark.at for mark in ledger.actions.values())
-        for milestone in ledger.milestones:
-            if milestone.type != "support_contact":
-                continue
-            contacts += 1
-            before = [t for t in action_times if t < milestone.at]
-            if before and milestone.at - before[-1] <= windows.contact:
-                anticipated += 1
-                leads.append((milestone.at - before[-1]).total_seconds() / 60)
-
+    for key in sorted({*t.arms, *t.pending}):
+        rule, channel, arm = key.split("|")
+        for group in (
+            per_rule.setdefault(rule, _Counts()),
+            per_channel.setdefault((rule, channel), _Counts()),
+            overall,
+        ):
+            _add_arm(group.tally[arm], t.arms.get(key, ArmTally()))
+            group.pending[arm] += t.pending.get(key, 0)
     rules = []
     for rule_id in sorted(per_rule):
         c = per_rule[rule_id]
-        t = c.tally["treated"].episodes.get("contact", 0)
-        h = c.tally["holdout"].episodes.get("contact", 0)
+        n_t = c.tally["treated"].episodes.get("contact", 0)
+        n_h = c.tally["holdout"].episodes.get("contact", 0)
         share = shares.get(rule_id)
-        srm = None if share is None else sample_ratio_mismatch(t, h, share)
+        srm = None if share is None else sample_ratio_mismatch(n_t, n_h, share)
         channels = [
             ChannelExperiment(channel=ch, **_comparison(cc))
             for (r, ch), cc in sorted(per_channel.items())
@@ -275,7 +317,7 @@ def experiment_report(
                 expected_holdout_share=share,
                 sample_ratio_mismatch_p=srm,
                 sample_ratio_mismatch=srm is not None and srm < SRM_ALARM,
-                funnel=_funnel(funnels.get(rule_id, FunnelTally())),
+                funnel=_funnel(t.funnels.get(rule_id, FunnelTally())),
                 channels=channels,
                 **_comparison(c),
             )
@@ -284,19 +326,20 @@ def experiment_report(
     for experiment, p in zip(rules, adjusted, strict=True):
         experiment.adjusted_p_value = p
     return ExperimentReport(
-        as_of=as_of,
+        as_of=t.as_of,
         rules=rules,
         overall=Comparison(**_comparison(overall)),
         coverage=Coverage(
-            contacts=contacts,
-            anticipated=anticipated,
-            coverage=Estimate.of(wilson(anticipated, contacts)),
-            median_lead_minutes=round(median(leads), 1) if leads else None,
+            contacts=t.contacts,
+            anticipated=t.anticipated,
+            coverage=Estimate.of(wilson(t.anticipated, t.contacts)),
+            median_lead_minutes=round(median(t.lead_minutes), 1) if t.lead_minutes else None,
         ),
     )
 
 
-def _add_funnel(into: FunnelTally, other: FunnelTally) -> None:
-    into.actions += other.actions
-    for kind, n in other.outcomes.items():
-        into.outcomes[kind] = into.outcomes.get(kind, 0) + n
+def holdout_shares(rulebook: Rulebook) -> dict[str, float]:
+    """Per rule, the share of its assignments that should be held out: in the global or
+    the rule's holdout group (two independent sticky hashes)."""
+    g = rulebook.holdout_percent / 100
+    return {r.id: 1 - (1 - g) * (1 - r.policies.holdout_percent / 100) for r in rulebook.rules}

@@ -275,6 +275,11 @@ class Decision(_Contract):
     detail: str | None = None
     action: OutreachAction
     at: AwareDatetime
+    #: the experiment arm this decision assigns the customer to: every decision of a live
+    #: rule that reached the holdout check is ``treated`` or ``holdout`` (intention to treat:
+    #: a treated decision stopped later by a cooldown or the budget stays treated); None for
+    #: shadow rules and for decisions stopped before the check (consent, expiry)
+    arm: Literal["treated", "holdout"] | None = None
 
     @model_validator(mode="after")
     def _reason_iff_suppressed(self) -> Decision:
@@ -300,6 +305,12 @@ class DeadLetterReason(StrEnum):
     #: unusable time zone: the customer counts as being in UTC)
     field_ignored = "field_ignored"
     processing_error = "processing_error"
+    #: an outcome whose action no decision named (within the feedback plane's grace)
+    unknown_action = "unknown_action"
+    #: an outcome dated before the event that triggered its action
+    outcome_before_action = "outcome_before_action"
+    #: an outcome whose customer is not its action's customer
+    customer_mismatch = "customer_mismatch"
 
 
 class Header(_Contract):

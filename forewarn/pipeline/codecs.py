@@ -23,9 +23,9 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_core import from_json
 
 from forewarn.models.contracts import (
@@ -103,6 +103,9 @@ class Rejected(Exception):
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+
+
+_M = TypeVar("_M", bound=BaseModel)
 
 
 def _b64(data: bytes | None) -> str | None:
@@ -306,6 +309,25 @@ def _describe(error: ValidationError) -> tuple[DeadLetterReason, str]:
         else DeadLetterReason.schema_violation
     )
     return reason, "; ".join(parts)
+
+
+def decode_contract(rec: RawRecord, contract: type[_M]) -> _M:
+    """A record of one of Forewarn's own contracts (a decision, an outcome, a milestone),
+    or ``Rejected`` with the dead-letter reason.
+
+    >>> from forewarn.models.contracts import Outcome
+    >>> decode_contract(RawRecord("t", 0, 0, None, b"{"), Outcome)
+    Traceback (most recent call last):
+    forewarn.pipeline.codecs.Rejected: ...
+    """
+    if rec.value is None:
+        raise Rejected(DeadLetterReason.schema_violation, "the record has no value")
+    try:
+        return contract.model_validate_json(rec.value)
+    except ValidationError as e:
+        if any(err["type"] == "json_invalid" for err in e.errors()):
+            raise Rejected(DeadLetterReason.malformed_json, str(e.errors()[0]["msg"])) from e
+        raise Rejected(*_describe(e)) from e
 
 
 def _fast_path(rec: RawRecord, settings: DecodeSettings) -> JourneyEvent | None:

@@ -7,14 +7,15 @@ the decision's ``suppressed_by``:
 2. ``consent`` - none of the rule's channels is consented to (no profile: no consent);
 3. ``expired`` - the trigger is older than the action's time-to-live, measured against the
    partition's stream time (a late or backlogged event: too late to act on);
-4. ``duplicate`` - this exact action (same deterministic id) was already emitted;
-5. ``cooldown`` - the rule reached this customer too recently;
-6. ``frequency_cap`` - the customer-wide contact budget is spent in one of its rolling
+4. ``holdout`` - the customer is in the global or the rule's holdout group (sticky hash);
+   every decision that gets this far is an experiment assignment (``Decision.arm``);
+5. ``duplicate`` - this exact action (same deterministic id) was already emitted;
+6. ``cooldown`` - the rule reached this customer too recently;
+7. ``frequency_cap`` - the customer-wide contact budget is spent in one of its rolling
    event-time windows around the moment the action would reach the customer (the end of
    its quiet hours when deferred); transactional actions are exempt and not charged;
-7. ``quiet_hours`` - the trigger falls in the rule's quiet hours in the customer's time
+8. ``quiet_hours`` - the trigger falls in the rule's quiet hours in the customer's time
    zone and the rule drops (a deferring rule emits with ``not_before`` instead);
-8. ``holdout`` - the customer is in the global or the rule's holdout group (sticky hash);
 9. ``arbitration`` - another rule fired on the same trigger event and won (highest
    priority first, then rulebook order).
 
@@ -53,7 +54,7 @@ from forewarn.models.friction import FrictionConfig
 from forewarn.models.state import CustomerState
 from forewarn.rules.conditions import condition_data, evaluate
 from forewarn.rules.moment import Moment
-from forewarn.rules.policies import Proposal, ago, apply_policies
+from forewarn.rules.policies import Proposal, ago, apply_policies, experiment_arm
 from forewarn.rules.rulebook import Rule, Rulebook
 from forewarn.rules.volume import AdaptiveThreshold, PartitionVolumes, tiebreak
 
@@ -286,6 +287,8 @@ class DecisionMaker:
         shadow: bool = False,
     ) -> None:
         status = DecisionStatus.emitted if why is None else DecisionStatus.suppressed
+        # arbitration comes after the holdout check: the loser was assigned to treatment
+        arm = None if shadow else experiment_arm(why)
         self.decisions.append(
             Decision(
                 decision_id=decision_id(action.action_id),
@@ -296,6 +299,7 @@ class DecisionMaker:
                 detail=detail,
                 action=action,
                 at=self.now,
+                arm=arm,
             )
         )
 
@@ -311,7 +315,7 @@ class DecisionMaker:
         proposal = Proposal(rule, m, action, channel, self.rulebook)
         action, no = apply_policies(proposal)
         if no is not None:
-            self._record(action, no.reason, no.detail)
+            self._record(action, no.reason, no.detail, shadow=rule.policies.shadow)
             return []
         return [replace(proposal, action=action)]
 

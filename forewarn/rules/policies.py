@@ -7,8 +7,14 @@ after all of them (``decide.DecisionMaker``). The README and ``decide``'s docstr
 same order; ``tests/unit/test_policies.py`` checks them against this tuple.
 
 >>> [p.__name__ for p in POLICIES]  # doctest: +NORMALIZE_WHITESPACE
-['do_not_contact', 'consent', 'expired', 'duplicate', 'cooldown', 'frequency_cap',
- 'quiet_hours', 'holdout']
+['do_not_contact', 'consent', 'expired', 'holdout', 'duplicate', 'cooldown',
+ 'frequency_cap', 'quiet_hours']
+
+The holdout comes before every policy that depends on what the customer was sent before
+(duplicate, cooldown, budget) and before quiet hours: a decision that reached it is an
+experiment assignment, in either arm alike (``experiment_arm``). Placed later, it would hold
+out only the customers whom earlier actions had not capped, and the held-out arm would
+count the capped moments that the treated arm cannot (docs/decisions.md section 27).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 from forewarn.models.contracts import ActionChannel, OutreachAction, SuppressionReason
@@ -152,12 +159,33 @@ POLICIES: tuple[Policy, ...] = (
     do_not_contact,
     consent,
     expired,
+    holdout,
     duplicate,
     cooldown,
     frequency_cap,
     quiet_hours,
-    holdout,
 )
+
+#: suppressions that come before the holdout check: those decisions are not assignments
+_BEFORE_HOLDOUT = frozenset(
+    SuppressionReason(p.__name__) for p in POLICIES[: POLICIES.index(holdout)]
+)
+
+
+def experiment_arm(reason: SuppressionReason | None) -> Literal["treated", "holdout"] | None:
+    """The experiment arm of a live rule's decision suppressed by ``reason`` (None:
+    emitted): every decision that reached the holdout check is assigned to one arm, and
+    those stopped later (a cooldown, the budget, quiet hours, arbitration) stay in the
+    treated arm (intention to treat).
+
+    >>> experiment_arm(None), experiment_arm(SuppressionReason.cooldown)
+    ('treated', 'treated')
+    >>> experiment_arm(SuppressionReason.holdout), experiment_arm(SuppressionReason.consent)
+    ('holdout', None)
+    """
+    if reason is SuppressionReason.holdout:
+        return "holdout"
+    return None if reason in _BEFORE_HOLDOUT else "treated"
 
 
 def apply_policies(p: Proposal) -> tuple[OutreachAction, Suppressed | None]:

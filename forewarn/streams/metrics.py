@@ -16,6 +16,7 @@ from prometheus_client import (
     Histogram,
 )
 
+from forewarn.experiments.report import ExperimentTally
 from forewarn.pipeline.results import BatchResult
 from forewarn.streams.http import Health, serve_http
 
@@ -337,6 +338,72 @@ class LearnerMetrics:
 
     def champion(self, old: str | None, new: str | None) -> None:
         _swap(self.champion_info, old, new)
+
+
+class FeedbackMetrics:
+    """``forewarn feedback``: what it counted, refused, and where each experiment stands.
+
+    The experiment gauges are this worker's share (its ledger partitions): they add up
+    across feedback workers, so PromQL can sum them and divide.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.records = Counter(
+            "forewarn_feedback_records_total",
+            "Records read, by source (decisions, outcomes, milestones) and result: counted, "
+            "duplicate (its id was already in the ledger: a replay or an aborted "
+            "transaction), dead_letter",
+            ["source", "result"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "forewarn_feedback_dead_letters_total",
+            "Records sent to the outcomes' dead-letter topic, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.watermark = Gauge(
+            "forewarn_feedback_watermark_seconds",
+            "Stream time each ledger partition has reached (epoch seconds): windows close by it",
+            ["partition"],
+            registry=r,
+        )
+        self.ledgers = Gauge(
+            "forewarn_feedback_ledgers", "Customer ledgers held by this worker", registry=r
+        )
+        self.episodes = Gauge(
+            "forewarn_feedback_episodes",
+            "Experiment episodes by rule, arm and state (matured: the contact window closed)",
+            ["rule", "arm", "state"],
+            registry=r,
+        )
+        self.outcome_events = Gauge(
+            "forewarn_feedback_outcome_events",
+            "Matured episodes followed by the measure's event within its window, by rule, "
+            "arm and measure (contact, cancellation, conversion)",
+            ["rule", "arm", "measure"],
+            registry=r,
+        )
+
+    def refresh(self, tally: ExperimentTally, ledgers: int) -> None:
+        """Sets the experiment gauges from this worker's tally (on each scrape)."""
+        self.ledgers.set(ledgers)
+        for key in {*tally.arms, *tally.pending}:
+            rule, _channel, arm = key.split("|")
+            self.episodes.labels(rule, arm, "pending").set(0)
+            self.episodes.labels(rule, arm, "matured").set(0)
+            for measure in ("contact", "cancellation", "conversion"):
+                self.outcome_events.labels(rule, arm, measure).set(0)
+        for key in {*tally.arms, *tally.pending}:
+            rule, _channel, arm = key.split("|")
+            self.episodes.labels(rule, arm, "pending").inc(tally.pending.get(key, 0))
+            counts = tally.arms.get(key)
+            if counts is not None:
+                self.episodes.labels(rule, arm, "matured").inc(counts.episodes.get("contact", 0))
+                for measure, n in counts.events.items():
+                    self.outcome_events.labels(rule, arm, measure).inc(n)
 
 
 def _swap(info: Gauge, old: str | None, new: str | None) -> None:

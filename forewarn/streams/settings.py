@@ -26,6 +26,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from forewarn.pipeline.codecs import DEAD_LETTER_KEEP_BYTES, DecodeSettings
 
 if TYPE_CHECKING:
+    from forewarn.experiments.ledger import ExperimentWindows
     from forewarn.pipeline.learner import LearnerSettings
 
 MASK = "**********"
@@ -75,6 +76,10 @@ class TopicNames(BaseModel):
     feature_rows: str = "forewarn-feature-rows"
     #: stream-learned contact-risk models, accepted and refused (compacted: the model history)
     models: str = "forewarn-models"
+    #: outcomes the feedback plane could not count (malformed, unknown action, ...)
+    outcomes_dlq: str = "outreach-outcomes-dlq"
+    #: the feedback plane's own input, keyed by customer (it creates it: internal)
+    feedback: str = "forewarn-feedback-ledger-input"
     #: partitions of journey-events and customer-profiles (kept equal: co-partitioned);
     #: the ceiling on how many scoring workers can share the work
     partitions: int = Field(default=6, ge=1)
@@ -100,11 +105,13 @@ class TopicNames(BaseModel):
             self.milestones,
             self.feature_rows,
             self.models,
+            self.outcomes_dlq,
         ]
 
 
 _NAME_FIELDS = ("journey_events", "customer_profiles", "actions", "decisions", "dlq", "state",
-                "outcomes", "milestones", "feature_rows", "models")  # fmt: skip
+                "outcomes", "milestones", "feature_rows", "models", "outcomes_dlq",
+                "feedback")  # fmt: skip
 
 
 class KafkaSecurity(BaseModel):
@@ -178,6 +185,41 @@ class LearnerConfig(BaseModel):
         )
 
 
+class FeedbackConfig(BaseModel):
+    """``forewarn feedback``: the feedback plane's experiment windows and its group
+    (``FOREWARN_FEEDBACK__*``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    #: the feedback plane's consumer group, and the prefix of its tables' changelogs
+    group_id: str = "forewarn-feedback"
+    #: a support contact counts against an episode this long after its trigger
+    contact_window_hours: float = Field(default=24.0, gt=0)
+    cancellation_window_days: float = Field(default=14.0, gt=0)
+    conversion_window_days: float = Field(default=7.0, gt=0)
+    #: records this much older than their partition's stream time still count
+    allowed_lateness_minutes: float = Field(default=10.0, ge=0)
+    #: an outcome whose decision has not arrived waits this long (stream time), then goes
+    #: to the outcomes' dead-letter topic as ``unknown_action``
+    orphan_grace_minutes: float = Field(default=15.0, ge=0)
+    #: decisions kept per customer for ``forewarn why``
+    recent_decisions: int = Field(default=20, ge=1, le=1000)
+    #: aiokafka's session timeout (a dead feedback worker's partitions move after it)
+    session_timeout_seconds: float = Field(default=30.0, gt=0)
+
+    def windows(self) -> ExperimentWindows:
+        from forewarn.experiments.ledger import ExperimentWindows
+
+        return ExperimentWindows(
+            contact=timedelta(hours=self.contact_window_hours),
+            cancellation=timedelta(days=self.cancellation_window_days),
+            conversion=timedelta(days=self.conversion_window_days),
+            allowed_lateness=timedelta(minutes=self.allowed_lateness_minutes),
+            orphan_grace=timedelta(minutes=self.orphan_grace_minutes),
+            recent_decisions=self.recent_decisions,
+        )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FOREWARN_", env_nested_delimiter="__", frozen=True, extra="ignore"
@@ -207,6 +249,10 @@ class Settings(BaseSettings):
     #: publishes none
     feature_row_share: float = Field(default=0.05, ge=0, le=1)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
+    #: the feedback plane's HTTP API (why, experiments, health, metrics)
+    feedback_http_port: int = Field(default=9465, ge=1, le=65535)
+    feedback_http_host: str = "127.0.0.1"
     #: how often the worker looks for a changed model or rulebook (between batches)
     reload_check_seconds: float = Field(default=5.0, gt=0)
     #: the friction score's versioned config (default: forewarn/models/friction.yaml)
@@ -344,3 +390,45 @@ def kafka_config(settings: Settings, role: Role, **overrides: Any) -> dict[str, 
     conf.update(sec.extra)
     conf.update(overrides)
     return conf
+
+
+def faust_config(settings: Settings) -> dict[str, Any]:
+    """The feedback plane's faust (aiokafka) configuration: the same brokers, security and
+    replication as the librdkafka clients, in faust's terms."""
+    import ssl
+
+    import faust
+
+    sec = settings.kafka
+    context: ssl.SSLContext | None = None
+    if sec.security_protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=sec.ssl_ca_location)
+        if sec.ssl_certificate_location:
+            context.load_cert_chain(
+                sec.ssl_certificate_location,
+                sec.ssl_key_location,
+                sec.ssl_key_password.get_secret_value() if sec.ssl_key_password else None,
+            )
+    credentials: Any = None
+    if sec.security_protocol.startswith("SASL"):
+        credentials = faust.SASLCredentials(
+            username=sec.sasl_username,
+            password=sec.sasl_password.get_secret_value() if sec.sasl_password else None,
+            mechanism=sec.sasl_mechanism or "PLAIN",
+            ssl_context=context,
+        )
+    elif context is not None:
+        credentials = faust.SSLCredentials(context)
+    session = settings.feedback.session_timeout_seconds
+    return {
+        "broker": [f"kafka://{b.strip()}" for b in settings.bootstrap_servers.split(",")],
+        "broker_credentials": credentials,
+        "topic_partitions": settings.topics.partitions,
+        "topic_replication_factor": settings.topics.replication_factor,
+        "broker_session_timeout": session,
+        "broker_heartbeat_interval": min(3.0, session / 3),
+        "broker_request_timeout": max(90.0, session * 2),
+        "web_bind": settings.feedback_http_host,
+        "web_host": settings.feedback_http_host,
+        "web_port": settings.feedback_http_port,
+    }

@@ -17,7 +17,13 @@ from forewarn.experiments.ledger import (
     record_outcome,
     settle,
 )
-from forewarn.experiments.report import ExperimentReport, experiment_report
+from forewarn.experiments.report import (
+    ExperimentReport,
+    ExperimentTally,
+    experiment_report,
+    holdout_shares,
+    tally,
+)
 from forewarn.models.contracts import (
     ActionChannel,
     Decision,
@@ -29,6 +35,7 @@ from forewarn.models.contracts import (
     Scores,
     SuppressionReason,
 )
+from forewarn.rules.policies import experiment_arm
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 W = ExperimentWindows()
@@ -63,6 +70,7 @@ def decision(
         model_version="m",
     )
     return Decision(
+        arm=experiment_arm(by) if status is not DecisionStatus.shadow else None,
         decision_id=f"d-{action_id}",
         customer_id=customer,
         rule_id=rule,
@@ -103,7 +111,7 @@ def feed(ledgers: dict[str, CustomerLedger], record: Record) -> OutcomeProblem |
 
 
 def report(ledgers: dict[str, CustomerLedger], watermark: datetime) -> ExperimentReport:
-    return experiment_report(((led, watermark) for led in ledgers.values()), W)
+    return experiment_report(tally(((led, watermark) for led in ledgers.values()), W))
 
 
 def test_arms_count_once_their_contact_window_has_closed() -> None:
@@ -138,17 +146,15 @@ def test_arms_count_once_their_contact_window_has_closed() -> None:
 def test_only_assignments_are_in_the_experiment() -> None:
     ledgers: dict[str, CustomerLedger] = {}
     feed(ledgers, decision("a", 0))
-    feed(ledgers, decision("b", 0, status=DecisionStatus.suppressed, by=SuppressionReason.cooldown))
+    feed(ledgers, decision("b", 0, status=DecisionStatus.suppressed, by=SuppressionReason.expired))
     feed(ledgers, decision("c", 0, status=DecisionStatus.shadow))
     feed(ledgers, decision("d", 0, status=DecisionStatus.suppressed, by=SuppressionReason.consent))
-    # arbitration comes after the holdout check: assigned to treatment
-    feed(
-        ledgers,
-        decision("e", 0, status=DecisionStatus.suppressed, by=SuppressionReason.arbitration),
-    )
+    # after the holdout check: assigned to treatment (intention to treat)
+    for by in (SuppressionReason.arbitration, SuppressionReason.frequency_cap):
+        feed(ledgers, decision(f"e-{by}", 0, status=DecisionStatus.suppressed, by=by))
     feed(ledgers, held_out("f", 0))
     rule = report(ledgers, T0 + timedelta(days=30)).rules[0]
-    assert (rule.treated, rule.holdout) == (2, 1)
+    assert (rule.treated, rule.holdout) == (3, 1)
     # the why view still has every decision
     assert len(ledgers["b"].recent) == 1
 
@@ -236,8 +242,9 @@ def test_the_sample_ratio_check_uses_the_configured_share() -> None:
         feed(ledgers, decision(f"t{i}", 0))
         feed(ledgers, held_out(f"h{i}", 0))
     late = T0 + timedelta(days=20)
-    bad = experiment_report(((x, late) for x in ledgers.values()), W, {"payment_recovery": 0.1})
-    good = experiment_report(((x, late) for x in ledgers.values()), W, {"payment_recovery": 0.5})
+    counted = tally(((x, late) for x in ledgers.values()), W)
+    bad = experiment_report(counted, {"payment_recovery": 0.1})
+    good = experiment_report(counted, {"payment_recovery": 0.5})
     assert bad.rules[0].sample_ratio_mismatch and not good.rules[0].sample_ratio_mismatch
 
 
@@ -275,3 +282,31 @@ def test_a_replay_from_any_point_changes_nothing(
     assert report(replayed, late).model_dump(exclude=exclude) == report(clean, late).model_dump(
         exclude=exclude
     )
+
+
+def test_tallies_from_several_workers_add_up_to_one() -> None:
+    ledgers: dict[str, CustomerLedger] = {}
+    for i in range(8):
+        feed(ledgers, decision(f"c{i}", i) if i % 3 else held_out(f"c{i}", i))
+        feed(ledgers, contact(f"c{i}", 20 + i))
+    late = T0 + timedelta(days=2)
+    items = list(ledgers.values())
+    whole = tally(((x, late) for x in items), W)
+    merged = tally(((x, late) for x in items[:3]), W)
+    merged.merge(tally(((x, late) for x in items[3:]), W))
+    assert experiment_report(merged).model_dump() == experiment_report(whole).model_dump()
+    assert (
+        whole.model_dump()
+        == ExperimentTally.model_validate_json(whole.model_dump_json()).model_dump()
+    )
+
+
+def test_holdout_shares_combine_the_global_and_the_rule_holdout() -> None:
+    from forewarn.rules.rulebook import load_rulebook
+
+    book = load_rulebook()
+    shares = holdout_shares(book)
+    g = book.holdout_percent / 100
+    for rule in book.rules:
+        r = rule.policies.holdout_percent / 100
+        assert shares[rule.id] == pytest.approx(g + r - g * r)

@@ -147,11 +147,20 @@ def test_policies_apply_in_the_documented_order() -> None:
     e.profile("gus")
     e.feed(event("gus", "page_view", T0 + timedelta(days=1), n=1))
     assert reasons(e.feed(event("gus", "delivery_delayed", T0, n=2))) == [("on_delay", "expired")]
-    # frequency_cap before quiet_hours before holdout
+    # holdout before the budget and quiet hours: another rule spent the budget, and the
+    # held-out rule's decision is still an assignment to the holdout arm
     e.feed(event("gus", "search_no_results", T0 + timedelta(days=1, minutes=1), n=3))
-    capped = e.feed(event("gus", "delivery_delayed", T0 + timedelta(days=1, minutes=2), n=4))
+    held = e.feed(event("gus", "delivery_delayed", T0 + timedelta(days=1, minutes=2), n=4))
+    assert reasons(held) == [("on_delay", "holdout")]
+    assert [d.arm for d in held.decisions] == ["holdout"]
+    # frequency_cap before quiet_hours, and a capped decision stays in the treated arm
+    f = Engine(quiet_hours='{start: "00:00", end: "23:59", mode: drop}')
+    f.profile("hal")
+    f.feed(event("hal", "search_no_results", T0 + timedelta(days=1, minutes=1), n=3))
+    capped = f.feed(event("hal", "delivery_delayed", T0 + timedelta(days=1, minutes=2), n=4))
     assert reasons(capped) == [("on_delay", "frequency_cap")]
-    quiet = e.feed(event("gus", "delivery_delayed", T0 + timedelta(days=1, hours=7), n=5))
+    assert [d.arm for d in capped.decisions] == ["treated"]
+    quiet = f.feed(event("hal", "delivery_delayed", T0 + timedelta(days=1, hours=7), n=5))
     assert reasons(quiet) == [("on_delay", "quiet_hours")]
 
 
@@ -245,11 +254,11 @@ def test_policies_say_no_in_the_order_of_the_policies_tuple() -> None:
             _with_profile(p, consent=ALL_CONSENT), channel=rule.action.channels[0]
         ),
         "expired": lambda p: replace(p, moment=replace(p.moment, stream_time=at)),
+        "holdout": lambda p: replace(p, rule=_with_policies(p.rule, holdout_percent=0.0)),
         "duplicate": lambda p: _with_state(p, recent_actions=[]),
         "cooldown": lambda p: _with_state(p, last_contact_by_rule={}),
         "frequency_cap": lambda p: _with_state(p, contact_times=[]),
         "quiet_hours": lambda p: replace(p, rule=_with_policies(p.rule, quiet_hours=None)),
-        "holdout": lambda p: replace(p, rule=_with_policies(p.rule, holdout_percent=0.0)),
     }
     assert list(unblock) == [policy.__name__ for policy in POLICIES]
     p = Proposal(rule, m, action, None, book)
@@ -281,7 +290,7 @@ def test_the_documented_order_is_the_order_policies_apply_in() -> None:
     names = [policy.__name__ for policy in POLICIES]
     assert re.findall(r"^\d+\. ``(\w+)``", decide.__doc__ or "", re.M) == [*names, "arbitration"]
     readme = (ROOT / "README.md").read_text()
-    said = readme[readme.index("Then come the **policies**") :][:400]
+    said = readme[readme.index("Then come the **policies**") :][:600]
     words = {
         "do_not_contact": "do-not-contact",
         "consent": "consent",

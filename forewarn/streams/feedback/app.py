@@ -1,0 +1,261 @@
+"""The feedback plane: a faust-streaming app that keeps every customer's ledger.
+
+Three intake agents read the low-volume topics (decisions, outcomes, milestones), check
+each record against its contract, and forward it keyed by customer to the plane's own
+internal topic; bad records go to the outcomes' dead-letter topic with a typed reason. The
+ledger agent reads that topic, so one worker owns a customer's whole history whatever
+partitioner the producers used, and folds each record into the customer's ledger (a faust
+table). Everything the API and metrics report is read off the ledgers.
+
+Delivery is at least once (faust's exactly-once mode has open duplicate reports, design
+section 9); counting stays exact because every update is idempotent on the record's own id
+(``experiments.ledger``). The consumer reads committed data only (``_ReadCommitted``), and
+since the embedded broker shows aborted transactions anyway (docs/decisions.md section 10),
+the ids catch those too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from forewarn.experiments.ledger import (
+    CustomerLedger,
+    ExperimentWindows,
+    record_decision,
+    record_milestone,
+    record_outcome,
+    settle,
+)
+from forewarn.experiments.report import ExperimentTally, holdout_shares, tally
+from forewarn.models.contracts import DeadLetterReason, Decision, Milestone, Outcome
+from forewarn.pipeline.codecs import RawRecord, Rejected, dead_letter, decode_contract, encode
+from forewarn.rules.rulebook import load_rulebook
+from forewarn.streams.metrics import FeedbackMetrics
+from forewarn.streams.settings import Settings, faust_config
+
+log = logging.getLogger(__name__)
+
+#: what each intake topic carries, by the one-letter kind the internal topic uses
+CONTRACTS: dict[bytes, type[Decision] | type[Outcome] | type[Milestone]] = {
+    b"d": Decision,
+    b"o": Outcome,
+    b"m": Milestone,
+}
+SOURCES = {b"d": "decisions", b"o": "outcomes", b"m": "milestones"}
+
+
+class _ReadCommittedThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """faust reads ``read_uncommitted`` unless its exactly-once mode is on; the feedback
+    plane wants committed data with at-least-once processing, which aiokafka allows."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._isolation_level = "read_committed"  # read by aiokafka's start()
+        return consumer
+
+
+class _ReadCommittedConsumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> _ReadCommittedThread:
+        return _ReadCommittedThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _Transport(faust_aiokafka.Transport):
+    Consumer = _ReadCommittedConsumer
+
+
+class _App(faust.App):
+    def _new_transport(self) -> Any:
+        return _Transport(self.conf.broker_consumer, self, loop=self.loop)
+
+
+def envelope(kind: bytes, rec: RawRecord) -> bytes:
+    """The internal topic's record: the kind, where it came from, and the original bytes."""
+    origin = json.dumps([rec.topic, rec.partition, rec.offset]).encode()
+    return kind + origin + b"\n" + (rec.value or b"")
+
+
+def open_envelope(value: bytes) -> tuple[bytes, RawRecord]:
+    kind, rest = value[:1], value[1:]
+    origin, _, payload = rest.partition(b"\n")
+    topic, partition, offset = json.loads(origin)
+    return kind, RawRecord(topic, partition, offset, None, payload)
+
+
+def record_time(record: Decision | Outcome | Milestone) -> datetime:
+    """A record's place in stream time (the trigger's time for a decision)."""
+    if isinstance(record, Decision):
+        return record.action.triggered_at
+    if isinstance(record, Outcome):
+        return record.at
+    return record.occurred_at
+
+
+@dataclass
+class FeedbackApp:
+    """The faust app with its topics, tables and agents, built from the settings."""
+
+    settings: Settings
+    app: faust.App
+    windows: ExperimentWindows
+    metrics: FeedbackMetrics
+    holdout_shares: dict[str, float]
+    ledgers: Any
+    watermarks: Any
+    dead_letters: Any
+    ledger_input: Any
+
+    # ---- the ledger's partition bookkeeping ------------------------------------------------
+
+    def watermark(self, partition: int) -> datetime | None:
+        raw = self.watermarks.get(str(partition))
+        return None if raw is None else datetime.fromtimestamp(float(raw), UTC)
+
+    def local_ledgers(self) -> Iterator[tuple[CustomerLedger, datetime | None]]:
+        """The ledgers this worker owns, each with its partition's watermark."""
+        for _key, raw in list(self.ledgers.items()):
+            partition, ledger = decode_ledger(raw)
+            yield ledger, self.watermark(partition)
+
+    def local_tally(self) -> ExperimentTally:
+        return tally(self.local_ledgers(), self.windows)
+
+    def ledger_of(self, customer_id: str) -> tuple[CustomerLedger, datetime | None] | None:
+        raw = self.ledgers.get(customer_id)
+        if raw is None:
+            return None
+        partition, ledger = decode_ledger(raw)
+        return ledger, self.watermark(partition)
+
+    # ---- what the ledger agent does with one record ------------------------------------
+
+    async def apply(self, value: bytes, partition: int) -> None:
+        kind, rec = open_envelope(value)
+        source = SOURCES.get(kind, "unknown")
+        try:
+            record = decode_contract(rec, CONTRACTS[kind])
+        except (Rejected, KeyError) as e:  # the intake checked it: only a foreign writer
+            reason = e.reason if isinstance(e, Rejected) else DeadLetterReason.schema_violation
+            await self.refuse(rec, reason, str(e))
+            return
+        cid = record.customer_id
+        raw = self.ledgers.get(cid)
+        ledger = CustomerLedger(customer_id=cid) if raw is None else decode_ledger(raw)[1]
+        if isinstance(record, Decision):
+            changed = record_decision(ledger, record, self.windows)
+        elif isinstance(record, Milestone):
+            changed = record_milestone(ledger, record, self.windows)
+        else:
+            problem = record_outcome(ledger, record, self.windows)
+            if problem is not None:
+                await self.refuse(rec, DeadLetterReason(problem.value), problem.value)
+                return
+            changed = True
+        before = self.watermark(partition)
+        at = record_time(record)
+        watermark = at if before is None or at > before else before
+        refused = settle(ledger, watermark, self.windows)
+        for outcome, why in refused:
+            orphan = RawRecord(self.settings.topics.outcomes, -1, -1, None, encode(outcome))
+            await self.refuse(orphan, DeadLetterReason(why.value), why.value)
+        self.ledgers[cid] = encode_ledger(partition, ledger)
+        if watermark != before:
+            self.watermarks[str(partition)] = repr(watermark.timestamp()).encode()
+            self.metrics.watermark.labels(str(partition)).set(watermark.timestamp())
+        self.metrics.records.labels(source, "counted" if changed else "duplicate").inc()
+
+    async def refuse(self, rec: RawRecord, reason: DeadLetterReason, detail: str) -> None:
+        letter = dead_letter(rec, reason, detail, datetime.now(UTC))
+        await self.dead_letters.send(key=rec.key, value=encode(letter))
+        self.metrics.dead_letters.labels(reason.value).inc()
+
+
+def encode_ledger(partition: int, ledger: CustomerLedger) -> bytes:
+    return str(partition).encode() + b"\n" + ledger.model_dump_json().encode()
+
+
+def decode_ledger(raw: bytes) -> tuple[int, CustomerLedger]:
+    partition, _, body = raw.partition(b"\n")
+    return int(partition), CustomerLedger.model_validate_json(body)
+
+
+def build_feedback_app(settings: Settings, *, store: str | None = None) -> FeedbackApp:
+    """The feedback plane for these settings. ``store``: faust's table store; RocksDB
+    under ``FOREWARN_STATE_DIR`` when it is set, memory otherwise."""
+    config = faust_config(settings)
+    topics = settings.topics
+    if store is None:
+        store = "rocksdb://" if settings.state_dir else "memory://"
+    app = _App(
+        settings.feedback.group_id,
+        store=store,
+        datadir=str(settings.state_dir / "feedback") if settings.state_dir else None,
+        # a standby copy would be counted as the worker's own in the report's scan
+        table_standby_replicas=0,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=True,
+        **config,
+    )
+    raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
+    decisions = app.topic(topics.decisions, **raw)
+    outcomes = app.topic(topics.outcomes, **raw)
+    milestones = app.topic(topics.milestones, **raw)
+    ledger_input = app.topic(
+        topics.feedback, key_type=str, internal=True, partitions=topics.partitions, **raw
+    )
+    dead_letters = app.topic(topics.outcomes_dlq, **raw)
+    schema: Any = faust.Schema(key_type=str, value_type=bytes, **raw)
+    ledgers = app.Table("ledgers", schema=schema, partitions=topics.partitions)
+    watermarks = app.Table("watermarks", schema=schema, partitions=topics.partitions)
+    shares = holdout_shares(load_rulebook(settings.rules_path))
+    plane = FeedbackApp(
+        settings=settings,
+        app=app,
+        windows=settings.feedback.windows(),
+        metrics=FeedbackMetrics(),
+        holdout_shares=shares,
+        ledgers=ledgers,
+        watermarks=watermarks,
+        dead_letters=dead_letters,
+        ledger_input=ledger_input,
+    )
+
+    def intake(kind: bytes, topic: Any) -> None:
+        contract = CONTRACTS[kind]
+        source = SOURCES[kind]
+
+        async def agent(stream: Any) -> None:
+            async for event in stream.events():
+                msg = event.message
+                rec = RawRecord(msg.topic, msg.partition, msg.offset, msg.key, event.value)
+                try:
+                    record = decode_contract(rec, contract)
+                except Rejected as e:
+                    await plane.refuse(rec, e.reason, e.detail)
+                    plane.metrics.records.labels(source, "dead_letter").inc()
+                    continue
+                await ledger_input.send(key=record.customer_id, value=envelope(kind, rec))
+
+        app.agent(topic, name=f"forewarn.feedback.intake_{source}")(agent)
+
+    intake(b"d", decisions)
+    intake(b"o", outcomes)
+    intake(b"m", milestones)
+
+    async def ledger_agent(stream: Any) -> None:
+        async for event in stream.events():
+            await plane.apply(event.value, event.message.partition)
+
+    app.agent(ledger_input, name="forewarn.feedback.ledger")(ledger_agent)
+
+    from forewarn.streams.feedback.views import add_views
+
+    add_views(plane)
+    return plane
