@@ -42,19 +42,22 @@ def bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def new_settings(bootstrap: str, partitions: int = 2, **overrides: Any) -> Any:
     """Settings with topics and a group of their own, topics created."""
-    from forewarn.streams.settings import Settings, TopicNames
+    from forewarn.streams.broker import free_port
+    from forewarn.streams.settings import FeedbackConfig, Settings, TopicNames
     from forewarn.streams.topics import create_topics
 
     tag = uuid.uuid4().hex[:8]
+    feedback = FeedbackConfig(group_id=f"forewarn-test-{tag}-feedback", session_timeout_seconds=6)
     settings = Settings(
         bootstrap_servers=bootstrap,
         group_id=f"forewarn-test-{tag}",
         topics=TopicNames(partitions=partitions).suffixed(tag),
+        feedback_http_port=free_port(),
         session_timeout_ms=6000,
         http_port=0,
         batch_timeout_seconds=0.2,
         instance_id=f"test-{tag}",
-        **{"rules_path": POLICIES_RULEBOOK, **overrides},
+        **{"rules_path": POLICIES_RULEBOOK, "feedback": feedback, **overrides},
     )
     assert all(r.ok for r in create_topics(settings))
     return settings
@@ -87,6 +90,12 @@ def settings_env(s: Any, **extra: str) -> dict[str, str]:
         "FOREWARN_TOPICS__MILESTONES": t.milestones,
         "FOREWARN_TOPICS__FEATURE_ROWS": t.feature_rows,
         "FOREWARN_TOPICS__MODELS": t.models,
+        "FOREWARN_TOPICS__OUTCOMES_DLQ": t.outcomes_dlq,
+        "FOREWARN_TOPICS__FEEDBACK": t.feedback,
+        "FOREWARN_FEEDBACK__GROUP_ID": s.feedback.group_id,
+        "FOREWARN_FEEDBACK__SESSION_TIMEOUT_SECONDS": str(s.feedback.session_timeout_seconds),
+        "FOREWARN_FEEDBACK__ORPHAN_GRACE_MINUTES": str(s.feedback.orphan_grace_minutes),
+        "FOREWARN_FEEDBACK_HTTP_PORT": str(s.feedback_http_port),
     }
     if s.rules_path is not None:
         env["FOREWARN_RULES_PATH"] = str(s.rules_path)

@@ -265,14 +265,26 @@ def happened(
     return any(m.type == kind and episode.at < m.at <= end for m in ledger.milestones)
 
 
+def orphan_deadline(outcome: Outcome, windows: ExperimentWindows) -> datetime:
+    """When an outcome still waiting for its decision is refused whatever else happens:
+    once its partition's stream time is a retention past it."""
+    return outcome.at + windows.retention
+
+
 def settle(
     ledger: CustomerLedger, watermark: datetime, windows: ExperimentWindows
 ) -> list[tuple[Outcome, OutcomeProblem]]:
     """Folds what every window has closed on into the settled tallies and forgets its
-    detail; returns the orphan outcomes whose grace ran out (to the dead letters).
+    detail; returns the orphan outcomes refused for good (to the dead letters).
+
+    An outcome can be read before its action's decision (two topics, read at their own
+    pace). It waits until the customer has a decision triggered ``orphan_grace`` after it
+    (a customer's decisions arrive in order, so its own cannot come any more), or until
+    ``orphan_deadline``.
 
     Settling is a compaction: the report reads the same numbers before and after it.
     """
+    latest = max(ledger.seen.values(), default=None)
     refused: list[tuple[Outcome, OutcomeProblem]] = []
     waiting: list[Outcome] = []
     for orphan in ledger.orphans:
@@ -280,7 +292,9 @@ def settle(
             problem = record_outcome(ledger, orphan, windows)
             if problem is not None:
                 refused.append((orphan, problem))
-        elif watermark >= orphan.at + windows.orphan_grace:
+        elif (
+            latest is not None and latest >= orphan.at + windows.orphan_grace
+        ) or watermark >= orphan_deadline(orphan, windows):
             refused.append((orphan, OutcomeProblem.unknown_action))
         else:
             waiting.append(orphan)

@@ -113,8 +113,9 @@ class RuleExperiment(Comparison):
 
 
 class Coverage(BaseModel):
-    """Support contacts that an action reached first, over the contacts the ledgers still
-    hold in detail (the retention: the longest outcome window plus the lateness): a rolling
+    """Support contacts that an action reached first, over the recent ones: those within
+    the retention (the longest outcome window plus the lateness) less one contact window
+    of the watermark, whose anticipating actions the ledgers all still hold. A rolling
     view, where the experiment's counts are cumulative."""
 
     contacts: int
@@ -201,8 +202,11 @@ def tally(
             if "contact" not in live.episodes:
                 t.pending[key] = t.pending.get(key, 0) + 1
         action_times = sorted(mark.at for mark in ledger.actions.values())
+        # the contacts whose anticipating actions are all still held, however recently the
+        # ledger was settled: the same numbers whichever ledgers were touched last
+        since = None if watermark is None else watermark - windows.retention + windows.contact
         for milestone in ledger.milestones:
-            if milestone.type != "support_contact":
+            if milestone.type != "support_contact" or (since is not None and milestone.at < since):
                 continue
             t.contacts += 1
             before = [a for a in action_times if a < milestone.at]

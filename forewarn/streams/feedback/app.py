@@ -23,12 +23,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import aiokafka
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from forewarn.experiments.ledger import (
     CustomerLedger,
     ExperimentWindows,
+    orphan_deadline,
     record_decision,
     record_milestone,
     record_outcome,
@@ -60,6 +62,45 @@ class _ReadCommittedThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         consumer._isolation_level = "read_committed"  # read by aiokafka's start()
         return consumer
+
+    async def _highwaters(self, partitions: list[Any]) -> Any:
+        """Where each changelog partition ends, for the table recovery to read up to.
+
+        The embedded broker answers the end-offset query with its last record batch's base
+        offset plus one (docs/decisions.md section 16): a recovery that believed it would
+        stop early and forget what the last batch held. A fetch's high watermark is right
+        everywhere, so one fetch near the reported end confirms it (on a real Kafka it
+        changes nothing).
+        """
+        reported = dict(await super()._highwaters(partitions))
+        transport: Any = self.transport
+        conf = self.app.conf
+        probe = aiokafka.AIOKafkaConsumer(
+            bootstrap_servers=faust_aiokafka.server_list(transport.url, transport.default_port),
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            **faust_aiokafka.credentials_to_aiokafka_auth(
+                conf.broker_credentials, conf.ssl_context
+            ),
+        )
+        await probe.start()
+        try:
+            probe.assign(list(partitions))
+            for tp in partitions:
+                probe.seek(tp, max(0, (reported.get(tp) or 0) - 1))
+            pending = set(partitions)
+            for _ in range(20):  # at most ~10 s
+                if not pending:
+                    break
+                await probe.getmany(timeout_ms=500)
+                for tp in list(pending):
+                    high = probe.highwater(tp)
+                    if high is not None:
+                        reported[tp] = max(reported.get(tp) or 0, high)
+                        pending.discard(tp)
+        finally:
+            await probe.stop()
+        return reported
 
 
 class _ReadCommittedConsumer(faust_aiokafka.Consumer):
@@ -112,11 +153,24 @@ class FeedbackApp:
     dead_letters: Any
     ledger_input: Any
 
-    # ---- the ledger's partition bookkeeping ------------------------------------------------
+    # ---- the ledger partitions' stream time ---------------------------------------------
+    # Kept in the ``watermarks`` table, written from the partition it describes: "<p>":
+    # the latest record time; "<p>:orphans": the customers holding outcomes that wait for
+    # their decision, with the earliest deadline of each.
+
+    def _time(self, key: str) -> datetime | None:
+        raw = self.watermarks.get(key.encode())
+        return None if raw is None else datetime.fromtimestamp(float(raw), UTC)
+
+    def _advance(self, key: str, at: datetime) -> datetime:
+        before = self._time(key)
+        if before is not None and before >= at:
+            return before
+        self.watermarks[key.encode()] = repr(at.timestamp()).encode()
+        return at
 
     def watermark(self, partition: int) -> datetime | None:
-        raw = self.watermarks.get(str(partition))
-        return None if raw is None else datetime.fromtimestamp(float(raw), UTC)
+        return self._time(str(partition))
 
     def local_ledgers(self) -> Iterator[tuple[CustomerLedger, datetime | None]]:
         """The ledgers this worker owns, each with its partition's watermark."""
@@ -128,7 +182,7 @@ class FeedbackApp:
         return tally(self.local_ledgers(), self.windows)
 
     def ledger_of(self, customer_id: str) -> tuple[CustomerLedger, datetime | None] | None:
-        raw = self.ledgers.get(customer_id)
+        raw = self.ledgers.get(customer_id.encode())
         if raw is None:
             return None
         partition, ledger = decode_ledger(raw)
@@ -146,7 +200,7 @@ class FeedbackApp:
             await self.refuse(rec, reason, str(e))
             return
         cid = record.customer_id
-        raw = self.ledgers.get(cid)
+        raw = self.ledgers.get(cid.encode())
         ledger = CustomerLedger(customer_id=cid) if raw is None else decode_ledger(raw)[1]
         if isinstance(record, Decision):
             changed = record_decision(ledger, record, self.windows)
@@ -156,20 +210,46 @@ class FeedbackApp:
             problem = record_outcome(ledger, record, self.windows)
             if problem is not None:
                 await self.refuse(rec, DeadLetterReason(problem.value), problem.value)
+                self.metrics.records.labels(source, "dead_letter").inc()
                 return
             changed = True
-        before = self.watermark(partition)
-        at = record_time(record)
-        watermark = at if before is None or at > before else before
-        refused = settle(ledger, watermark, self.windows)
-        for outcome, why in refused:
+        p = str(partition)
+        watermark = self._advance(p, record_time(record))
+        self.metrics.watermark.labels(p).set(watermark.timestamp())
+        await self._settle(cid, ledger, partition, watermark)
+        waiting = self._orphaned(p)
+        if waiting and min(waiting.values()) <= watermark.timestamp():
+            # outcomes whose decision never came are refused once their deadline passes,
+            # whether or not their customer is heard of again
+            for other, deadline in waiting.items():
+                found = self.ledger_of(other)
+                if deadline <= watermark.timestamp() and found is not None and other != cid:
+                    await self._settle(other, found[0], partition, watermark)
+        self.metrics.records.labels(source, "counted" if changed else "duplicate").inc()
+
+    def _orphaned(self, p: str) -> dict[str, float]:
+        """The partition's customers holding outcomes that wait for their decision, with
+        the earliest deadline of each."""
+        raw = self.watermarks.get(f"{p}:orphans".encode())
+        return dict(json.loads(raw)) if raw else {}
+
+    async def _settle(
+        self, cid: str, ledger: CustomerLedger, partition: int, watermark: datetime
+    ) -> None:
+        for outcome, why in settle(ledger, watermark, self.windows):
             orphan = RawRecord(self.settings.topics.outcomes, -1, -1, None, encode(outcome))
             await self.refuse(orphan, DeadLetterReason(why.value), why.value)
-        self.ledgers[cid] = encode_ledger(partition, ledger)
-        if watermark != before:
-            self.watermarks[str(partition)] = repr(watermark.timestamp()).encode()
-            self.metrics.watermark.labels(str(partition)).set(watermark.timestamp())
-        self.metrics.records.labels(source, "counted" if changed else "duplicate").inc()
+            self.metrics.records.labels("outcomes", "dead_letter").inc()
+        self.ledgers[cid.encode()] = encode_ledger(partition, ledger)
+        p = str(partition)
+        waiting = self._orphaned(p)
+        before = dict(waiting)
+        waiting.pop(cid, None)
+        if ledger.orphans:
+            first = min(orphan_deadline(o, self.windows) for o in ledger.orphans)
+            waiting[cid] = first.timestamp()
+        if waiting != before:
+            self.watermarks[f"{p}:orphans".encode()] = json.dumps(sorted(waiting.items())).encode()
 
     async def refuse(self, rec: RawRecord, reason: DeadLetterReason, detail: str) -> None:
         letter = dead_letter(rec, reason, detail, datetime.now(UTC))
@@ -211,9 +291,11 @@ def build_feedback_app(settings: Settings, *, store: str | None = None) -> Feedb
         topics.feedback, key_type=str, internal=True, partitions=topics.partitions, **raw
     )
     dead_letters = app.topic(topics.outcomes_dlq, **raw)
-    schema: Any = faust.Schema(key_type=str, value_type=bytes, **raw)
-    ledgers = app.Table("ledgers", schema=schema, partitions=topics.partitions)
-    watermarks = app.Table("watermarks", schema=schema, partitions=topics.partitions)
+    # bytes in and out (keys too: the router hashes a key as the ledger input's producer did)
+    ledgers = app.Table("ledgers", key_type=bytes, value_type=bytes, partitions=topics.partitions)
+    watermarks = app.Table(
+        "watermarks", key_type=bytes, value_type=bytes, partitions=topics.partitions
+    )
     shares = holdout_shares(load_rulebook(settings.rules_path))
     plane = FeedbackApp(
         settings=settings,
