@@ -17,6 +17,7 @@ from forewarn.rules.rulebook import Rulebook
 
 if TYPE_CHECKING:  # imported where used: every command would pay for scikit-learn
     from forewarn.models.friction import FrictionConfig
+    from forewarn.offline.experiment import ClosedLoop
     from forewarn.pipeline.learner import LearnerSettings
 
 
@@ -173,11 +174,43 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         learning=learning,
         measure_from=args.measure_from,
     )
-    args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    data = report.to_json()
     print(format_report(report))
+    if args.respond:
+        loop = _closed_loop(events, profiles, rulebook, churn, contact)
+        data["closed_loop"] = None if loop is None else loop.model_dump(mode="json")
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text(json.dumps(data, indent=2) + "\n")
     print(f"\nreport: {args.report}" + (f", plot: {args.plot}" if args.plot else ""))
     return 0
+
+
+def _closed_loop(
+    events: list[JourneyEvent],
+    profiles: list[CustomerProfile] | None,
+    rulebook: Rulebook,
+    churn: RiskModel | None,
+    contact: RiskModel | None,
+) -> ClosedLoop | None:
+    """The history again, with customers who respond to the actions: what the outreach
+    changed against the holdouts, next to the simulator's truth."""
+    from forewarn.offline.experiment import closed_loop_experiment, format_closed_loop
+    from forewarn.offline.replay import replay
+    from forewarn.offline.response import Responder
+
+    if rulebook.holdout_percent == 0 and not any(
+        r.policies.holdout_percent for r in rulebook.rules
+    ):
+        print("\n--respond: the rulebook holds nobody out, so there is nothing to compare "
+              "with (set holdout_percent, globally or per rule)")  # fmt: skip
+        return None
+    responder = Responder()
+    # small batches: an action reaches its customer before the next few minutes of events
+    out = replay(events, profiles, rulebook=rulebook, churn=churn, contact=contact,
+                 responder=responder, batch_size=50)  # fmt: skip
+    loop = closed_loop_experiment(out, rulebook, responder, max(e.occurred_at for e in events))
+    print("\n" + format_closed_loop(loop))
+    return loop
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -321,6 +354,12 @@ def add_history_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         "--no-learning",
         action="store_true",
         help="no stream learner in the replay (FOREWARN_LEARNER__* configure it otherwise)",
+    )
+    ev.add_argument(
+        "--respond",
+        action="store_true",
+        help="replay again with simulated customers who respond to the actions, and report "
+        "what the outreach changed against the rulebook's holdouts (the closed loop)",
     )
     ev.add_argument(
         "--from",

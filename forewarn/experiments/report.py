@@ -103,6 +103,11 @@ class ChannelExperiment(Comparison):
 
 class RuleExperiment(Comparison):
     rule_id: str
+    #: customers with an episode in each arm: the unit the holdout assigns (a sticky hash
+    #: of the customer), so the sample-ratio check counts them, not episodes (a customer's
+    #: episodes are not independent draws)
+    treated_customers: int
+    holdout_customers: int
     expected_holdout_share: float | None
     sample_ratio_mismatch_p: float | None
     sample_ratio_mismatch: bool
@@ -141,6 +146,8 @@ class ExperimentTally(BaseModel):
     #: episodes whose contact window is still open, by the same key
     pending: dict[str, int] = Field(default_factory=dict)
     funnels: dict[str, FunnelTally] = Field(default_factory=dict)
+    #: customers with an episode, by ``rule|arm``
+    customers: dict[str, int] = Field(default_factory=dict)
     contacts: int = 0
     anticipated: int = 0
     lead_minutes: list[float] = Field(default_factory=list)
@@ -161,6 +168,8 @@ class ExperimentTally(BaseModel):
             self.add_arm(key, arm)
         for key, n in other.pending.items():
             self.pending[key] = self.pending.get(key, 0) + n
+        for key, n in other.customers.items():
+            self.customers[key] = self.customers.get(key, 0) + n
         for rule_id, funnel in other.funnels.items():
             self.add_funnel(rule_id, funnel)
         self.contacts += other.contacts
@@ -184,6 +193,11 @@ def tally(
     for ledger, watermark in ledgers:
         if watermark is not None and (t.as_of is None or watermark > t.as_of):
             t.as_of = watermark
+        assigned = {tuple(key.split("|")[::2]) for key in ledger.settled_arms}
+        assigned |= {(e.rule_id, e.arm) for e in ledger.episodes}
+        for rule_id, arm_name in assigned:
+            key = f"{rule_id}|{arm_name}"
+            t.customers[key] = t.customers.get(key, 0) + 1
         for key, arm in ledger.settled_arms.items():
             t.add_arm(key, arm)
         for key, funnel in ledger.settled_funnels.items():
@@ -306,8 +320,8 @@ def experiment_report(
     rules = []
     for rule_id in sorted(per_rule):
         c = per_rule[rule_id]
-        n_t = c.tally["treated"].episodes.get("contact", 0)
-        n_h = c.tally["holdout"].episodes.get("contact", 0)
+        n_t = t.customers.get(f"{rule_id}|treated", 0)
+        n_h = t.customers.get(f"{rule_id}|holdout", 0)
         share = shares.get(rule_id)
         srm = None if share is None else sample_ratio_mismatch(n_t, n_h, share)
         channels = [
@@ -318,6 +332,8 @@ def experiment_report(
         rules.append(
             RuleExperiment(
                 rule_id=rule_id,
+                treated_customers=n_t,
+                holdout_customers=n_h,
                 expected_holdout_share=share,
                 sample_ratio_mismatch_p=srm,
                 sample_ratio_mismatch=srm is not None and srm < SRM_ALARM,

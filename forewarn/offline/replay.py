@@ -25,11 +25,13 @@ from forewarn.models.contracts import (
     CustomerProfile,
     Decision,
     JourneyEvent,
+    Milestone,
     OutreachAction,
 )
 from forewarn.models.friction import FrictionConfig
 from forewarn.models.releases import ModelRelease
 from forewarn.models.risk import RiskModel
+from forewarn.offline.response import Responder
 from forewarn.pipeline.codecs import encode
 from forewarn.pipeline.harness import Harness
 from forewarn.pipeline.learner import ContactLearner
@@ -49,6 +51,10 @@ class Replay:
     assumed_consent: bool = False
     #: with a learner: every fit it made, accepted or refused, in order
     releases: list[ModelRelease] = field(default_factory=list)
+    #: support contacts, cancellations and purchases, as the milestones topic would hold them
+    milestones: list[Milestone] = field(default_factory=list)
+    #: with a responder: the events it prevented (the customers were reached first)
+    prevented: int = 0
 
 
 def permissive_profiles(events: Sequence[JourneyEvent]) -> list[CustomerProfile]:
@@ -71,13 +77,18 @@ def replay(
     releases: Sequence[ModelRelease] = (),
     learner: ContactLearner | None = None,
     sample_share: float = FEATURE_ROW_SHARE,
+    responder: Responder | None = None,
 ) -> Replay:
     """What the scoring worker would have published for this history (events in time order).
 
     ``contact``: a contact-risk model for every event; ``releases``: stream-learned versions,
     each applied from the time it names (a model history: the same decisions as the stream
     that used them); ``learner``: learn in the replay as ``forewarn learn`` would beside the
-    worker, from a ``sample_share`` of the moments without trouble.
+    worker, from a ``sample_share`` of the moments without trouble. ``responder``: the
+    customers respond to the actions (``offline/response.py``): each batch's actions reach
+    them before the next batch, and the support contacts and cancellations they prevent
+    never happen (keep batches small: an event in the same batch as its action is not
+    prevented).
     """
     if not events:
         return Replay(0)
@@ -93,10 +104,20 @@ def replay(
         engine.feature_rows = sample_share
     h.profiles(permissive_profiles(events) if profiles is None else profiles)
     made: list[ModelRelease] = []
+    milestones: list[Milestone] = []
+    prevented = 0
     for start in range(0, len(events), batch_size):
         chunk = events[start : start + batch_size]
         h.at(max(e.occurred_at for e in chunk))
+        if responder is not None:
+            kept = [e for e in chunk if responder.keeps(e)]
+            prevented += len(chunk) - len(kept)
+            chunk = kept
         result = h.feed(*chunk)
+        milestones += result.milestones.records
+        if responder is not None:
+            for a in result.actions:
+                responder.treat(a)
         if learner is None:
             continue
         for row in result.feature_rows:
@@ -109,7 +130,7 @@ def replay(
                 engine.serve(r.risk_model(), r.serves_from.timestamp())
     return Replay(
         len(events), h.actions, h.decisions, len(h.dead_letters), h.scored, profiles is None,
-        made,
+        made, milestones, prevented,
     )  # fmt: skip
 
 

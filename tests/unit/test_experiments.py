@@ -245,15 +245,18 @@ def test_coverage_and_lead_time_match_evaluates_definition() -> None:
     assert (cov.contacts, cov.anticipated, cov.median_lead_minutes) == (2, 1, 8.0)
 
 
-def test_the_sample_ratio_check_uses_the_configured_share() -> None:
+def test_the_sample_ratio_check_counts_customers_against_the_configured_share() -> None:
     ledgers: dict[str, CustomerLedger] = {}
     for i in range(500):
         feed(ledgers, decision(f"t{i}", 0))
         feed(ledgers, held_out(f"h{i}", 0))
+        feed(ledgers, held_out(f"h{i}", 60 * 25))  # a second episode: still one customer
     late = T0 + timedelta(days=20)
     counted = tally(((x, late) for x in ledgers.values()), W)
     bad = experiment_report(counted, {"payment_recovery": 0.1})
     good = experiment_report(counted, {"payment_recovery": 0.5})
+    assert (good.rules[0].treated_customers, good.rules[0].holdout_customers) == (500, 500)
+    assert (good.rules[0].treated, good.rules[0].holdout) == (500, 1000)
     assert bad.rules[0].sample_ratio_mismatch and not good.rules[0].sample_ratio_mismatch
 
 
