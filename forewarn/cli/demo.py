@@ -1,9 +1,11 @@
-"""``forewarn demo``: broker, topics, a scoring worker and a minute of simulated traffic,
-then a summary of what Forewarn did. Everything it starts, it stops (also on Ctrl-C).
+"""``forewarn demo``: broker, topics, a scoring worker, the feedback plane and a minute of
+simulated traffic from customers who respond to what they get, then a summary of what
+Forewarn did and what it changed. Everything it starts, it stops (also on Ctrl-C).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,15 +15,24 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from forewarn.cli.feedback import format_why
 from forewarn.models.contracts import DeadLetter, Decision, OutreachAction
 from forewarn.offline.measures import measure
+from forewarn.offline.response import TRUE_EFFECTS, TrueEffect
+from forewarn.rules.rulebook import (
+    Rulebook,
+    default_rulebook_path,
+    load_rulebook,
+    with_rule_holdouts,
+)
 from forewarn.streams.broker import EmbeddedBroker, free_port
 from forewarn.streams.settings import Settings, TopicNames, kafka_config
 from forewarn.streams.simulate import PublishStats, publish_live
@@ -68,8 +79,9 @@ def collect(settings: Settings, into: Collected, stop: threading.Event) -> None:
         consumer.close()
 
 
-def scrape(port: int) -> dict[str, float]:
-    """Sum of each metric family on a worker's /metrics, by family name."""
+def scrape(port: int, by_label: str | None = None) -> dict[str, float]:
+    """Sum of each metric family on a worker's /metrics, by family name (and, with
+    ``by_label``, also by ``name{value}`` of that label)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
             text = r.read().decode()
@@ -81,6 +93,9 @@ def scrape(port: int) -> dict[str, float]:
             if s.name.endswith(("_created", "_bucket")):
                 continue
             out[s.name] = out.get(s.name, 0.0) + s.value
+            if by_label and by_label in s.labels:
+                key = f"{s.name}{{{s.labels[by_label]}}}"
+                out[key] = out.get(key, 0.0) + s.value
     return out
 
 
@@ -161,6 +176,96 @@ def summary(out: TextIO, stats: PublishStats, got: Collected, wall: float) -> No
     )
 
 
+def experiments_summary(out: TextIO, report: dict[str, Any] | None, rulebook: Rulebook) -> None:
+    """Per rule: what its actions changed against its holdout, next to the simulator's truth."""
+
+    def p(*a: object) -> None:
+        print(*a, file=out)
+
+    p("\nWhat outreach changed (the feedback plane, against each rule's 25% holdout)")
+    if report is None:
+        p("  the feedback plane did not answer; see feedback.log")
+        return
+    playbooks = {r.id: r.action.playbook for r in rulebook.rules}
+    p(f"  {'rule':<18}{'treated':>8}{'held out':>9}{'pending':>8}"
+      f"{'contact risk ratio [95% CI]':>30}{'true per action':>17}")  # fmt: skip
+    for r in report["rules"]:
+        rr = r["measures"]["contact"]["risk_ratio"]
+        measured = (
+            "-" if rr["estimate"] is None
+            else f"{rr['estimate']:.2f}" if rr["low"] is None
+            else f"{rr['estimate']:.2f} [{rr['low']:.2f}, {rr['high']:.2f}]"
+        )  # fmt: skip
+        truth = TRUE_EFFECTS.get(playbooks.get(r["rule_id"], ""), TrueEffect()).contact
+        pending = r["pending_treated"] + r["pending_holdout"]
+        p(f"  {r['rule_id']:<18}{r['treated']:>8}{r['holdout']:>9}{pending:>8}"
+          f"{measured:>30}{f'-{truth:.0%}':>17}")  # fmt: skip
+    p(
+        "  Counted once a trigger's 24 h window has closed in simulated time. A minute of "
+        "traffic gives wide intervals, and the live effect is smaller than the truth: an "
+        "action reaches the simulated customer about a second (an hour of simulated time) "
+        "after its trigger. `forewarn evaluate --respond` measures it on a longer history."
+    )
+
+
+def why_not(out: TextIO, feedback_port: int, got: Collected) -> None:
+    """``forewarn why`` for a customer whose rule fired but who was held out."""
+    with got.lock:
+        held = [d for d in got.decisions if d.arm == "holdout"]
+    if not held:
+        return
+    cid = held[-1].customer_id
+    print(f"\nWhy did {cid} get no action? (forewarn why {cid})", file=out)
+    try:
+        url = f"http://127.0.0.1:{feedback_port}/customers/{cid}"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            body = json.loads(r.read())
+    except OSError:
+        print("  the feedback plane did not answer", file=out)
+        return
+    body["decisions"] = body["decisions"][:3]
+    print("  " + format_why(body).replace("\n", "\n  "), file=out)
+
+
+def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as f:
+        return subprocess.Popen(
+            [sys.executable, "-m", "forewarn.cli", *args],
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes] | None) -> int | None:
+    if proc is None or proc.poll() is not None:
+        return None if proc is None else proc.returncode
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(timeout=10)
+
+
+def _experiments(feedback_port: int, decisions: int, timeout: float = 60) -> dict[str, Any] | None:
+    """The feedback plane's report once it has read every decision (or the timeout)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        m = scrape(feedback_port, by_label="source")
+        if m.get("forewarn_feedback_records_total{decisions}", 0.0) >= decisions:
+            break
+        time.sleep(0.5)
+    try:
+        url = f"http://127.0.0.1:{feedback_port}/experiments"
+        with urllib.request.urlopen(url, timeout=30) as r:
+            report: dict[str, Any] = json.loads(r.read())
+            return report
+    except OSError:
+        return None
+
+
 def run_demo(
     *,
     duration: float = 60,
@@ -177,15 +282,17 @@ def run_demo(
 
     broker = EmbeddedBroker(log=workdir / "broker.log")
     worker: subprocess.Popen[bytes] | None = None
+    feedback: subprocess.Popen[bytes] | None = None
     stop = threading.Event()
     reader: threading.Thread | None = None
     got = Collected()
-    stats = PublishStats()
     t0 = time.monotonic()
     try:
         p(f"starting the embedded broker (Tansu, memory storage); logs in {workdir}")
         broker.start()
-        port = free_port()
+        port, feedback_port = free_port(), free_port()
+        rules = workdir / "rulebook.yaml"
+        rules.write_text(with_rule_holdouts(default_rulebook_path().read_text(), 25))
         settings = Settings(
             bootstrap_servers=broker.bootstrap,
             http_port=port,
@@ -200,70 +307,72 @@ def run_demo(
             "FOREWARN_HTTP_PORT": str(port),
             "FOREWARN_SESSION_TIMEOUT_MS": "6000",
             "FOREWARN_TOPICS__PARTITIONS": str(DEMO_PARTITIONS),
+            "FOREWARN_RULES_PATH": str(rules),
+            "FOREWARN_FEEDBACK_HTTP_PORT": str(feedback_port),
+            "FOREWARN_FEEDBACK__SESSION_TIMEOUT_SECONDS": "6",
         }
-        with open(workdir / "worker.log", "wb") as log:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "forewarn.cli", "score"],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
+        worker = _start(["score"], env, workdir / "worker.log")
+        feedback = _start(["feedback"], env, workdir / "feedback.log")
         reader = threading.Thread(target=collect, args=(settings, got, stop), daemon=True)
         reader.start()
         p(f"scoring worker started (pid {worker.pid}); metrics on http://127.0.0.1:{port}/metrics")
+        p(f"feedback plane started (pid {feedback.pid}); why and experiments on "
+          f"http://127.0.0.1:{feedback_port}")  # fmt: skip
+        p("the shipped rulebook, each rule holding out 25% of its customers; customers respond "
+          "to what they get and a simulated tool reports outcomes")  # fmt: skip
         p(f"simulating {customers:,} customers at {rate:,.0f} events/s for {duration:.0f} s\n")
-
-        last = [time.monotonic(), 0.0, 0]
-
-        def progress(s: PublishStats) -> None:
-            m = scrape(port)
-            scored = m.get("forewarn_events_total", 0.0)
-            now = time.monotonic()
-            with got.lock:
-                n_act, n_dead = len(got.actions), len(got.dead_letters)
-            dt = max(1e-6, now - last[0])
-            per_s = (scored - last[1]) / dt
-            p(
-                f"  {now - t0:5.0f}s  events in {_n(scored):>8} ({_n(per_s):>6}/s)"
-                f"  actions out {_n(n_act):>6} ({_n((n_act - last[2]) / dt):>4}/s)"
-                f"  dead letters {_n(n_dead):>4}  published {_n(s.events)}"
-            )
-            last[:] = [now, scored, n_act]
-
+        progress = _progress(p, port, got, t0)
         publish_started = time.monotonic()
-        stats = publish_live(
-            settings,
-            customers=customers,
-            rate=rate,
-            duration=duration,
-            seed=seed,
-            bad_rate=bad_rate,
-            on_progress=progress,
-        )
+        stats = publish_live(settings, customers=customers, rate=rate, duration=duration,
+                             seed=seed, bad_rate=bad_rate, on_progress=progress,
+                             respond=True)  # fmt: skip
         wall = time.monotonic() - publish_started
         p("\nsimulation done; waiting for the worker to catch up")
         if not caught_up(settings, timeout=120):
             p("the worker did not catch up within 120 s; the summary is partial")
         progress(stats)
-        worker.send_signal(signal.SIGTERM)
-        rc = worker.wait(timeout=60)
+        rc = _stop(worker)
         p(f"scoring worker stopped on SIGTERM (exit code {rc})")
         time.sleep(1.5)  # let the reader drain what the last batch produced
+        with got.lock:
+            n_decisions = len(got.decisions)
+        report = _experiments(feedback_port, n_decisions)
         summary(out, stats, got, wall)
+        experiments_summary(out, report, load_rulebook(rules))
+        why_not(out, feedback_port, got)
         return 0 if rc == 0 else 1
     except KeyboardInterrupt:
         p("\ninterrupted: stopping everything the demo started")
         return 0
     finally:
         stop.set()
-        if worker is not None and worker.poll() is None:
-            worker.terminate()
-            try:
-                worker.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        _stop(worker)
+        _stop(feedback)
         if reader is not None:
             reader.join(timeout=5)
         broker.stop()
-        p(f"stopped the worker and the broker ({time.monotonic() - t0:.0f} s in all)")
+        p(f"stopped the worker, the feedback plane and the broker "
+          f"({time.monotonic() - t0:.0f} s in all)")  # fmt: skip
+
+
+def _progress(
+    p: Callable[..., None], port: int, got: Collected, t0: float
+) -> Callable[[PublishStats], None]:
+    last = [time.monotonic(), 0.0, 0]
+
+    def progress(s: PublishStats) -> None:
+        m = scrape(port)
+        scored = m.get("forewarn_events_total", 0.0)
+        now = time.monotonic()
+        with got.lock:
+            n_act, n_dead = len(got.actions), len(got.dead_letters)
+        dt = max(1e-6, now - last[0])
+        per_s = (scored - last[1]) / dt
+        p(
+            f"  {now - t0:5.0f}s  events in {_n(scored):>8} ({_n(per_s):>6}/s)"
+            f"  actions out {_n(n_act):>6} ({_n((n_act - last[2]) / dt):>4}/s)"
+            f"  dead letters {_n(n_dead):>4}  published {_n(s.events)}"
+        )
+        last[:] = [now, scored, n_act]
+
+    return progress

@@ -120,11 +120,19 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         bad_rate=args.bad_rate,
         on_progress=lambda s: print(f"published {s.events:,} events", flush=True),
         world=WORLDS[args.world],
+        respond=args.respond,
     )
     print(
         f"published {stats.profiles:,} profiles and {stats.events:,} events to "
         f"{settings.topics.journey_events}; {sum(stats.bad.values())} malformed records"
     )
+    if args.respond:
+        prevented = ", ".join(f"{k} {v}" for k, v in stats.prevented.most_common()) or "none"
+        print(
+            f"customers responded to {stats.actions_received:,} actions; the simulated tool "
+            f"reported {stats.outcomes_reported:,} outcomes to {settings.topics.outcomes}; "
+            f"events prevented by playbook: {prevented}"
+        )
     return 0
 
 
@@ -194,6 +202,13 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=7)
     sim.add_argument(
         "--bad-rate", type=float, default=0.0, help="share of malformed records mixed in (live)"
+    )
+    sim.add_argument(
+        "--respond",
+        action="store_true",
+        help="live: customers respond to the actions the workers publish (some playbooks "
+        "prevent support contacts and cancellations), and a simulated marketing tool reports "
+        "outcomes to the outcomes topic: the closed loop the feedback plane measures",
     )
     sim.add_argument("--out", type=Path, help="write JSON Lines history here instead")
     sim.add_argument("--days", type=float, default=7, help="days of history (with --out)")

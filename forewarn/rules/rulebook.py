@@ -344,3 +344,21 @@ def load_rulebook(path: Path | None = None) -> Rulebook:
 
 def load_rulebook_text(text: str, file: str = "<rulebook>") -> Rulebook:
     return load_yaml_text(text, Rulebook, file)
+
+
+def with_rule_holdouts(text: str, percent: float) -> str:
+    """The rulebook ``text`` with every rule holding out ``percent`` of its customers (its
+    own sticky group), so that each rule's experiment compares its own action against
+    none; a global holdout compares the whole programme against nothing.
+
+    >>> book = load_rulebook_text(with_rule_holdouts(default_rulebook_path().read_text(), 25))
+    >>> {r.policies.holdout_percent for r in book.rules}
+    {25.0}
+    """
+    import yaml
+
+    data = yaml.safe_load(text)
+    for rule in data.get("rules", []):
+        rule.setdefault("policies", {})["holdout_percent"] = percent
+    data["version"] = f"{data.get('version', 'rulebook')}+holdout{percent:g}"
+    return str(yaml.safe_dump(data, sort_keys=False))

@@ -12,14 +12,16 @@ from __future__ import annotations
 import random
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from confluent_kafka import Producer
+from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
-from forewarn.models.contracts import CustomerProfile, JourneyEvent
+from forewarn.models.contracts import CustomerProfile, JourneyEvent, OutreachAction
+from forewarn.offline.response import Responder
 from forewarn.offline.samples import (
     BAD_KINDS,
     as_cloudevent_binary,
@@ -30,6 +32,7 @@ from forewarn.offline.simulator import JourneySimulator, span_for
 from forewarn.offline.worlds import OURS, World
 from forewarn.pipeline.codecs import Headers, encode
 from forewarn.streams.settings import Settings, kafka_config
+from forewarn.streams.topics import existing_partitions
 
 
 @dataclass(slots=True)
@@ -41,6 +44,74 @@ class PublishStats:
     #: (customer id, time) of every simulated support contact: the ground truth
     support_contacts: list[tuple[str, datetime]] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
+    #: with ``respond``: actions received, outcomes reported, events the actions prevented
+    actions_received: int = 0
+    outcomes_reported: int = 0
+    prevented: Counter[str] = field(default_factory=Counter)
+
+
+class RespondingCustomers:
+    """The live closed loop: reads the actions the workers publish, lets the simulated
+    customers respond to them (``offline/response.py``) and the simulated marketing tool
+    report outcomes on the outcomes topic.
+
+    An action reaches its customer when the simulator reads it, so events published in
+    the worker's latency (about a second, an hour or so of simulated time) are not
+    prevented: the live effect is smaller than the truth per action.
+    """
+
+    def __init__(self, settings: Settings, responder: Responder | None = None) -> None:
+        self.responder = responder or Responder()
+        self.topics = settings.topics
+        self.consumer = Consumer(
+            kafka_config(
+                settings,
+                "consumer",
+                **{
+                    "group.id": f"forewarn-simulator-{uuid.uuid4().hex[:8]}",
+                    "enable.partition.eof": False,
+                },
+            )
+        )
+        parts = existing_partitions(self.consumer).get(self.topics.actions, 0)
+        self.consumer.assign(
+            [TopicPartition(self.topics.actions, p, OFFSET_END) for p in range(parts)]
+        )
+        self.producer = Producer(kafka_config(settings, "producer"))
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.actions = self.outcomes = 0
+        self.thread = threading.Thread(target=self._run, name="responding-customers", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            for m in self.consumer.consume(500, 0.2):
+                if m.error() is not None:
+                    continue
+                try:
+                    action = OutreachAction.model_validate_json(m.value() or b"")
+                except ValueError:
+                    continue
+                with self.lock:
+                    self.responder.treat(action)
+                    self.actions += 1
+                for o in self.responder.outcomes(action):
+                    produce_record(self.producer, self.topics.outcomes, o.customer_id.encode(),
+                                   encode(o))  # fmt: skip
+                    self.outcomes += 1
+
+    def keeps(self, event: JourneyEvent) -> bool:
+        with self.lock:
+            return self.responder.keeps(event)
+
+    def close(self, stats: PublishStats) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=10)
+        self.consumer.close()
+        self.producer.flush(30)
+        stats.actions_received, stats.outcomes_reported = self.actions, self.outcomes
+        stats.prevented.update(self.responder.prevented)
 
 
 def publish_live(
@@ -55,15 +126,41 @@ def publish_live(
     stop: threading.Event | None = None,
     on_progress: Callable[[PublishStats], None] | None = None,
     world: World = OURS,
+    respond: bool = False,
 ) -> PublishStats:
-    """Publish profiles, then about ``rate`` events/s for ``duration`` seconds."""
+    """Publish profiles, then about ``rate`` events/s for ``duration`` seconds; with
+    ``respond``, customers respond to the actions they get (``RespondingCustomers``)."""
     stop = stop or threading.Event()
+    responding = RespondingCustomers(settings) if respond else None
+    stats = PublishStats()
+    try:
+        _publish(settings, stats, customers, rate, duration, seed, bad_rate, cloudevents_share,
+                 stop, on_progress, world, responding)  # fmt: skip
+    finally:
+        if responding is not None:
+            responding.close(stats)
+    return stats
+
+
+def _publish(
+    settings: Settings,
+    stats: PublishStats,
+    customers: int,
+    rate: float,
+    duration: float,
+    seed: int,
+    bad_rate: float,
+    cloudevents_share: float,
+    stop: threading.Event,
+    on_progress: Callable[[PublishStats], None] | None,
+    world: World,
+    responding: RespondingCustomers | None,
+) -> None:
     producer = Producer(kafka_config(settings, "producer"))
     topics = settings.topics
     span = span_for(int(rate * duration), customers)
     now = datetime.now(UTC)
     sim = JourneySimulator(customers, seed, start=now - span, span=span, world=world)
-    stats = PublishStats()
     for p in sim.profiles():
         producer.produce(topics.customer_profiles, key=p.customer_id.encode(), value=encode(p))
         stats.profiles += 1
@@ -80,6 +177,8 @@ def publish_live(
         ahead = stats.events / rate - elapsed
         if ahead > 0.01:
             time.sleep(ahead)
+        if responding is not None and not responding.keeps(e):
+            continue  # an action reached the customer first: this never happens
         r = rng.random()
         if r < cloudevents_share / 2:
             key, value, headers = as_cloudevent_binary(e)
@@ -102,7 +201,6 @@ def publish_live(
             last_progress = time.monotonic()
             on_progress(stats)
     producer.flush(30)
-    return stats
 
 
 def publish_backlog(

@@ -6,14 +6,17 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import yaml
-
 from forewarn.models.contracts import JourneyEvent, OutcomeKind
 from forewarn.offline.experiment import ClosedLoop, closed_loop_experiment, format_closed_loop
 from forewarn.offline.replay import replay
 from forewarn.offline.response import TRUE_EFFECTS, Responder, TrueEffect
 from forewarn.offline.simulator import JourneySimulator
-from forewarn.rules.rulebook import Rulebook, default_rulebook_path, load_rulebook_text
+from forewarn.rules.rulebook import (
+    Rulebook,
+    default_rulebook_path,
+    load_rulebook_text,
+    with_rule_holdouts,
+)
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
 DAYS = 14
@@ -21,12 +24,9 @@ DAYS = 14
 
 def per_rule_holdouts(percent: float) -> Rulebook:
     """The shipped rulebook with every rule holding out its own share of customers: each
-    rule's arms differ only by that rule's action (a global holdout would compare the whole
-    programme against nothing)."""
-    book = yaml.safe_load(default_rulebook_path().read_text())
-    for rule in book["rules"]:
-        rule.setdefault("policies", {})["holdout_percent"] = percent
-    return load_rulebook_text(yaml.safe_dump(book), "per-rule-holdouts.yaml")
+    rule's arms differ only by that rule's action."""
+    text = with_rule_holdouts(default_rulebook_path().read_text(), percent)
+    return load_rulebook_text(text, "per-rule-holdouts.yaml")
 
 
 @pytest.fixture(scope="module")
