@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from forewarn.models.contracts import JourneyEvent, OutcomeKind
 from forewarn.offline.experiment import ClosedLoop, closed_loop_experiment, format_closed_loop
 from forewarn.offline.replay import replay
