@@ -7,6 +7,7 @@ restart count nothing twice."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -305,6 +306,27 @@ def test_the_feedback_plane_counts_what_a_scoring_worker_decided(
     }
     assert fb.get("/customers/nobody-at-all")[0] == 404
 
+    # the same for a person in a terminal
+    cli = [sys.executable, "-m", "forewarn.cli"]
+    shown = subprocess.run([*cli, "experiments", "--url", fb.url], capture_output=True,
+                           text=True, timeout=60, check=True).stdout  # fmt: skip
+    assert all(r["rule_id"] in shown for r in report["rules"])
+    told = subprocess.run([*cli, "why", someone, "--url", fb.url], capture_output=True,
+                          text=True, timeout=60, check=True).stdout  # fmt: skip
+    assert f"customer {someone}" in told and decisions[0].rule_id in told
+    missing = subprocess.run([*cli, "why", "nobody-at-all", "--url", fb.url],
+                             capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert missing.returncode == 1 and "no record of customer" in missing.stderr
+
+    # its metrics pass Prometheus's own check and never name a customer
+    _, text = fb.get("/metrics")
+    assert someone not in text
+    promtool = shutil.which("promtool")
+    if promtool is not None:
+        check = subprocess.run([promtool, "check", "metrics"], input=text, text=True,
+                               capture_output=True, timeout=30, check=False)  # fmt: skip
+        assert check.returncode == 0, check.stdout + check.stderr
+
     # a restart recovers the tables; a replay of every decision counts nothing twice
     fb.stop()
     fb.start()
@@ -366,12 +388,9 @@ def test_an_aborted_transaction_is_not_counted_twice(
     p.commit_transaction(10)
     produce(s, s.topics.milestones, clock_records(s, datetime(2026, 4, 1, tzinfo=UTC)))
     wait_for(
-        lambda: (
-            fb.get("/experiments")[1]["as_of"] is not None
-            and fb.get("/experiments")[1]["rules"] != []
-        ),
+        lambda: fb.get("/experiments")[1]["as_of"] == "2026-04-01T00:00:00Z",
         60,
-        "the decision is counted",
+        "every partition reached the clock",
         fb,
     )
     rules = fb.get("/experiments")[1]["rules"]
