@@ -188,7 +188,7 @@ def experiments_summary(out: TextIO, report: dict[str, Any] | None, rulebook: Ru
         return
     playbooks = {r.id: r.action.playbook for r in rulebook.rules}
     p(f"  {'rule':<18}{'treated':>8}{'held out':>9}{'pending':>8}"
-      f"{'contact risk ratio [95% CI]':>30}{'true per action':>17}")  # fmt: skip
+      f"{'contact risk ratio [95% CI]':>30}{'true ratio per action':>23}")  # fmt: skip
     for r in report["rules"]:
         rr = r["measures"]["contact"]["risk_ratio"]
         measured = (
@@ -199,7 +199,7 @@ def experiments_summary(out: TextIO, report: dict[str, Any] | None, rulebook: Ru
         truth = TRUE_EFFECTS.get(playbooks.get(r["rule_id"], ""), TrueEffect()).contact
         pending = r["pending_treated"] + r["pending_holdout"]
         p(f"  {r['rule_id']:<18}{r['treated']:>8}{r['holdout']:>9}{pending:>8}"
-          f"{measured:>30}{f'-{truth:.0%}':>17}")  # fmt: skip
+          f"{measured:>30}{f'{1 - truth:.2f}':>23}")  # fmt: skip
     p(
         "  Counted once a trigger's 24 h window has closed in simulated time. A minute of "
         "traffic gives wide intervals, and the live effect is smaller than the truth: an "

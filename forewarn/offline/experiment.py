@@ -106,7 +106,7 @@ def format_closed_loop(loop: ClosedLoop) -> str:
         "what outreach changed (support contacts within 24 h, treated vs held out; the "
         "simulator's truth per action beside it)",
         f"{'rule':<20}{'playbook':<18}{'treated':>8}{'holdout':>8}"
-        f"{'contact risk ratio [95% CI]':>30}{'true per action':>17}",
+        f"{'contact risk ratio [95% CI]':>30}{'true ratio per action':>23}",
     ]
     rows: Sequence[RuleTruth] = loop.rules
     for r in rows:
@@ -114,7 +114,7 @@ def format_closed_loop(loop: ClosedLoop) -> str:
         lines.append(
             f"{r.rule_id:<20}{r.playbook:<18}{r.measured.treated:>8}{r.measured.holdout:>8}"
             f"{_interval(rr.low, rr.high, rr.estimate):>30}"
-            f"{f'-{r.true_contact_effect:.0%}':>17}"
+            f"{f'{1 - r.true_contact_effect:.2f}':>23}"
         )
     lines.append(
         "a risk ratio of 0.70 means 30% fewer contacts; the measured ratio is diluted "

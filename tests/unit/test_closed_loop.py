@@ -72,7 +72,7 @@ def test_the_simulated_tool_reports_a_funnel_and_the_report_counts_it(loop: Clos
         assert f.outcomes.get(OutcomeKind.clicked, 0) <= f.outcomes.get(OutcomeKind.opened, 0)
     assert sum(f.outcomes.get(OutcomeKind.opened, 0) for f in funnel.values()) > 0
     text = format_closed_loop(loop)
-    assert "payment_recovery" in text and "-40%" in text
+    assert "payment_recovery" in text and "0.60" in text
 
 
 def test_a_responder_prevents_only_within_the_window_after_the_action_arrives() -> None:
