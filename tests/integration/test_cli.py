@@ -132,9 +132,12 @@ def test_demo_runs_end_to_end_and_stops_what_it_started(tmp_path: Path) -> None:
         "Dead letters by reason:",
         "Proactive coverage:",
         "scoring worker stopped on SIGTERM (exit code 0)",
+        "What outreach changed (the feedback plane",
     ):
         assert heading in out
     assert "why: triggered by" in out
+    feedback_pid = int(out.split("feedback plane started (pid ")[1].split(")")[0])
+    assert _pid_gone(feedback_pid)
     broker_port = out.split("broker on 127.0.0.1:")[1].split()[0]
     with pytest.raises(OSError):  # the broker it started is gone
         import socket
@@ -184,8 +187,10 @@ def test_demo_on_ctrl_c_stops_everything_and_exits_0() -> None:
     assert "interrupted: stopping everything the demo started" in out
     broker_port = int(out.split("broker on 127.0.0.1:")[1].split()[0])
     worker_pid = int(out.split("scoring worker started (pid ")[1].split(")")[0])
+    feedback_pid = int(out.split("feedback plane started (pid ")[1].split(")")[0])
     assert _port_closed(broker_port)
     assert _pid_gone(worker_pid)
+    assert _pid_gone(feedback_pid)
 
 
 def test_broker_command_runs_in_the_foreground_until_interrupted() -> None:
