@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
@@ -91,3 +92,17 @@ def test_the_experiments_view_reports_the_ledgers() -> None:
     assert (rule["treated"], rule["holdout"]) == (1, 1)
     assert rule["measures"]["contact"]["holdout_events"] == 1
     assert rule["contact_rate_difference"]["estimate"] == -1.0
+
+
+def test_with_a_state_dir_the_ledgers_live_in_rocksdb(tmp_path: Path) -> None:
+    p = build_feedback_app(Settings(state_dir=tmp_path))
+    p.app.finalize()
+    p.app.flow_control.resume()
+
+    async def run() -> None:
+        async with p.app.agents["forewarn.feedback.ledger"].test_context() as agent:
+            await agent.put(wrap(decision("c1", 0), 0), key=b"c1")
+
+    asyncio.run(run())
+    assert p.ledger_of("c1") is not None
+    assert (tmp_path / "feedback" / "v1" / "tables" / "ledgers-0.db").is_dir()

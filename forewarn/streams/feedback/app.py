@@ -271,12 +271,16 @@ def build_feedback_app(settings: Settings, *, store: str | None = None) -> Feedb
     under ``FOREWARN_STATE_DIR`` when it is set, memory otherwise."""
     config = faust_config(settings)
     topics = settings.topics
+    datadir = None
+    if settings.state_dir is not None:
+        datadir = settings.state_dir / "feedback"
+        datadir.mkdir(parents=True, exist_ok=True)
     if store is None:
-        store = "rocksdb://" if settings.state_dir else "memory://"
+        store = "rocksdb://" if datadir is not None else "memory://"
     app = _App(
         settings.feedback.group_id,
         store=store,
-        datadir=str(settings.state_dir / "feedback") if settings.state_dir else None,
+        datadir=None if datadir is None else str(datadir),
         # a standby copy would be counted as the worker's own in the report's scan
         table_standby_replicas=0,
         consumer_auto_offset_reset="earliest",

@@ -116,12 +116,9 @@ def add_views(plane: FeedbackApp) -> None:
         report = await whole_report()
         for rule in report.rules:
             if rule.rule_id == rule_id:
-                body = {"as_of": report.as_of, "rules": [rule]}
+                one = report.model_copy(update={"rules": [rule]})
                 return web.bytes(
-                    type(report)
-                    .model_validate({**report.model_dump(), **body})
-                    .model_dump_json(include={"as_of", "rules"})
-                    .encode(),
+                    one.model_dump_json(include={"as_of", "rules"}).encode(),
                     content_type="application/json",
                 )
         return web.json({"rule_id": rule_id, "error": "no assignments for this rule"},
