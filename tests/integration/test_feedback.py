@@ -397,3 +397,46 @@ def test_an_aborted_transaction_is_not_counted_twice(
     assert [(r["rule_id"], r["treated"], r["holdout"]) for r in rules] == [
         ("payment_recovery", 1, 0)
     ]
+
+
+def test_the_responding_simulator_closes_the_loop_through_the_feedback_plane(
+    make_settings: Callable[..., Settings],
+    start_worker: Callable[[Settings], Any],
+    feedback: Callable[[Settings], FeedbackProcess],
+    holdout_rules: Path,
+) -> None:
+    """``simulate --respond``: customers respond to the actions a live worker publishes and
+    the simulated tool reports outcomes; the feedback plane counts every one of them."""
+    from forewarn.streams.simulate import publish_live
+
+    s = feedback_settings(make_settings, rules_path=holdout_rules)
+    start_worker(s)
+    fb = feedback(s)
+    stats = publish_live(s, customers=300, rate=800, duration=12, seed=4, respond=True)
+    assert stats.actions_received > 0 and stats.outcomes_reported >= stats.actions_received
+    wait_committed(s, stats.events + sum(stats.bad.values()), timeout=120)
+    decisions = read_all(s, s.topics.decisions)
+    outcomes = read_all(s, s.topics.outcomes)
+    assert len(outcomes) == stats.outcomes_reported
+    wait_for(
+        lambda: (
+            fb.metric("forewarn_feedback_records_total", source="decisions", result="counted")
+            == len(decisions)
+            and fb.metric("forewarn_feedback_records_total", source="outcomes", result="counted")
+            == len(outcomes)
+        ),
+        90,
+        "every decision and outcome is in a ledger",
+        fb,
+    )
+    _, report = fb.get("/experiments")
+    funnel = {r["rule_id"]: r["funnel"] for r in report["rules"]}
+    delivered_or_bounced = sum(
+        f["outcomes"].get("delivered", 0) + f["outcomes"].get("bounced", 0) for f in funnel.values()
+    )
+    actions = read_all(s, s.topics.actions)
+    # every action the simulator saw was reported delivered or bounced (it may have missed
+    # the first actions while it joined: never more than were published)
+    assert stats.actions_received <= len(actions)
+    assert delivered_or_bounced == stats.actions_received
+    assert headline(report) == headline(expected_report(s, datetime.fromisoformat(report["as_of"])))

