@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from forewarn.models.contracts import Milestone, Outcome
+from forewarn.models.contracts import Milestone, Outcome, OutcomeKind
 from forewarn.pipeline.codecs import RawRecord, encode
 from forewarn.streams.feedback.app import FeedbackApp, build_feedback_app, envelope
 from forewarn.streams.settings import Settings
@@ -45,7 +45,9 @@ def test_the_ledger_agent_folds_records_once_and_moves_stream_time() -> None:
     d, h = decision("c1", 0), held_out("c2", 0)
     opened = Outcome(action_id=d.action.action_id, customer_id="c1", kind="opened",
                      at=T0 + timedelta(minutes=5))  # fmt: skip
-    records: list[Any] = [d, d, h, contact("c2", 30), contact("c2", 30), opened]
+    # a tool whose clock runs ten days ahead does not move stream time
+    clicked = opened.model_copy(update={"kind": OutcomeKind.clicked, "at": T0 + timedelta(days=10)})
+    records: list[Any] = [d, d, h, contact("c2", 30), contact("c2", 30), opened, opened, clicked]
 
     async def run() -> None:
         async with p.app.agents["forewarn.feedback.ledger"].test_context() as agent:
@@ -58,14 +60,15 @@ def test_the_ledger_agent_folds_records_once_and_moves_stream_time() -> None:
         ("decisions", "duplicate"): 1,
         ("milestones", "counted"): 1,
         ("milestones", "duplicate"): 1,
-        ("outcomes", "counted"): 1,
+        ("outcomes", "counted"): 2,
+        ("outcomes", "duplicate"): 1,
     }
     found = p.ledger_of("c1")
     assert found is not None
     ledger, watermark = found
     assert watermark == T0 + timedelta(minutes=30)  # the latest record's time on partition 0
     assert [e.arm for e in ledger.episodes] == ["treated"]
-    assert ledger.actions[d.action.action_id].outcomes.keys() == {"opened"}
+    assert ledger.actions[d.action.action_id].outcomes.keys() == {"opened", "clicked"}
     report = p.local_tally()
     assert report.pending == {"payment_recovery|email|treated": 1,
                               "payment_recovery|email|holdout": 1}  # fmt: skip

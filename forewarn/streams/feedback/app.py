@@ -131,7 +131,8 @@ def open_envelope(value: bytes) -> tuple[bytes, RawRecord]:
 
 
 def record_time(record: Decision | Outcome | Milestone) -> datetime:
-    """A record's place in stream time (the trigger's time for a decision)."""
+    """A record's time (the trigger's time for a decision); decisions and milestones move
+    their partition's stream time."""
     if isinstance(record, Decision):
         return record.action.triggered_at
     if isinstance(record, Outcome):
@@ -198,6 +199,7 @@ class FeedbackApp:
         except (Rejected, KeyError) as e:  # the intake checked it: only a foreign writer
             reason = e.reason if isinstance(e, Rejected) else DeadLetterReason.schema_violation
             await self.refuse(rec, reason, str(e))
+            self.metrics.records.labels(source, "dead_letter").inc()
             return
         cid = record.customer_id
         raw = self.ledgers.get(cid.encode())
@@ -207,14 +209,21 @@ class FeedbackApp:
         elif isinstance(record, Milestone):
             changed = record_milestone(ledger, record, self.windows)
         else:
+            mark = ledger.actions.get(record.action_id)
+            changed = mark is None or record.kind not in mark.outcomes
             problem = record_outcome(ledger, record, self.windows)
             if problem is not None:
                 await self.refuse(rec, DeadLetterReason(problem.value), problem.value)
                 self.metrics.records.labels(source, "dead_letter").inc()
                 return
-            changed = True
         p = str(partition)
-        watermark = self._advance(p, record_time(record))
+        # stream time is what the scoring workers saw; a tool's clock does not move it (a
+        # tool reporting in wall time during a backfill would close every window at once)
+        before = self.watermark(partition)
+        if isinstance(record, Outcome):
+            watermark = before or record_time(record)
+        else:
+            watermark = self._advance(p, record_time(record))
         self.metrics.watermark.labels(p).set(watermark.timestamp())
         await self._settle(cid, ledger, partition, watermark)
         waiting = self._orphaned(p)
