@@ -8,7 +8,7 @@ import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from forewarn.models.config_file import ConfigFileError
 from forewarn.models.contracts import CustomerProfile, JourneyEvent
@@ -18,6 +18,7 @@ from forewarn.rules.rulebook import Rulebook
 if TYPE_CHECKING:  # imported where used: every command would pay for scikit-learn
     from forewarn.models.friction import FrictionConfig
     from forewarn.offline.experiment import ClosedLoop
+    from forewarn.offline.response import TrueEffect
     from forewarn.pipeline.learner import LearnerSettings
 
 
@@ -177,7 +178,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     data = report.to_json()
     print(format_report(report))
     if args.respond:
-        loop = _closed_loop(events, profiles, rulebook, churn, contact)
+        loop = _closed_loop(events, profiles, rulebook, churn, contact, dict(args.effect))
         data["closed_loop"] = None if loop is None else loop.model_dump(mode="json")
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(json.dumps(data, indent=2) + "\n")
@@ -191,12 +192,13 @@ def _closed_loop(
     rulebook: Rulebook,
     churn: RiskModel | None,
     contact: RiskModel | None,
+    effects: dict[str, TrueEffect],
 ) -> ClosedLoop | None:
     """The history again, with customers who respond to the actions: what the outreach
     changed against the holdouts, next to the simulator's truth."""
     from forewarn.offline.experiment import closed_loop_experiment, format_closed_loop
     from forewarn.offline.replay import replay
-    from forewarn.offline.response import Responder
+    from forewarn.offline.response import TRUE_EFFECTS, Responder
 
     if rulebook.holdout_percent == 0 and not any(
         r.policies.holdout_percent for r in rulebook.rules
@@ -204,7 +206,7 @@ def _closed_loop(
         print("\n--respond: the rulebook holds nobody out, so there is nothing to compare "
               "with (set holdout_percent, globally or per rule)")  # fmt: skip
         return None
-    responder = Responder()
+    responder = Responder({**TRUE_EFFECTS, **effects})
     # small batches: an action reaches its customer before the next few minutes of events
     out = replay(events, profiles, rulebook=rulebook, churn=churn, contact=contact,
                  responder=responder, batch_size=50)  # fmt: skip
@@ -297,6 +299,27 @@ def aware_time(text: str) -> datetime:
     return at
 
 
+def _effect(text: str) -> tuple[str, TrueEffect]:
+    from forewarn.offline.response import true_effect
+
+    try:
+        return true_effect(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
+#: ``--effect`` for the commands with customers who respond (``simulate``, ``evaluate``)
+EFFECT_ARGUMENT: dict[str, Any] = {
+    "type": _effect,
+    "action": "append",
+    "default": [],
+    "metavar": "PLAYBOOK=CONTACT[:CANCELLATION]",
+    "help": "with --respond: a playbook's true effect, the share of support contacts (and "
+    "cancellations) one action prevents, e.g. payment_recovery=0.4 (repeat it; default: "
+    "the simulator's own, two playbooks with none)",
+}
+
+
 def add_history_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     def history_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--events", type=Path, required=True, help="history: JSON Lines or CSV")
@@ -361,6 +384,7 @@ def add_history_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         help="replay again with simulated customers who respond to the actions, and report "
         "what the outreach changed against the rulebook's holdouts (the closed loop)",
     )
+    ev.add_argument("--effect", **EFFECT_ARGUMENT)
     ev.add_argument(
         "--from",
         dest="measure_from",

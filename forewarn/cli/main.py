@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 from pydantic import ValidationError
 
 from forewarn.cli.feedback import add_feedback_commands
-from forewarn.cli.history import add_history_commands, aware_time
+from forewarn.cli.history import EFFECT_ARGUMENT, add_history_commands, aware_time
 from forewarn.errors import ForewarnError
 from forewarn.models.contracts import write_json_schemas
 from forewarn.offline.worlds import WORLDS
@@ -121,6 +121,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         on_progress=lambda s: print(f"published {s.events:,} events", flush=True),
         world=WORLDS[args.world],
         respond=args.respond,
+        effects=dict(args.effect),
     )
     print(
         f"published {stats.profiles:,} profiles and {stats.events:,} events to "
@@ -210,6 +211,7 @@ def parser() -> argparse.ArgumentParser:
         "prevent support contacts and cancellations), and a simulated marketing tool reports "
         "outcomes to the outcomes topic: the closed loop the feedback plane measures",
     )
+    sim.add_argument("--effect", **EFFECT_ARGUMENT)
     sim.add_argument("--out", type=Path, help="write JSON Lines history here instead")
     sim.add_argument("--days", type=float, default=7, help="days of history (with --out)")
     sim.add_argument("--start", type=aware_time, help="history start (default: --days ago)")

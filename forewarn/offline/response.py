@@ -55,6 +55,23 @@ TRUE_EFFECTS: dict[str, TrueEffect] = {
     "in_session_help": TrueEffect(),
 }
 
+
+def true_effect(text: str) -> tuple[str, TrueEffect]:
+    """A playbook's true effect from the command line: ``playbook=CONTACT[:CANCELLATION]``,
+    relative reductions between 0 and 1.
+
+    >>> true_effect("retention_offer=0.1:0.3")
+    ('retention_offer', TrueEffect(contact=0.1, cancellation=0.3))
+    """
+    playbook, sep, numbers = text.partition("=")
+    if not sep or not playbook:
+        raise ValueError(
+            f"{text!r}: give playbook=CONTACT[:CANCELLATION], e.g. payment_recovery=0.4"
+        )
+    contact, _, cancellation = numbers.partition(":")
+    return playbook, TrueEffect(contact=float(contact), cancellation=float(cancellation or 0))
+
+
 #: (delivered, opened | delivered, clicked | opened, converted | clicked) by channel
 _FUNNEL: dict[str, tuple[float, float, float, float]] = {
     "email": (0.97, 0.35, 0.2, 0.1),

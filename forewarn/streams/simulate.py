@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
 from forewarn.models.contracts import CustomerProfile, JourneyEvent, OutreachAction
-from forewarn.offline.response import Responder
+from forewarn.offline.response import TRUE_EFFECTS, Responder, TrueEffect
 from forewarn.offline.samples import (
     BAD_KINDS,
     as_cloudevent_binary,
@@ -127,11 +127,14 @@ def publish_live(
     on_progress: Callable[[PublishStats], None] | None = None,
     world: World = OURS,
     respond: bool = False,
+    effects: dict[str, TrueEffect] | None = None,
 ) -> PublishStats:
     """Publish profiles, then about ``rate`` events/s for ``duration`` seconds; with
-    ``respond``, customers respond to the actions they get (``RespondingCustomers``)."""
+    ``respond``, customers respond to the actions they get (``RespondingCustomers``), with
+    ``effects`` per playbook (default: ``TRUE_EFFECTS``)."""
     stop = stop or threading.Event()
-    responding = RespondingCustomers(settings) if respond else None
+    responder = Responder({**TRUE_EFFECTS, **(effects or {})})
+    responding = RespondingCustomers(settings, responder) if respond else None
     stats = PublishStats()
     try:
         _publish(settings, stats, customers, rate, duration, seed, bad_rate, cloudevents_share,

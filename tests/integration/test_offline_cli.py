@@ -114,3 +114,35 @@ def test_contact_risk_offline_against_learned_measured_from_a_time_on(tmp_path: 
     fits = [ModelRelease.model_validate_json(x) for x in (out / "models.jsonl").open("rb")]
     assert [f.fitted_at.day for f in fits] == [2, 3, 4, 5, 6], "a fit a day, accepted or not"
     assert "fits" in r.stdout
+
+
+def test_evaluate_respond_closes_the_loop_with_the_effects_given(tmp_path: Path) -> None:
+    from forewarn.rules.rulebook import default_rulebook_path, with_rule_holdouts
+
+    history = tmp_path / "h.jsonl"
+    r = forewarn("simulate", "--out", history, "--days", 5, "--customers", 400, "--seed", 8,
+                 "--start", "2026-05-01T00:00:00+00:00")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rules = tmp_path / "holdouts.yaml"
+    rules.write_text(with_rule_holdouts(default_rulebook_path().read_text(), 30))
+    report = tmp_path / "r.json"
+    r = forewarn("evaluate", "--events", history, "--rules", rules, "--report", report,
+                 "--no-learning", "--respond", "--effect", "payment_recovery=1.0",
+                 "--effect", "checkout_assist=0")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "what outreach changed" in r.stdout
+    loop = json.loads(report.read_text())["closed_loop"]
+    truth = {x["rule_id"]: x["true_contact_effect"] for x in loop["rules"]}
+    assert truth["payment_recovery"] == 1.0 and truth["checkout_assist"] == 0.0
+    assert truth["delivery_apology"] == 0.35  # the simulator's own where none is given
+    assert loop["prevented"].get("payment_recovery", 0) > 0
+    assert "checkout_assist" not in loop["prevented"]
+
+    r = forewarn("evaluate", "--events", history, "--report", report, "--no-learning",
+                 "--respond")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "holds nobody out" in r.stdout
+    assert json.loads(report.read_text())["closed_loop"] is None
+    r = forewarn("evaluate", "--events", history, "--report", report, "--respond",
+                 "--effect", "payment_recovery")  # fmt: skip
+    assert r.returncode == 2 and "give playbook=CONTACT" in r.stderr
