@@ -24,6 +24,11 @@ One run, one data set, baselines measured in the same run on the same broker:
                            reason in the normal pass, so the rate stays near the clean one
                            (before issue 9, one such record cost a changelog re-read and a
                            record-by-record replay of its batch).
+* ``feedback plane``       ``forewarn feedback`` (a process) counting a backlog of decisions,
+                           outcomes and milestones (bench/feedback_plane.py): its records/s,
+                           and the journey events per second it can follow given what the
+                           scoring worker published per event in the same run, next to the
+                           worker's events/s. ``--only feedback`` runs this step alone.
 
 Also: restore speed (a fresh worker reading the changelog the exactly-once run wrote) and
 the size of one customer's serialized state.
@@ -49,9 +54,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-from forewarn.models.contracts import DeadLetterReason
+# bench/feedback_plane.py, beside this script
+from feedback_plane import (
+    FeedbackRun,
+    JourneyMix,
+    feedback_load,
+    feedback_summary,
+    run_feedback,
+)
+
+from forewarn.models.contracts import CustomerProfile, DeadLetterReason, JourneyEvent
 from forewarn.models.features import CONTACT_FEATURES
 from forewarn.models.risk import (
     LinearModel,
@@ -147,6 +161,74 @@ def run_worker(settings: Settings, n: int) -> float:
     worker.stop()
     thread.join(30)
     return elapsed
+
+
+def count_published(settings: Settings, topic: str) -> int:
+    """Committed records on ``topic``, read from its start to its end."""
+    c = Consumer(
+        kafka_config(
+            settings,
+            "consumer",
+            **{"group.id": f"count-{uuid.uuid4().hex[:8]}", "enable.partition.eof": True},
+        )
+    )
+    parts = range(settings.topics.partitions)
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+    ended: set[int] = set()
+    n = 0
+    deadline = time.monotonic() + 60
+    while len(ended) < len(parts) and time.monotonic() < deadline:
+        for m in c.consume(500, 1.0):
+            err = m.error()
+            if err is None:
+                n += 1
+            elif err.code() == KafkaError._PARTITION_EOF:
+                ended.add(m.partition() or 0)
+    c.close()
+    return n
+
+
+def feedback_step(
+    bootstrap: str,
+    partitions: int,
+    events: list[JourneyEvent],
+    profiles: list[CustomerProfile],
+    decisions: int,
+) -> tuple[FeedbackRun, float]:
+    """The feedback plane on topics of its own, and the step's seconds in all."""
+    t = time.perf_counter()
+    s = settings_for(bootstrap, partitions)
+    create_topics(s)
+    run = run_feedback(s, feedback_load(events, profiles, decisions))
+    return run, time.perf_counter() - t
+
+
+def print_feedback(run: FeedbackRun, mix: JourneyMix, step_s: float) -> dict[str, object]:
+    """Prints the feedback plane's lines; its numbers for the results file."""
+    text, numbers = feedback_summary(run, mix)
+    print(f"\n{text}\n  (the feedback step took {step_s:.0f} s)")
+    if run.problems:
+        print(f"  {len(run.problems)} errors in the feedback plane's log ({run.log}), the first:")
+    for line in run.problems[:5]:
+        print(f"    {line}")
+    return {**numbers, "step_seconds": round(step_s)}
+
+
+def feedback_only(
+    partitions: int, events: list[JourneyEvent], profiles: list[CustomerProfile], decisions: int
+) -> int:
+    """``--only feedback``: the feedback step alone; prints, writes no results file."""
+    with broker() as bootstrap:
+        run, step_s = feedback_step(bootstrap, partitions, events, profiles, decisions)
+    load = run.load
+    mix = JourneyMix(
+        load.per_event(load.decisions),
+        load.per_event(load.milestones),
+        None,
+        "the offline replay of the bench history",
+    )
+    print(json.dumps(print_feedback(run, mix, step_s), indent=2))
+    return 0
 
 
 POISONS = (
@@ -276,6 +358,14 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--customers", type=int, default=5_000)
     ap.add_argument("--partitions", type=int, default=2)
+    ap.add_argument(
+        "--feedback-decisions",
+        type=int,
+        default=7_500,
+        help="decisions for the feedback plane (with about as many outcomes and the "
+        "workload's milestones)",
+    )
+    ap.add_argument("--only", choices=["feedback"], help="run this step alone")
     args = ap.parse_args()
     tune_garbage_collector()  # as the worker does: every row runs with its settings
 
@@ -289,6 +379,8 @@ def main() -> int:
     values = [(e.customer_id.encode(), encode(e)) for e in events]
     n = len(values)
     print(f"generated {n:,} events from {args.customers:,} customers in {gen_s:.1f} s", flush=True)
+    if args.only == "feedback":
+        return feedback_only(args.partitions, events, profiles, args.feedback_decisions)
 
     rows: dict[str, float] = {}
     with broker() as bootstrap:
@@ -310,6 +402,13 @@ def main() -> int:
             poisoned, n + poisons + len(profiles)
         )
         restored, restore_records, restore_s = restore(s)
+        worker_mix = (
+            count_published(s, s.topics.decisions) / n,
+            count_published(s, s.topics.milestones) / n,
+        )
+        feedback, feedback_s = feedback_step(
+            bootstrap, args.partitions, events, profiles, args.feedback_decisions
+        )
 
     records = [RawRecord("journey-events", 0, i, k, v) for i, (k, v) in enumerate(values)]
     profile_records = [
@@ -375,6 +474,12 @@ def main() -> int:
         f"state per customer: median {sizes[len(sizes) // 2]} B, "
         f"p90 {sizes[int(len(sizes) * 0.9)]} B, max {sizes[-1]} B"
     )
+    mix = JourneyMix(
+        *worker_mix,
+        rows["scoring worker, exactly-once"],
+        "published by the scoring worker, exactly-once, in this run",
+    )
+    feedback_numbers = print_feedback(feedback, mix, feedback_s)
     result: dict[str, Any] = {
         "events": n,
         "customers": args.customers,
@@ -389,6 +494,7 @@ def main() -> int:
         "cel_microseconds_per_condition": round(cel_us, 1),
         "restore_customers_per_second": round(restored / restore_s),
         "restore_records_per_second": round(restore_records / restore_s),
+        "feedback_plane": feedback_numbers,
         "state_bytes": {
             "median": sizes[len(sizes) // 2],
             "p90": sizes[int(len(sizes) * 0.9)],

@@ -440,3 +440,37 @@ def test_the_responding_simulator_closes_the_loop_through_the_feedback_plane(
     assert stats.actions_received <= len(actions)
     assert delivered_or_bounced == stats.actions_received
     assert headline(report) == headline(expected_report(s, datetime.fromisoformat(report["as_of"])))
+
+
+def test_two_feedback_workers_share_the_ledgers_and_either_answers_for_all(
+    make_settings: Callable[..., Settings],
+    feedback: Callable[[Settings], FeedbackProcess],
+    holdout_rules: Path,
+) -> None:
+    from forewarn.offline.replay import replay
+    from forewarn.streams.broker import free_port
+
+    s = feedback_settings(make_settings, rules_path=holdout_rules)
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    sim = JourneySimulator(200, seed=6, start=start, span=timedelta(days=3))
+    out = replay(list(sim.events()), sim.profiles(), rulebook=load_rulebook(holdout_rules))
+    produce(s, s.topics.decisions, [(d.customer_id, encode(d)) for d in out.decisions])
+    produce(s, s.topics.milestones, [(m.customer_id, encode(m)) for m in out.milestones])
+    produce(s, s.topics.milestones, clock_records(s, start + timedelta(days=30)))
+    first = feedback(s)
+    second = feedback(s.model_copy(update={"feedback_http_port": free_port()}))
+    expected = headline(expected_report(s, start + timedelta(days=30)))
+    assert sum(r["holdout"] for r in expected.values()) > 0
+
+    def both_agree() -> bool:
+        answers = [fb.get("/experiments") for fb in (first, second)]
+        return all(status == 200 and headline(body) == expected for status, body in answers)
+
+    wait_for(both_agree, 120, "both workers report every ledger once", second)
+    counted = sum(fb.metric("forewarn_feedback_ledgers") for fb in (first, second))
+    assert 0 < first.metric("forewarn_feedback_ledgers") < counted  # the ledgers are shared
+    # a customer's history is answered by whichever worker is asked
+    for d in out.decisions[:: max(1, len(out.decisions) // 10)]:
+        for fb in (first, second):
+            status, why = fb.get(f"/customers/{d.customer_id}")
+            assert status == 200 and d.decision_id in {x["decision_id"] for x in why["decisions"]}

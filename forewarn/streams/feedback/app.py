@@ -173,11 +173,22 @@ class FeedbackApp:
     def watermark(self, partition: int) -> datetime | None:
         return self._time(str(partition))
 
+    def owned_partitions(self) -> set[int] | None:
+        """The ledger partitions this worker owns now (None: every one it holds, for an app
+        that is not running, as in tests). faust keeps the table entries of a partition that
+        moved to another worker; they must not be counted here too."""
+        if not self.app.started:
+            return None
+        topic = self.ledgers.changelog_topic.get_topic_name()
+        return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic}
+
     def local_ledgers(self) -> Iterator[tuple[CustomerLedger, datetime | None]]:
         """The ledgers this worker owns, each with its partition's watermark."""
+        owned = self.owned_partitions()
         for _key, raw in list(self.ledgers.items()):
             partition, ledger = decode_ledger(raw)
-            yield ledger, self.watermark(partition)
+            if owned is None or partition in owned:
+                yield ledger, self.watermark(partition)
 
     def local_tally(self) -> ExperimentTally:
         return tally(self.local_ledgers(), self.windows)
