@@ -7,6 +7,7 @@ Each worker has its own registry so several can live in one process (tests, the 
 
 from __future__ import annotations
 
+import contextlib
 from http.server import ThreadingHTTPServer
 
 from prometheus_client import (
@@ -135,6 +136,13 @@ class ScoringMetrics:
         self.partitions = Gauge(
             "forewarn_assigned_partitions",
             "journey-events partitions this worker owns",
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "forewarn_consumer_lag_records",
+            "Journey events waiting to be read, per owned partition: the high watermark the "
+            "last fetch reported minus the worker's position (updated between batches)",
+            ["partition"],
             registry=r,
         )
         self.restoring = Gauge(
@@ -276,6 +284,9 @@ class ScoringMetrics:
     def partitions_gone(self, partitions: set[int]) -> None:
         """Drop the per-partition gauges of partitions this worker no longer owns (another
         worker reports them now)."""
+        for p in partitions:
+            with contextlib.suppress(KeyError):
+                self.consumer_lag.remove(str(p))
         for labels in [lb for lb in self._volume_labels if int(lb[1]) in partitions]:
             self._volume_labels.discard(labels)
             self.volume_threshold.remove(*labels)

@@ -140,3 +140,40 @@ def test_readiness_follows_assignment_and_liveness_fails_when_the_loop_stalls(
         time.sleep(0.2)
     assert _get(port, "/healthz")[1]["seconds_since_loop_turned"] >= 1.5
     running.stop()
+
+
+def test_consumer_lag_is_reported_per_partition_and_falls_to_zero(
+    make_settings: Callable[..., Settings], start_worker: Callable[[Settings], Any]
+) -> None:
+    """A backlog waits when the worker starts: its lag shows it, then reaches 0."""
+    s = make_settings(partitions=2, batch_size=20, reload_check_seconds=0.1)
+    p = Producer(kafka_config(s, "producer"))
+    now = datetime.now(UTC) - timedelta(minutes=5)
+    n = 3000
+    for i in range(n):
+        e = event(f"c{i % 50}", "page_view", now, n=i)
+        p.produce(s.topics.journey_events, key=e.customer_id.encode(), value=encode(e))
+    assert p.flush(30) == 0
+    running = start_worker(s)
+    port = free_port()
+    running.worker.serve_http("127.0.0.1", port)
+
+    def lag() -> dict[str, float]:
+        return {
+            x.labels["partition"]: x.value
+            for f in text_string_to_metric_families(_scrape(port))
+            for x in f.samples
+            if x.name == "forewarn_consumer_lag_records"
+        }
+
+    seen: list[float] = []
+    deadline = time.monotonic() + 60
+    while running.worker.records < n and time.monotonic() < deadline:
+        seen.append(sum(lag().values()))
+        time.sleep(0.05)
+    wait_committed(s, n)
+    assert max(seen) > 0, "a backlog was waiting"
+    deadline = time.monotonic() + 10
+    while sum(lag().values()) > 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert lag() == {"0": 0.0, "1": 0.0}

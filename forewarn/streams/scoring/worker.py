@@ -332,6 +332,22 @@ class ScoringWorker:
         if self.outputs.learning_partitions is None:
             self._find_learning_topics(client)
 
+    def _observe_lag(self, consumer: Consumer) -> None:
+        """Consumer lag per owned partition, from the watermarks the fetches carried (no
+        request to the broker: the embedded one misreports a queried end, §16)."""
+        topic = self.settings.topics.journey_events
+        owned = [TopicPartition(topic, p) for p in sorted(self.health.assigned)]
+        if not owned:
+            return
+        try:
+            positions = consumer.position(owned)
+        except KafkaException:
+            return
+        for tp in positions:
+            _, high = consumer.get_watermark_offsets(tp, cached=True)
+            if high >= 0 and tp.offset >= 0:
+                self.metrics.consumer_lag.labels(str(tp.partition)).set(max(0, high - tp.offset))
+
     def _find_learning_topics(self, client: Consumer) -> None:
         """Where milestones and feature rows go; until their topics exist, nothing is
         published to them (a batch producing to a missing topic would fail for good)."""
@@ -405,6 +421,7 @@ class ScoringWorker:
                 if time.monotonic() >= next_check:  # between batches, never inside one
                     next_check = time.monotonic() + s.reload_check_seconds
                     self._between_batches(restorer)
+                    self._observe_lag(consumer)
                 consumer = self._watch_assignment(consumer)
                 records = self._read(consumer)
                 started = time.perf_counter()
