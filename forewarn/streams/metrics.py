@@ -17,7 +17,9 @@ from prometheus_client import (
     Histogram,
 )
 
+from forewarn.experiments.ledger import OutcomeProblem
 from forewarn.experiments.report import ExperimentTally
+from forewarn.models.contracts import DeadLetterReason
 from forewarn.pipeline.results import BatchResult
 from forewarn.streams.http import Health, serve_http
 
@@ -25,6 +27,9 @@ _BATCH_SIZES = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000)
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _STATE_BYTES = (64, 128, 256, 512, 768, 1024, 1536, 2048, 4096, 8192)
 _RESTORE_SECONDS = (0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+#: the version label while no model serves (friction only, or no contact-risk model yet), so
+#: that a dashboard shows it rather than nothing
+NO_MODEL = "none"
 _AGES = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600, 7 * 24 * 3600)
 
 
@@ -245,6 +250,16 @@ class ScoringMetrics:
             registry=r,
         )
 
+        # Known label values start at 0, so that rate() and the alerts see the series before
+        # the first refusal, abort or dead letter (Prometheus's advice for counters).
+        for outcome in ("loaded", "refused"):
+            self.model_reloads.labels(outcome)
+            self.rulebook_reloads.labels(outcome)
+        for outcome in ("committed", "aborted"):
+            self.transactions.labels(outcome)
+        for reason in DeadLetterReason:
+            self.dead_letters.labels(reason.value)
+
     def observe_batch(self, result: BatchResult, n_records: int, seconds: float) -> None:
         stats = result.stats
         self.batch_size.observe(n_records)
@@ -294,10 +309,10 @@ class ScoringMetrics:
                 self.volume_per_day.remove(*labels, kind)
 
     def model_in_use(self, old: str | None, new: str | None) -> None:
-        _swap(self.model_info, old, new)
+        _swap(self.model_info, old or NO_MODEL, new or NO_MODEL)
 
     def contact_model_in_use(self, old: str | None, new: str | None) -> None:
-        _swap(self.contact_model_info, old, new)
+        _swap(self.contact_model_info, old or NO_MODEL, new or NO_MODEL)
 
     def rulebook_in_use(self, old: str | None, new: str) -> None:
         _swap(self.rulebook_info, old, new)
@@ -398,6 +413,9 @@ class FeedbackMetrics:
             registry=r,
         )
 
+        for reason in ("malformed_json", "schema_violation", *(p.value for p in OutcomeProblem)):
+            self.dead_letters.labels(reason)
+
     def refresh(self, tally: ExperimentTally, ledgers: int) -> None:
         """Sets the experiment gauges from this worker's tally (on each scrape)."""
         self.ledgers.set(ledgers)
@@ -420,6 +438,7 @@ class FeedbackMetrics:
 def _swap(info: Gauge, old: str | None, new: str | None) -> None:
     """An info metric moves from one version to the next (the same one: stays at 1)."""
     if old is not None and old != new:
-        info.remove(old)
+        with contextlib.suppress(KeyError):  # "none" before anything was set
+            info.remove(old)
     if new is not None:
         info.labels(new).set(1)

@@ -146,7 +146,8 @@ def add_views(plane: FeedbackApp) -> None:
         if time.monotonic() - refreshed[0] >= EXPERIMENT_GAUGES_SECONDS:
             held = list(plane.local_ledgers())
             plane.metrics.refresh(tally(iter(held), plane.windows), len(held))
-            refreshed[0] = time.monotonic()
+            # nothing held yet (a worker starting): look again at the next scrape
+            refreshed[0] = time.monotonic() if held else float("-inf")
         return web.bytes(
             generate_latest(plane.metrics.registry),
             content_type=CONTENT_TYPE_LATEST.split(";")[0],
