@@ -13,6 +13,7 @@ import urllib.request
 from typing import Any
 
 from forewarn.errors import ForewarnError
+from forewarn.streams.settings import settings_help
 
 log = logging.getLogger("forewarn")
 
@@ -171,6 +172,8 @@ def add_feedback_commands(sub: Any) -> None:
         "feedback",
         help="run the feedback plane: experiments against holdouts, the why API "
         "(FOREWARN_FEEDBACK__*, FOREWARN_FEEDBACK_HTTP_PORT)",
+        epilog=settings_help("feedback"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     f.set_defaults(func=cmd_feedback)
 

@@ -21,7 +21,7 @@ from forewarn.cli.history import EFFECT_ARGUMENT, add_history_commands, aware_ti
 from forewarn.errors import ForewarnError
 from forewarn.models.contracts import write_json_schemas
 from forewarn.offline.worlds import WORLDS
-from forewarn.streams.settings import LoggingSettings
+from forewarn.streams.settings import LoggingSettings, settings_help
 
 if TYPE_CHECKING:  # imported where used: every command would pay for Kafka's client
     from forewarn.streams.settings import Settings
@@ -186,13 +186,20 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("action", choices=["create", "verify"])
     t.set_defaults(func=cmd_topics)
 
-    s = sub.add_parser("score", help="run a scoring worker (SIGTERM finishes the batch and exits)")
+    s = sub.add_parser(
+        "score",
+        help="run a scoring worker (SIGTERM finishes the batch and exits)",
+        epilog=settings_help("score"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     s.set_defaults(func=cmd_score)
 
     le = sub.add_parser(
         "learn",
         help="learn the contact-risk model from the stream and publish it to the models topic "
         "(FOREWARN_LEARNER__*)",
+        epilog=settings_help("learn"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     le.set_defaults(func=cmd_learn)
 

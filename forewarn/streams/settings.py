@@ -13,6 +13,7 @@ Environment variables use the prefix ``FOREWARN_`` and ``__`` for nesting, e.g.
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 from collections.abc import Iterable
@@ -432,3 +433,62 @@ def faust_config(settings: Settings) -> dict[str, Any]:
         "web_host": settings.feedback_http_host,
         "web_port": settings.feedback_http_port,
     }
+
+
+#: read by ``score`` but never listed: chaos drills only (docs/operations.md)
+UNLISTED_SETTINGS = frozenset({"fault_hang_after_batches"})
+#: the settings each long-running command reads (``forewarn CMD --help`` lists them)
+_CONNECTION = ("bootstrap_servers", "kafka", "topics", "log_level")
+COMMAND_SETTINGS: dict[str, tuple[str, ...]] = {
+    "score": (
+        *_CONNECTION, "group_id", "instance_id", "rules_path", "model_path",
+        "contact_model_path", "learned_models", "feature_row_share", "reload_check_seconds",
+        "friction_path", "state_dir", "http_port", "http_host", "exactly_once",
+        "transaction_timeout_ms", "idle_ttl_days", "liveness_timeout_seconds",
+        "rejoin_after_seconds", "startup_timeout_seconds", "profile_wait_seconds",
+        "batch_size", "batch_timeout_seconds", "session_timeout_ms", "event_aliases",
+        "strict_event_types", "max_event_bytes", "dead_letter_keep_bytes", "max_record_bytes",
+        "future_tolerance_seconds",
+    ),
+    "learn": (*_CONNECTION, "learner", "friction_path", "http_port", "http_host"),
+    "feedback": (
+        *_CONNECTION, "feedback", "feedback_http_port", "feedback_http_host", "rules_path",
+        "state_dir",
+    ),
+}  # fmt: skip
+
+
+def settings_help(command: str) -> str:
+    """The environment variables ``command`` reads, with their defaults (for ``--help``).
+
+    >>> print(settings_help("learn").splitlines()[1])
+      FOREWARN_BOOTSTRAP_SERVERS=127.0.0.1:9092
+    """
+    lines = ["settings (environment variables, with their defaults):"]
+    for name in COMMAND_SETTINGS[command]:
+        if name == "log_level":
+            lines.append("  FOREWARN_LOG_LEVEL=INFO")
+            continue
+        if name == "instance_id":
+            lines.append("  FOREWARN_INSTANCE_ID=(the host name)")
+            continue
+        field = Settings.model_fields[name]
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel):
+            for sub, value in default.model_dump(mode="json").items():
+                lines.append(f"  FOREWARN_{name.upper()}__{sub.upper()}={_shown(value)}")
+        else:
+            lines.append(f"  FOREWARN_{name.upper()}={_shown(default)}")
+    return "\n".join(lines)
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "(unset)"
+    if isinstance(value, SecretStr):
+        return MASK
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    return str(value)
