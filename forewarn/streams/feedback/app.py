@@ -16,11 +16,15 @@ the ids catch those too.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiokafka
@@ -291,16 +295,20 @@ def build_feedback_app(settings: Settings, *, store: str | None = None) -> Feedb
     under ``FOREWARN_STATE_DIR`` when it is set, memory otherwise."""
     config = faust_config(settings)
     topics = settings.topics
-    datadir = None
     if settings.state_dir is not None:
         datadir = settings.state_dir / "feedback"
         datadir.mkdir(parents=True, exist_ok=True)
-    if store is None:
-        store = "rocksdb://" if datadir is not None else "memory://"
+        store = store or "rocksdb://"
+    else:
+        # faust makes a data directory even for tables in memory (in the working directory,
+        # unless told): a temporary one, removed at exit
+        datadir = Path(tempfile.mkdtemp(prefix="forewarn-feedback-"))
+        atexit.register(shutil.rmtree, datadir, ignore_errors=True)
+        store = store or "memory://"
     app = _App(
         settings.feedback.group_id,
         store=store,
-        datadir=None if datadir is None else str(datadir),
+        datadir=str(datadir),
         # a standby copy would be counted as the worker's own in the report's scan
         table_standby_replicas=0,
         consumer_auto_offset_reset="earliest",
