@@ -413,12 +413,22 @@ class FeedbackMetrics:
             registry=r,
         )
 
+        self.coverage = Gauge(
+            "forewarn_feedback_support_contacts",
+            "Support contacts of the last two weeks on this worker's partitions, by whether an "
+            "action reached the customer first within the contact window (anticipated or "
+            "missed): proactive coverage is anticipated over both",
+            ["state"],
+            registry=r,
+        )
         for reason in ("malformed_json", "schema_violation", *(p.value for p in OutcomeProblem)):
             self.dead_letters.labels(reason)
 
     def refresh(self, tally: ExperimentTally, ledgers: int) -> None:
         """Sets the experiment gauges from this worker's tally (on each scrape)."""
         self.ledgers.set(ledgers)
+        self.coverage.labels("anticipated").set(tally.anticipated)
+        self.coverage.labels("missed").set(tally.contacts - tally.anticipated)
         for key in {*tally.arms, *tally.pending}:
             rule, _channel, arm = key.split("|")
             self.episodes.labels(rule, arm, "pending").set(0)
