@@ -290,86 +290,81 @@ def decode_ledger(raw: bytes) -> tuple[int, CustomerLedger]:
     return int(partition), CustomerLedger.model_validate_json(body)
 
 
-def build_feedback_app(settings: Settings, *, store: str | None = None) -> FeedbackApp:
-    """The feedback plane for these settings. ``store``: faust's table store; RocksDB
-    under ``FOREWARN_STATE_DIR`` when it is set, memory otherwise."""
-    config = faust_config(settings)
-    topics = settings.topics
+def _data_dir(settings: Settings) -> Path:
+    """Where faust keeps its tables: RocksDB under ``FOREWARN_STATE_DIR``; without one,
+    faust still makes a directory (in the working directory unless told), so a temporary
+    one, removed at exit."""
     if settings.state_dir is not None:
         datadir = settings.state_dir / "feedback"
         datadir.mkdir(parents=True, exist_ok=True)
-        store = store or "rocksdb://"
-    else:
-        # faust makes a data directory even for tables in memory (in the working directory,
-        # unless told): a temporary one, removed at exit
-        datadir = Path(tempfile.mkdtemp(prefix="forewarn-feedback-"))
-        atexit.register(shutil.rmtree, datadir, ignore_errors=True)
-        store = store or "memory://"
+        return datadir
+    datadir = Path(tempfile.mkdtemp(prefix="forewarn-feedback-"))
+    atexit.register(shutil.rmtree, datadir, ignore_errors=True)
+    return datadir
+
+
+def build_feedback_app(settings: Settings, *, store: str | None = None) -> FeedbackApp:
+    """The feedback plane for these settings. ``store``: faust's table store; RocksDB
+    under ``FOREWARN_STATE_DIR`` when it is set, memory otherwise."""
+    topics = settings.topics
     app = _App(
         settings.feedback.group_id,
-        store=store,
-        datadir=str(datadir),
+        store=store or ("rocksdb://" if settings.state_dir else "memory://"),
+        datadir=str(_data_dir(settings)),
         # a standby copy would be counted as the worker's own in the report's scan
         table_standby_replicas=0,
         consumer_auto_offset_reset="earliest",
         web_enabled=True,
-        **config,
+        **faust_config(settings),
     )
     raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
-    decisions = app.topic(topics.decisions, **raw)
-    outcomes = app.topic(topics.outcomes, **raw)
-    milestones = app.topic(topics.milestones, **raw)
-    ledger_input = app.topic(
-        topics.feedback, key_type=str, internal=True, partitions=topics.partitions, **raw
-    )
-    dead_letters = app.topic(topics.outcomes_dlq, **raw)
     # bytes in and out (keys too: the router hashes a key as the ledger input's producer did)
-    ledgers = app.Table("ledgers", key_type=bytes, value_type=bytes, partitions=topics.partitions)
-    watermarks = app.Table(
-        "watermarks", key_type=bytes, value_type=bytes, partitions=topics.partitions
-    )
-    shares = holdout_shares(load_rulebook(settings.rules_path))
+    table: dict[str, Any] = {"key_type": bytes, "value_type": bytes,
+                             "partitions": topics.partitions}  # fmt: skip
     plane = FeedbackApp(
         settings=settings,
         app=app,
         windows=settings.feedback.windows(),
         metrics=FeedbackMetrics(),
-        holdout_shares=shares,
-        ledgers=ledgers,
-        watermarks=watermarks,
-        dead_letters=dead_letters,
-        ledger_input=ledger_input,
+        holdout_shares=holdout_shares(load_rulebook(settings.rules_path)),
+        ledgers=app.Table("ledgers", **table),
+        watermarks=app.Table("watermarks", **table),
+        dead_letters=app.topic(topics.outcomes_dlq, **raw),
+        ledger_input=app.topic(
+            topics.feedback, key_type=str, internal=True, partitions=topics.partitions, **raw
+        ),
     )
-
-    def intake(kind: bytes, topic: Any) -> None:
-        contract = CONTRACTS[kind]
-        source = SOURCES[kind]
-
-        async def agent(stream: Any) -> None:
-            async for event in stream.events():
-                msg = event.message
-                rec = RawRecord(msg.topic, msg.partition, msg.offset, msg.key, event.value)
-                try:
-                    record = decode_contract(rec, contract)
-                except Rejected as e:
-                    await plane.refuse(rec, e.reason, e.detail)
-                    plane.metrics.records.labels(source, "dead_letter").inc()
-                    continue
-                await ledger_input.send(key=record.customer_id, value=envelope(kind, rec))
-
-        app.agent(topic, name=f"forewarn.feedback.intake_{source}")(agent)
-
-    intake(b"d", decisions)
-    intake(b"o", outcomes)
-    intake(b"m", milestones)
+    for kind, name in ((b"d", topics.decisions), (b"o", topics.outcomes),
+                       (b"m", topics.milestones)):  # fmt: skip
+        _add_intake(plane, kind, app.topic(name, **raw))
 
     async def ledger_agent(stream: Any) -> None:
         async for event in stream.events():
             await plane.apply(event.value, event.message.partition)
 
-    app.agent(ledger_input, name="forewarn.feedback.ledger")(ledger_agent)
+    app.agent(plane.ledger_input, name="forewarn.feedback.ledger")(ledger_agent)
 
     from forewarn.streams.feedback.views import add_views
 
     add_views(plane)
     return plane
+
+
+def _add_intake(plane: FeedbackApp, kind: bytes, topic: Any) -> None:
+    """An agent that checks one source's records and forwards them, keyed by customer, to
+    the ledger input; what fails its contract goes to the dead letters."""
+    contract, source = CONTRACTS[kind], SOURCES[kind]
+
+    async def agent(stream: Any) -> None:
+        async for event in stream.events():
+            msg = event.message
+            rec = RawRecord(msg.topic, msg.partition, msg.offset, msg.key, event.value)
+            try:
+                record = decode_contract(rec, contract)
+            except Rejected as e:
+                await plane.refuse(rec, e.reason, e.detail)
+                plane.metrics.records.labels(source, "dead_letter").inc()
+                continue
+            await plane.ledger_input.send(key=record.customer_id, value=envelope(kind, rec))
+
+    plane.app.agent(topic, name=f"forewarn.feedback.intake_{source}")(agent)
