@@ -5,7 +5,6 @@ Forewarn did and what it changed. Everything it starts, it stops (also on Ctrl-C
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -23,7 +22,8 @@ from typing import Any, TextIO
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from forewarn.cli.feedback import format_why
+from forewarn.cli.feedback import FeedbackUnreachable, api_get, format_why
+from forewarn.experiments.report import Estimate
 from forewarn.models.contracts import DeadLetter, Decision, OutreachAction
 from forewarn.offline.measures import measure
 from forewarn.offline.response import TRUE_EFFECTS, TrueEffect
@@ -190,12 +190,7 @@ def experiments_summary(out: TextIO, report: dict[str, Any] | None, rulebook: Ru
     p(f"  {'rule':<18}{'treated':>8}{'held out':>9}{'pending':>8}"
       f"{'contact risk ratio [95% CI]':>30}{'true ratio per action':>23}")  # fmt: skip
     for r in report["rules"]:
-        rr = r["measures"]["contact"]["risk_ratio"]
-        measured = (
-            "-" if rr["estimate"] is None
-            else f"{rr['estimate']:.2f}" if rr["low"] is None
-            else f"{rr['estimate']:.2f} [{rr['low']:.2f}, {rr['high']:.2f}]"
-        )  # fmt: skip
+        measured = Estimate.model_validate(r["measures"]["contact"]["risk_ratio"]).text()
         truth = TRUE_EFFECTS.get(playbooks.get(r["rule_id"], ""), TrueEffect()).contact
         pending = r["pending_treated"] + r["pending_holdout"]
         p(f"  {r['rule_id']:<18}{r['treated']:>8}{r['holdout']:>9}{pending:>8}"
@@ -214,13 +209,13 @@ def why_not(out: TextIO, feedback_port: int, got: Collected) -> None:
         held = [d for d in got.decisions if d.arm == "holdout"]
     if not held:
         return
-    cid = held[-1].customer_id
-    print(f"\nWhy did {cid} get no action? (forewarn why {cid})", file=out)
+    cid, rule = held[-1].customer_id, held[-1].rule_id
+    print(f"\nWhy did {cid} get no {rule} action? (forewarn why {cid})", file=out)
     try:
-        url = f"http://127.0.0.1:{feedback_port}/customers/{cid}"
-        with urllib.request.urlopen(url, timeout=10) as r:
-            body = json.loads(r.read())
-    except OSError:
+        status, body = api_get(f"http://127.0.0.1:{feedback_port}/customers/{cid}")
+    except FeedbackUnreachable:
+        status = 0
+    if status != 200:
         print("  the feedback plane did not answer", file=out)
         return
     body["decisions"] = body["decisions"][:3]
@@ -258,12 +253,10 @@ def _experiments(feedback_port: int, decisions: int, timeout: float = 60) -> dic
             break
         time.sleep(0.5)
     try:
-        url = f"http://127.0.0.1:{feedback_port}/experiments"
-        with urllib.request.urlopen(url, timeout=30) as r:
-            report: dict[str, Any] = json.loads(r.read())
-            return report
-    except OSError:
+        status, report = api_get(f"http://127.0.0.1:{feedback_port}/experiments")
+    except FeedbackUnreachable:
         return None
+    return dict(report) if status == 200 else None
 
 
 def run_demo(

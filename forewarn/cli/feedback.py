@@ -13,6 +13,7 @@ import urllib.request
 from typing import Any
 
 from forewarn.errors import ForewarnError
+from forewarn.experiments.report import Estimate
 from forewarn.streams.settings import settings_help
 
 log = logging.getLogger("forewarn")
@@ -58,7 +59,9 @@ def _api_url(args: argparse.Namespace) -> str:
     return f"http://{s.feedback_http_host}:{s.feedback_http_port}"
 
 
-def _get(url: str) -> tuple[int, Any]:
+def api_get(url: str) -> tuple[int, Any]:
+    """A feedback-plane API answer: its status and JSON; ``FeedbackUnreachable`` when nothing
+    answers."""
     try:
         with urllib.request.urlopen(url, timeout=30) as response:
             return response.status, json.loads(response.read())
@@ -121,11 +124,7 @@ def format_experiments(body: dict[str, Any]) -> str:
     for r in body["rules"]:
         c = r["measures"]["contact"]
         avoided = r["contacts_avoided_per_100_actions"]
-        ci = (
-            "-"
-            if avoided["estimate"] is None
-            else f"{avoided['estimate']:.1f} [{avoided['low']:.1f}, {avoided['high']:.1f}]"
-        )
+        ci = Estimate.model_validate(avoided).text(1)
         p = r.get("adjusted_p_value")
         flags = " SAMPLE RATIO MISMATCH" if r["sample_ratio_mismatch"] else ""
         lines.append(
@@ -147,7 +146,7 @@ def format_experiments(body: dict[str, Any]) -> str:
 
 def cmd_why(args: argparse.Namespace) -> int:
     quoted = urllib.parse.quote(args.customer_id, safe="")
-    status, body = _get(f"{_api_url(args)}/customers/{quoted}")
+    status, body = api_get(f"{_api_url(args)}/customers/{quoted}")
     if status == 404:
         print(f"forewarn: no record of customer {args.customer_id!r}", file=sys.stderr)
         return 1
@@ -159,7 +158,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     path = "/experiments" + (
         f"/{urllib.parse.quote(args.rule_id, safe='')}" if args.rule_id else ""
     )
-    status, body = _get(_api_url(args) + path)
+    status, body = api_get(_api_url(args) + path)
     if status == 404:
         print(f"forewarn: no assignments for rule {args.rule_id!r} yet", file=sys.stderr)
         return 1

@@ -58,6 +58,20 @@ class Estimate(BaseModel):
 
         return cls(estimate=s(interval.estimate), low=s(interval.low), high=s(interval.high))
 
+    def text(self, digits: int = 2) -> str:
+        """For a person: ``0.61 [0.52, 0.71]``, the estimate alone without an interval,
+        ``-`` without an estimate.
+
+        >>> Estimate(estimate=0.6123, low=0.5, high=0.7).text(), Estimate(estimate=None,
+        ...     low=None, high=None).text()
+        ('0.61 [0.50, 0.70]', '-')
+        """
+        if self.estimate is None:
+            return "-"
+        if self.low is None or self.high is None:
+            return f"{self.estimate:.{digits}f}"
+        return f"{self.estimate:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+
 
 class ArmRates(BaseModel):
     """One measure in both arms, over matured episodes."""

@@ -91,14 +91,6 @@ def closed_loop_experiment(
     return ClosedLoop(report=report, rules=truths, prevented=dict(responder.prevented))
 
 
-def _interval(low: float | None, high: float | None, estimate: float | None) -> str:
-    if estimate is None:
-        return "-"
-    if low is None or high is None:
-        return f"{estimate:.2f}"
-    return f"{estimate:.2f} [{low:.2f}, {high:.2f}]"
-
-
 def format_closed_loop(loop: ClosedLoop) -> str:
     """Per rule: episodes, the contact rate's risk ratio (treated over holdout) with its
     interval, and the per-action truth the simulator used."""
@@ -113,7 +105,7 @@ def format_closed_loop(loop: ClosedLoop) -> str:
         rr = r.measured.measures["contact"].risk_ratio
         lines.append(
             f"{r.rule_id:<20}{r.playbook:<18}{r.measured.treated:>8}{r.measured.holdout:>8}"
-            f"{_interval(rr.low, rr.high, rr.estimate):>30}"
+            f"{rr.text():>30}"
             f"{f'{1 - r.true_contact_effect:.2f}':>23}"
         )
     lines.append(

@@ -108,6 +108,18 @@ def wait_for(
     raise AssertionError(f"timed out waiting until {what}\n{tail}")
 
 
+def wait_counted(fb: FeedbackProcess, counts: dict[str, int], timeout: float) -> None:
+    """Until the plane has counted exactly this many records of each source."""
+
+    def counted() -> bool:
+        return all(
+            fb.metric("forewarn_feedback_records_total", source=source, result="counted") == n
+            for source, n in counts.items()
+        )
+
+    wait_for(counted, timeout, f"the feedback plane counted {counts}", fb)
+
+
 @pytest.fixture
 def feedback(tmp_path: Path) -> Iterator[Callable[[Settings], FeedbackProcess]]:
     started: list[FeedbackProcess] = []
@@ -250,17 +262,7 @@ def test_the_feedback_plane_counts_what_a_scoring_worker_decided(
     produce(s, s.topics.outcomes, outcomes + bad)
 
     fb = feedback(s)
-    wait_for(
-        lambda: (
-            fb.metric("forewarn_feedback_records_total", source="decisions", result="counted")
-            == len(decisions)
-            and fb.metric("forewarn_feedback_records_total", source="milestones", result="counted")
-            == len(milestones)
-        ),
-        120,
-        "every decision and milestone is in a ledger",
-        fb,
-    )
+    wait_counted(fb, {"decisions": len(decisions), "milestones": len(milestones)}, 120)
     # the last day's windows are still open
     _, report = fb.get("/experiments")
     assert sum(r["pending_treated"] + r["pending_holdout"] for r in report["rules"]) > 0
@@ -418,17 +420,7 @@ def test_the_responding_simulator_closes_the_loop_through_the_feedback_plane(
     decisions = read_all(s, s.topics.decisions)
     outcomes = read_all(s, s.topics.outcomes)
     assert len(outcomes) == stats.outcomes_reported
-    wait_for(
-        lambda: (
-            fb.metric("forewarn_feedback_records_total", source="decisions", result="counted")
-            == len(decisions)
-            and fb.metric("forewarn_feedback_records_total", source="outcomes", result="counted")
-            == len(outcomes)
-        ),
-        90,
-        "every decision and outcome is in a ledger",
-        fb,
-    )
+    wait_counted(fb, {"decisions": len(decisions), "outcomes": len(outcomes)}, 90)
     _, report = fb.get("/experiments")
     funnel = {r["rule_id"]: r["funnel"] for r in report["rules"]}
     delivered_or_bounced = sum(
