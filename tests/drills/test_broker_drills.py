@@ -54,10 +54,14 @@ def test_the_broker_restarted_empty_is_resumed_from(
     assert "starts afresh from the changelog" in w.output() or "rejoining" in w.output()
 
 
+@pytest.mark.timeout(600)  # a 90 s stall, then a rejoin: more than the suite's 300 s on a slow CI
 def test_a_90_second_broker_stall_is_waited_out_without_exit_loss_or_duplicates(
     own_broker: EmbeddedBroker, workers: Callable[..., WorkerProcess], tmp_path: Path
 ) -> None:
-    profiles, evs = good_stream(10_000, seed=95, hours=24)  # ~88k events: many seconds of work
+    # ~18k events at 50 a transaction: the stall meets the worker mid-stream (it needs well
+    # under a second to commit its first batch and seconds for the rest), yet the drill
+    # stays within its time on a slow machine
+    profiles, evs = good_stream(2_000, seed=95, hours=24)
     reference = fresh_settings(own_broker)
     reference = reference.model_copy(
         update={
@@ -80,6 +84,7 @@ def test_a_90_second_broker_stall_is_waited_out_without_exit_loss_or_duplicates(
     publish_backlog(s, profiles, evs)
     w = workers(s, FOREWARN_BATCH_SIZE="50")
     wait_until("scoring under way", lambda: committed_events(s) > 0, 90, w)
+    assert committed_events(s) < len(evs) // 2, "the stall must meet the worker mid-stream"
     assert own_broker.process is not None
     os.kill(own_broker.process.pid, signal.SIGSTOP)
     try:
@@ -93,9 +98,9 @@ def test_a_90_second_broker_stall_is_waited_out_without_exit_loss_or_duplicates(
     actions = Counter(json.loads(v or b"{}")["action_id"] for _, v in read_all(s, s.topics.actions))
     assert set(actions) == expected, "no action lost, none invented"
     assert max(actions.values()) == 1, "no action twice"
-    # the stall met the worker mid-stream: a batch's calls were asked again, or it was
-    # aborted; and the group's session ran out meanwhile
-    waited = w.metric("forewarn_kafka_retries_total")
-    assert waited + w.metric("forewarn_transactions_total", outcome="aborted") > 0
+    # the group's session ran out meanwhile. Whether a batch's calls were asked again or its
+    # transaction aborted depends on which call the stall froze (librdkafka may simply hold
+    # a call through it): the premise checked before the stall is that it met the worker
+    # mid-stream
     assert w.metric("forewarn_rebalances_total", kind="lost") >= 1
     assert w.stop() == 0
