@@ -241,8 +241,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_rules(args: argparse.Namespace) -> int:
-    from forewarn.rules.rulebook import load_rulebook
+    from forewarn.rules.rulebook import default_rulebook_path, load_rulebook
 
+    if args.path is None:
+        args.path = default_rulebook_path()
     try:
         book = load_rulebook(args.path)
     except ConfigFileError as e:
@@ -263,8 +265,8 @@ def _rules_test(args: argparse.Namespace, book: Rulebook) -> int:
 
     cases = args.cases or cases_beside(args.path)
     if not cases.exists():
-        print(f"no test cases: {cases} does not exist", file=sys.stderr)
-        return 1
+        print(f"forewarn: no test cases: {cases} does not exist", file=sys.stderr)
+        return 2
     results = run_cases(book, cases, _model(args.model))
     for r in results:
         print(f"{'ok  ' if r.ok else 'FAIL'} {r.name}")
@@ -366,7 +368,13 @@ def add_history_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     ev.add_argument("--rules", type=Path, help="rulebook (default: the shipped one)")
     ev.add_argument("--report", type=Path, required=True, help="JSON report to write")
     ev.add_argument("--plot", type=Path, help="PNG plot to write")
-    ev.add_argument("--window-hours", type=float, default=24.0)
+    ev.add_argument(
+        "--window-hours",
+        type=float,
+        default=24.0,
+        help="a support contact counts as anticipated when an action came at most this many "
+        "hours before it (and a moment is labelled by a contact within it)",
+    )
     ev.add_argument(
         "--contact-model",
         type=Path,
@@ -414,7 +422,12 @@ def add_history_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
 
     ru = sub.add_parser("rules", help="lint, test or backtest a rulebook")
     ru.add_argument("action", choices=["lint", "test", "backtest"])
-    ru.add_argument("path", type=Path, help="the rulebook YAML")
+    ru.add_argument(
+        "path",
+        type=Path,
+        nargs="?",
+        help="the rulebook YAML (default: the shipped one, forewarn/rules/default.yaml)",
+    )
     ru.add_argument("--cases", type=Path, help="test cases (default: PATH's .tests.yaml)")
     ru.add_argument("--events", type=Path, help="history for backtest")
     ru.add_argument("--mapping", type=Path, help="column mapping YAML for your own format")

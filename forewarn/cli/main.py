@@ -1,15 +1,20 @@
-"""The ``forewarn`` command line. Every subcommand reads its connection from the
-``FOREWARN_*`` environment (see ``forewarn.streams.settings``)."""
+"""forewarn: scores customer-journey events on Kafka and publishes outreach actions.
+
+Commands that talk to Kafka read their connection from FOREWARN_* environment variables
+(FOREWARN_BOOTSTRAP_SERVERS=127.0.0.1:9092 by default); forewarn COMMAND --help lists the
+settings a command reads, with their defaults. Start with: forewarn demo"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Protocol
@@ -21,7 +26,7 @@ from forewarn.cli.history import EFFECT_ARGUMENT, add_history_commands, aware_ti
 from forewarn.errors import ForewarnError
 from forewarn.models.contracts import write_json_schemas
 from forewarn.offline.worlds import WORLDS
-from forewarn.streams.settings import LoggingSettings, settings_help
+from forewarn.streams.settings import LoggingSettings, settings_help, unknown_variables
 
 if TYPE_CHECKING:  # imported where used: every command would pay for Kafka's client
     from forewarn.streams.settings import Settings
@@ -174,16 +179,46 @@ def cmd_schemas(args: argparse.Namespace) -> int:
     return 0
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Epilogs as written (the settings lists); an option's default shown where it has one
+    and its help does not already say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            action.default in (None, False, [], argparse.SUPPRESS)
+            or "default" in text
+            or not action.option_strings
+        ):
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
+def _version() -> str:
+    try:
+        return version("forewarn")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="forewarn", description=__doc__)
-    sub = ap.add_subparsers(dest="command", required=True)
+    ap = argparse.ArgumentParser(
+        prog="forewarn", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--version", action="version", version=f"forewarn {_version()}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     b = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (development)")
     b.add_argument("--port", type=int, default=None, help="port (default 9092; 0 picks a free one)")
     b.set_defaults(func=cmd_broker)
 
     t = sub.add_parser("topics", help="create or verify Forewarn's topics")
-    t.add_argument("action", choices=["create", "verify"])
+    t.add_argument(
+        "action",
+        choices=["create", "verify"],
+        help="create: make the topics that are missing (idempotent); verify: report, change "
+        "nothing (exit 1 when one is missing or has the wrong partitions)",
+    )
     t.set_defaults(func=cmd_topics)
 
     s = sub.add_parser(
@@ -204,10 +239,10 @@ def parser() -> argparse.ArgumentParser:
     le.set_defaults(func=cmd_learn)
 
     sim = sub.add_parser("simulate", help="publish synthetic journeys, or write history")
-    sim.add_argument("--customers", type=int, default=1000)
+    sim.add_argument("--customers", type=int, default=1000, help="simulated customers")
     sim.add_argument("--rate", type=float, default=500, help="events per second (live)")
     sim.add_argument("--duration", type=float, default=60, help="seconds (live)")
-    sim.add_argument("--seed", type=int, default=7)
+    sim.add_argument("--seed", type=int, default=7, help="random seed: same seed, same journeys")
     sim.add_argument(
         "--bad-rate", type=float, default=0.0, help="share of malformed records mixed in (live)"
     )
@@ -219,7 +254,9 @@ def parser() -> argparse.ArgumentParser:
         "outcomes to the outcomes topic: the closed loop the feedback plane measures",
     )
     sim.add_argument("--effect", **EFFECT_ARGUMENT)
-    sim.add_argument("--out", type=Path, help="write JSON Lines history here instead")
+    sim.add_argument(
+        "--out", type=Path, help="write JSON Lines history to this file instead of publishing"
+    )
     sim.add_argument("--days", type=float, default=7, help="days of history (with --out)")
     sim.add_argument("--start", type=aware_time, help="history start (default: --days ago)")
     sim.add_argument(
@@ -232,27 +269,42 @@ def parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=cmd_simulate)
 
     tl = sub.add_parser("tail", help="pretty-print actions, decisions or dead letters")
-    tl.add_argument("topic", choices=["actions", "decisions", "dlq"])
-    tl.add_argument("--from-beginning", action="store_true")
+    tl.add_argument(
+        "topic",
+        choices=["actions", "decisions", "dlq"],
+        help="outreach actions, every decision (emitted or suppressed), or dead letters",
+    )
+    tl.add_argument(
+        "--from-beginning",
+        action="store_true",
+        help="show the records already in the topic first (default: only new ones)",
+    )
     tl.add_argument("--max", type=int, default=None, help="stop after N records")
     tl.add_argument("--timeout", type=float, default=None, help="stop after S idle seconds")
     tl.add_argument("--json", action="store_true", help="print the raw JSON")
     tl.set_defaults(func=cmd_tail)
 
     d = sub.add_parser("demo", help="broker + worker + simulated traffic + summary")
-    d.add_argument("--duration", type=float, default=60)
-    d.add_argument("--rate", type=float, default=1000)
-    d.add_argument("--customers", type=int, default=2000)
-    d.add_argument("--seed", type=int, default=7)
-    d.add_argument("--bad-rate", type=float, default=0.002)
+    d.add_argument("--duration", type=float, default=60, help="seconds of simulated traffic")
+    d.add_argument("--rate", type=float, default=1000, help="events per second")
+    d.add_argument("--customers", type=int, default=2000, help="simulated customers")
+    d.add_argument("--seed", type=int, default=7, help="random seed: same seed, same journeys")
+    d.add_argument(
+        "--bad-rate", type=float, default=0.002, help="share of malformed records mixed in"
+    )
     d.set_defaults(func=cmd_demo)
 
     add_history_commands(sub)
     add_feedback_commands(sub)
 
     sc = sub.add_parser("schemas", help="write the contracts' JSON Schemas")
-    sc.add_argument("--out", type=Path, default=Path("schemas"))
+    sc.add_argument("--out", type=Path, default=Path("schemas"), help="directory to write")
     sc.set_defaults(func=cmd_schemas)
+    for name, command in sub.choices.items():
+        # every command's help ends with the settings it reads and their defaults
+        command.formatter_class = HelpFormatter
+        if not command.epilog:
+            command.epilog = settings_help(name)
     return ap
 
 
@@ -266,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    for warning in unknown_variables(os.environ):
+        print(f"forewarn: warning: {warning}", file=sys.stderr)
     try:
         rc: int = args.func(args)
     except ForewarnError as e:  # the one place refusals become exit codes
@@ -273,6 +327,11 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except ValidationError as e:
         print(f"forewarn: invalid settings:\n{e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.filename is None:  # not about a file the person named
+            raise
+        print(f"forewarn: {e.filename}: {e.strerror}", file=sys.stderr)
         return 2
     return rc
 

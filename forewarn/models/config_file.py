@@ -34,7 +34,8 @@ class Problem:
 
     def __str__(self) -> str:
         where = f"{self.field}: " if self.field else ""
-        return f"{self.file}:{self.line}:{self.column}: {where}{self.message}"
+        at = f":{self.line}:{self.column}" if self.line else ""  # line 0: the file as a whole
+        return f"{self.file}{at}: {where}{self.message}"
 
 
 class ConfigFileError(ForewarnError, ValueError):
@@ -44,6 +45,8 @@ class ConfigFileError(ForewarnError, ValueError):
 
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
+        if len(problems) == 1 and not problems[0].line:  # e.g. a missing file: one line
+            self.headline = ""
         super().__init__("\n".join(str(p) for p in problems))
 
 
@@ -117,7 +120,8 @@ def read_text_file(path: Path) -> str:
     try:
         data = path.read_bytes()
     except OSError as e:  # missing, a directory, no permission, vanished
-        raise ConfigFileError([Problem(str(path), 0, 0, "", f"cannot read: {e}")]) from e
+        why = f"cannot read: {e.strerror or e}"
+        raise ConfigFileError([Problem(str(path), 0, 0, "", why)]) from e
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:

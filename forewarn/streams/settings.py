@@ -13,10 +13,14 @@ Environment variables use the prefix ``FOREWARN_`` and ``__`` for nesting, e.g.
 
 from __future__ import annotations
 
+import difflib
 import json
+import logging
 import re
 import socket
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -46,6 +50,39 @@ def masked_properties(properties: dict[str, str]) -> dict[str, str]:
 
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+class _Repeats(logging.Filter):
+    """Lets a librdkafka message through once per ``every`` seconds: a broker that is down
+    repeats "Connection refused" twenty times a second. The next one through says how many
+    like it were held back."""
+
+    def __init__(self, every: float = 60.0) -> None:
+        super().__init__()
+        self.every = every
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[int, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # librdkafka's (facility, client name, text); digits vary (ms, counts): one kind
+        text = str(record.args[2]) if isinstance(record.args, tuple) and len(record.args) == 3 \
+            else record.getMessage()  # fmt: skip
+        key = (record.levelno, re.sub(r"\d+", "#", text))
+        now = time.monotonic()
+        with self._lock:
+            last, held = self._seen.get(key, (-self.every, 0))
+            if now - last < self.every:
+                self._seen[key] = (last, held + 1)
+                return False
+            self._seen[key] = (now, 0)
+        if held:
+            record.msg = f"{record.msg} (and {held} more like it in the last {self.every:g} s)"
+        return True
+
+
+#: librdkafka's own log, through Python logging (``kafka_config`` hands it to every client)
+KAFKA_LOG = logging.getLogger("forewarn.kafka")
+KAFKA_LOG.addFilter(_Repeats())
 
 
 class LoggingSettings(BaseSettings):
@@ -284,6 +321,9 @@ class Settings(BaseSettings):
     #: that does not help within the same time, liveness fails so the process restarts.
     #: A spare worker in a working group is never affected.
     rejoin_after_seconds: float = Field(default=30.0, gt=0)
+    #: how long ``topics``, ``tail`` and ``simulate`` wait for Kafka's first answer before
+    #: they exit (code 1)
+    connect_timeout_seconds: float = Field(default=5.0, gt=0)
     #: how long ``forewarn score`` waits for Kafka at start before it exits (code 1)
     startup_timeout_seconds: float = Field(default=60.0, gt=0)
     #: events wait for their partition's profiles to be read at most this long
@@ -338,6 +378,7 @@ def kafka_config(settings: Settings, role: Role, **overrides: Any) -> dict[str, 
         "bootstrap.servers": settings.bootstrap_servers,
         "security.protocol": sec.security_protocol,
         "client.id": f"forewarn-{role}",
+        "logger": KAFKA_LOG,
     }
     optional = {
         "sasl.mechanism": sec.sasl_mechanism,
@@ -455,7 +496,51 @@ COMMAND_SETTINGS: dict[str, tuple[str, ...]] = {
         *_CONNECTION, "feedback", "feedback_http_port", "feedback_http_host", "rules_path",
         "state_dir",
     ),
+    "topics": (*_CONNECTION, "connect_timeout_seconds"),
+    "tail": (*_CONNECTION, "connect_timeout_seconds"),
+    "simulate": (*_CONNECTION, "connect_timeout_seconds"),
+    "evaluate": ("learner", "log_level"),
+    "replay": ("learner", "log_level"),
+    "why": ("feedback_http_host", "feedback_http_port", "log_level"),
+    "experiments": ("feedback_http_host", "feedback_http_port", "log_level"),
 }  # fmt: skip
+#: every other command reads only ``FOREWARN_LOG_LEVEL``
+_ONLY_LOG_LEVEL = ("log_level",)
+#: ``FOREWARN_*`` variables that are not settings: the test suite's and the benchmark's
+#: broker, the deployment's image
+NOT_SETTINGS = frozenset({"FOREWARN_TEST_BOOTSTRAP", "FOREWARN_BENCH_BOOTSTRAP",
+                          "FOREWARN_IMAGE"})  # fmt: skip
+
+
+def _variables() -> dict[str, str]:
+    """Every ``FOREWARN_*`` variable a setting reads -> the setting's name."""
+    out = {"FOREWARN_LOG_LEVEL": "log_level"}
+    for name, field in Settings.model_fields.items():
+        out[f"FOREWARN_{name.upper()}"] = name
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel):
+            for sub in type(default).model_fields:
+                out[f"FOREWARN_{name.upper()}__{sub.upper()}"] = f"{name}.{sub}"
+    return out
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each ``FOREWARN_*`` variable no setting reads (a misspelt one is
+    otherwise silently ignored), with the nearest known name.
+
+    >>> unknown_variables({"FOREWARN_BOOTSTRAP_SERVER": "k:9092", "FOREWARN_GROUP_ID": "g"})
+    ['FOREWARN_BOOTSTRAP_SERVER is not a Forewarn setting and is ignored; did you mean FOREWARN_BOOTSTRAP_SERVERS?']
+    """  # noqa: E501
+    known = _variables()
+    out = []
+    for var in sorted(environ):
+        upper = var.upper()
+        if not upper.startswith("FOREWARN_") or upper in known or upper in NOT_SETTINGS:
+            continue
+        near = difflib.get_close_matches(upper, known, n=1, cutoff=0.8)
+        hint = f"; did you mean {near[0]}?" if near else ""
+        out.append(f"{var} is not a Forewarn setting and is ignored{hint}")
+    return out
 
 
 def settings_help(command: str) -> str:
@@ -465,7 +550,7 @@ def settings_help(command: str) -> str:
       FOREWARN_BOOTSTRAP_SERVERS=127.0.0.1:9092
     """
     lines = ["settings (environment variables, with their defaults):"]
-    for name in COMMAND_SETTINGS[command]:
+    for name in COMMAND_SETTINGS.get(command, _ONLY_LOG_LEVEL):
         if name == "log_level":
             lines.append("  FOREWARN_LOG_LEVEL=INFO")
             continue

@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, Message, Producer, TopicPartition
 
+from forewarn.errors import ForewarnError
 from forewarn.models.contracts import CustomerProfile, JourneyEvent, OutreachAction
 from forewarn.offline.response import TRUE_EFFECTS, Responder, TrueEffect
 from forewarn.offline.samples import (
@@ -32,7 +33,50 @@ from forewarn.offline.simulator import JourneySimulator, span_for
 from forewarn.offline.worlds import OURS, World
 from forewarn.pipeline.codecs import Headers, encode
 from forewarn.streams.settings import Settings, kafka_config
-from forewarn.streams.topics import existing_partitions
+from forewarn.streams.topics import existing_partitions, reach
+
+
+class DeliveryFailed(ForewarnError):
+    """Records were produced but Kafka did not take them all: the environment's to fix."""
+
+    exit_code = 1
+
+
+@dataclass(slots=True)
+class Deliveries:
+    """What Kafka acknowledged of one producer's records (its delivery reports)."""
+
+    what: str
+    bootstrap: str
+    delivered: int = 0
+    failed: int = 0
+    first_error: KafkaError | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def report(self, err: KafkaError | None, _msg: Message) -> None:
+        with self.lock:
+            if err is None:
+                self.delivered += 1
+                return
+            self.failed += 1
+            if self.first_error is None:
+                self.first_error = err
+
+    def producer(self, settings: Settings, **overrides: object) -> Producer:
+        return Producer(kafka_config(settings, "producer", on_delivery=self.report, **overrides))
+
+    def check(self, producer: Producer, timeout: float = 30.0) -> None:
+        """Wait for what is queued; ``DeliveryFailed`` saying what was lost, if anything."""
+        queued = producer.flush(timeout)
+        lost = self.failed + queued
+        if lost:
+            total = self.delivered + lost
+            why = f": {self.first_error.str()}" if self.first_error is not None else ""
+            waiting = f" ({queued:,} still queued after {timeout:g} s)" if queued else ""
+            raise DeliveryFailed(
+                f"{lost:,} of {total:,} {self.what} were not delivered to Kafka at "
+                f"{self.bootstrap}{waiting}{why}"
+            )
 
 
 @dataclass(slots=True)
@@ -77,7 +121,8 @@ class RespondingCustomers:
         self.consumer.assign(
             [TopicPartition(self.topics.actions, p, OFFSET_END) for p in range(parts)]
         )
-        self.producer = Producer(kafka_config(settings, "producer"))
+        self.deliveries = Deliveries("outcome records", settings.bootstrap_servers)
+        self.producer = self.deliveries.producer(settings)
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.actions = self.outcomes = 0
@@ -109,9 +154,9 @@ class RespondingCustomers:
         self.stopping.set()
         self.thread.join(timeout=10)
         self.consumer.close()
-        self.producer.flush(30)
         stats.actions_received, stats.outcomes_reported = self.actions, self.outcomes
         stats.prevented.update(self.responder.prevented)
+        self.deliveries.check(self.producer)
 
 
 def publish_live(
@@ -133,6 +178,7 @@ def publish_live(
     ``respond``, customers respond to the actions they get (``RespondingCustomers``), with
     ``effects`` per playbook (default: ``TRUE_EFFECTS``)."""
     stop = stop or threading.Event()
+    reach(settings)  # one line and a quick exit when no broker answers
     responder = Responder({**TRUE_EFFECTS, **(effects or {})})
     responding = RespondingCustomers(settings, responder) if respond else None
     stats = PublishStats()
@@ -159,7 +205,8 @@ def _publish(
     world: World,
     responding: RespondingCustomers | None,
 ) -> None:
-    producer = Producer(kafka_config(settings, "producer"))
+    deliveries = Deliveries("records", settings.bootstrap_servers)
+    producer = deliveries.producer(settings)
     topics = settings.topics
     span = span_for(int(rate * duration), customers)
     now = datetime.now(UTC)
@@ -203,14 +250,15 @@ def _publish(
         if on_progress and time.monotonic() - last_progress >= 1.0:
             last_progress = time.monotonic()
             on_progress(stats)
-    producer.flush(30)
+    deliveries.check(producer)
 
 
 def publish_backlog(
     settings: Settings, profiles: list[CustomerProfile], events: Iterable[JourneyEvent]
 ) -> int:
     """Publish profiles, then events, as fast as the broker takes them; the events' count."""
-    producer = Producer(kafka_config(settings, "producer", **{"linger.ms": 20}))
+    deliveries = Deliveries("records", settings.bootstrap_servers)
+    producer = deliveries.producer(settings, **{"linger.ms": 20})
     topics = settings.topics
     for p in profiles:
         produce_record(producer, topics.customer_profiles, p.customer_id.encode(), encode(p))
@@ -218,7 +266,7 @@ def publish_backlog(
     for e in events:
         produce_record(producer, topics.journey_events, e.customer_id.encode(), encode(e))
         n += 1
-    producer.flush(60)
+    deliveries.check(producer, 60)
     return n
 
 

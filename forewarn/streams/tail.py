@@ -8,10 +8,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Literal
 
-from confluent_kafka import Consumer, KafkaError
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
 
+from forewarn.errors import ForewarnError
 from forewarn.models.contracts import DeadLetter, Decision, OutreachAction
 from forewarn.streams.settings import Settings, kafka_config
+from forewarn.streams.topics import reach
 
 Which = Literal["actions", "decisions", "dlq"]
 
@@ -61,6 +63,12 @@ _FORMATS: dict[Which, tuple[Callable[[Settings], str], Callable[[bytes], str]]] 
 }
 
 
+class TopicMissing(ForewarnError):
+    """The topic to tail does not exist (yet)."""
+
+    exit_code = 1
+
+
 def tail(
     settings: Settings,
     which: Which,
@@ -71,20 +79,34 @@ def tail(
     as_json: bool = False,
 ) -> Iterator[str]:
     """Lines for each record of the topic (read_committed); stops after ``limit`` records
-    or ``idle_timeout`` seconds without one."""
+    or ``idle_timeout`` seconds without one.
+
+    No consumer group: the topic's partitions are assigned at their start (or end), so the
+    records already there show at once, and the idle timer starts only when they are
+    assigned. ``KafkaUnreachable`` when no broker answers, ``TopicMissing`` when the topic
+    is not there.
+    """
     topic_of, fmt = _FORMATS[which]
+    topic = topic_of(settings)
+    partitions = reach(settings).get(topic)
+    if partitions is None:
+        raise TopicMissing(
+            f"topic {topic} does not exist at {settings.bootstrap_servers}; "
+            "create it with `forewarn topics create` (or set FOREWARN_TOPICS__*)"
+        )
     consumer = Consumer(
         kafka_config(
             settings,
             "consumer",
             **{
+                # never joins: assigned partitions, nothing committed; librdkafka wants a name
                 "group.id": f"forewarn-tail-{uuid.uuid4().hex[:8]}",
-                "auto.offset.reset": "earliest" if from_beginning else "latest",
                 "enable.partition.eof": False,
             },
         )
     )
-    consumer.subscribe([topic_of(settings)])
+    start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+    consumer.assign([TopicPartition(topic, p, start) for p in range(partitions)])
     seen = 0
     last = time.monotonic()
     try:

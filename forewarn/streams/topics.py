@@ -8,7 +8,33 @@ from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from forewarn.errors import ForewarnError
 from forewarn.streams.settings import Settings, kafka_config
+
+
+class KafkaUnreachable(ForewarnError):
+    """No broker answered within ``FOREWARN_CONNECT_TIMEOUT_SECONDS``: the environment's
+    to fix (exit code 1)."""
+
+    exit_code = 1
+
+
+def unreachable(settings: Settings, within: float) -> KafkaUnreachable:
+    return KafkaUnreachable(
+        f"cannot reach Kafka at {settings.bootstrap_servers} (FOREWARN_BOOTSTRAP_SERVERS) "
+        f"within {within:g} s; is the broker running?"
+    )
+
+
+def reach(settings: Settings, timeout: float | None = None) -> dict[str, int]:
+    """The cluster's topics and partition counts, or ``KafkaUnreachable`` when no broker
+    answers within ``timeout`` (default ``settings.connect_timeout_seconds``). The admin
+    client is never polled, so a broker that is down costs no log lines."""
+    within = settings.connect_timeout_seconds if timeout is None else timeout
+    try:
+        return existing_partitions(AdminClient(kafka_config(settings, "admin")), within)
+    except KafkaException as e:
+        raise unreachable(settings, within) from e
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,14 +88,13 @@ def _check(settings: Settings, existing: dict[str, int], created: set[str]) -> l
 
 
 def verify_topics(settings: Settings, timeout: float = 10.0) -> list[TopicReport]:
-    admin = AdminClient(kafka_config(settings, "admin"))
-    return _check(settings, existing_partitions(admin, timeout), set())
+    return _check(settings, reach(settings), set())
 
 
 def create_topics(settings: Settings, timeout: float = 10.0) -> list[TopicReport]:
     """Create what is missing; report every topic. Idempotent."""
+    existing = reach(settings)
     admin = AdminClient(kafka_config(settings, "admin"))
-    existing = existing_partitions(admin, timeout)
     new = []
     for name, (parts, compacted) in _wanted(settings).items():
         if name in existing:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from forewarn.streams.broker import free_port
 
 
@@ -71,3 +73,94 @@ def test_without_the_extras_the_optional_parts_say_what_to_install(tmp_path: Pat
     assert lines[0].startswith("PLOT 2 ") and "pip install 'forewarn[eval]'" in lines[0]
     assert lines[1].startswith("BROKER 2 ") and "pip install 'forewarn[dev]'" in lines[1]
     assert "FOREWARN_BOOTSTRAP_SERVERS" in lines[1]
+
+
+# -- a newcomer's mistakes: one line each, an exit code, no traceback (issue 16) --
+
+
+def _closed_port() -> str:
+    return f"127.0.0.1:{free_port()}"  # free: nothing listens there
+
+
+def _one_line(r: subprocess.CompletedProcess[str]) -> str:
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["topics", "create"], ["topics", "verify"], ["tail", "actions", "--timeout", "5"],
+     ["simulate", "--duration", "3", "--customers", "10"]],
+)  # fmt: skip
+def test_an_unreachable_broker_is_one_line_and_exit_1(command: list[str]) -> None:
+    nobody = _closed_port()
+    r = forewarn(*command, FOREWARN_BOOTSTRAP_SERVERS=nobody, FOREWARN_CONNECT_TIMEOUT_SECONDS="2")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert _one_line(r) == (
+        f"forewarn: cannot reach Kafka at {nobody} (FOREWARN_BOOTSTRAP_SERVERS) within 2 s; "
+        "is the broker running?"
+    )
+    assert "published" not in r.stdout, "nothing was published"
+
+
+def test_score_without_a_broker_does_not_flood_the_terminal() -> None:
+    nobody = _closed_port()
+    r = forewarn("score", FOREWARN_BOOTSTRAP_SERVERS=nobody, FOREWARN_STARTUP_TIMEOUT_SECONDS="3",
+                 FOREWARN_HTTP_PORT="0")  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.splitlines()[-1].startswith(f"forewarn: cannot reach Kafka at {nobody}")
+    refused = [ln for ln in r.stderr.splitlines() if "Connection refused" in ln]
+    assert len(refused) <= 1, "librdkafka's repeats are held back"
+    assert not any(ln.startswith("%3|") for ln in r.stderr.splitlines()), "through logging"
+    assert "Traceback" not in r.stderr
+
+
+def test_a_misspelt_variable_is_named_with_the_nearest_setting(tmp_path: Path) -> None:
+    r = forewarn("schemas", "--out", str(tmp_path), FOREWARN_BOOTSTRAP_SERVER="k:9092",
+                 FOREWARN_TOPICS__ACTION="a")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert (
+        "forewarn: warning: FOREWARN_BOOTSTRAP_SERVER is not a Forewarn setting and is ignored; "
+        "did you mean FOREWARN_BOOTSTRAP_SERVERS?"
+    ) in r.stderr
+    assert "did you mean FOREWARN_TOPICS__ACTIONS?" in r.stderr
+    assert "FOREWARN_LOG_LEVEL" not in r.stderr, "known variables are not warned about"
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["replay", "--events", "{tmp}/none.jsonl", "--out", "{tmp}/out"], "none.jsonl"),
+        (["train", "--events", "{tmp}/none.jsonl", "--out", "{tmp}/m"], "none.jsonl"),
+        (["evaluate", "--events", "{tmp}/h.jsonl", "--report", "{tmp}/r.json", "--rules",
+          "{tmp}/nobook.yaml"], "nobook.yaml"),
+        (["simulate", "--out", "{tmp}/no/such/dir/h.jsonl", "--customers", "5", "--days",
+          "0.1"], "h.jsonl"),
+        (["rules", "test", "--cases", "{tmp}/none.tests.yaml"], "none.tests.yaml"),
+        (["rules", "backtest", "--events", "{tmp}/none.jsonl"], "none.jsonl"),
+    ],
+)  # fmt: skip
+def test_a_missing_file_is_one_line_naming_it_and_exit_2(
+    args: list[str], named: str, tmp_path: Path
+) -> None:
+    r = forewarn(*(a.format(tmp=tmp_path) for a in args))
+    assert r.returncode == 2, r.stdout + r.stderr
+    last = [ln for ln in r.stderr.splitlines() if ln.strip()][-1]
+    assert named in last and last.startswith("forewarn: "), r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_rules_lint_without_a_path_lints_the_shipped_rulebook() -> None:
+    r = forewarn("rules", "lint")
+    assert r.returncode == 0, r.stderr
+    assert "default.yaml: rulebook" in r.stdout and "no problems" in r.stdout
+
+
+def test_version() -> None:
+    from importlib.metadata import version
+
+    r = forewarn("--version")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"forewarn {version('forewarn')}"

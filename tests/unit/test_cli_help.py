@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 from forewarn.cli.main import parser
@@ -36,3 +38,51 @@ def test_help_lists_the_settings_with_their_defaults(
 def test_every_setting_is_listed_by_a_command_that_reads_it() -> None:
     listed = {name for names in COMMAND_SETTINGS.values() for name in names}
     assert set(Settings.model_fields) - listed == UNLISTED_SETTINGS
+
+
+def _commands() -> dict[str, argparse.ArgumentParser]:
+    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+@pytest.mark.parametrize("command", sorted(_commands()))
+def test_every_commands_help_lists_the_settings_it_reads(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = help_of(command, capsys)
+    assert "settings (environment variables, with their defaults):" in text
+    assert "FOREWARN_LOG_LEVEL=INFO" in text  # every command reads it
+    for name in COMMAND_SETTINGS.get(command, ()):
+        if name not in ("log_level", "instance_id"):
+            assert f"FOREWARN_{name.upper()}" in text, name
+
+
+@pytest.mark.parametrize("command", ["topics", "tail", "simulate"])
+def test_the_kafka_commands_list_their_connection(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = help_of(command, capsys)
+    assert "FOREWARN_BOOTSTRAP_SERVERS=127.0.0.1:9092" in text
+    assert "FOREWARN_CONNECT_TIMEOUT_SECONDS=5.0" in text
+
+
+@pytest.mark.parametrize("command", ["demo", "simulate", "evaluate", "topics", "tail"])
+def test_every_option_says_what_it_does_and_its_default(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for action in _commands()[command]._actions:
+        assert action.help, f"{command} {action.dest} has no help"
+    text = help_of(command, capsys)
+    if command == "demo":
+        assert "seconds of simulated traffic (default: 60)" in text
+    if command == "simulate":
+        assert "(default: 1000)" in text and "(default: 500)" in text
+
+
+def test_the_top_level_help_is_plain_words(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert "``" not in text and "`" not in text
+    assert "forewarn.streams" not in text, "no Python module names"
+    assert "--version" in text
