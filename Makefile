@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: model install demo test test-unit test-integration drill lint bench schemas clean
+.PHONY: model install demo shell test test-unit test-integration drill lint bench schemas clean
 
 # Creates .venv and installs the project with its pinned dependencies; a no-op when done.
 install: $(STAMP)
@@ -17,6 +17,11 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(BIN)/forewarn demo
+
+# A shell with .venv first on the PATH, so `forewarn` works as the README writes it.
+shell: install
+	@echo "forewarn is on the PATH here (.venv/bin); exit to leave"
+	@VIRTUAL_ENV="$(CURDIR)/$(VENV)" PATH="$(CURDIR)/$(BIN):$$PATH" $${SHELL:-/bin/sh} -i
 
 # Two test processes, whole files each: a file's module fixtures (a reference run, a broker of
 # its own) stay in one process, and the drills, which mostly wait on a frozen or restarted

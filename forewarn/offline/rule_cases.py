@@ -16,7 +16,9 @@ tests for rules::
 Each case runs through the real engine (the exact streaming path, no broker), with the
 shipped churn model unless another is given (``--model none``: friction only).
 ``actions`` lists every action expected, in order; ``suppressed`` lists every expected
-suppression as ``{rule, reason}``. Omit a key to leave it unchecked. A failing case prints
+suppression as ``{rule, reason}``, the reason one of the ids decisions carry
+(``SuppressionReason``: consent, do_not_contact, quiet_hours, cooldown, frequency_cap,
+holdout, duplicate, expired, arbitration); another is refused when the file loads. Omit a key to leave it unchecked. A failing case prints
 what was expected and what happened, line by line.
 """
 
@@ -30,7 +32,7 @@ from typing import Any
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from forewarn.models.config_file import load_yaml_file
-from forewarn.models.contracts import Consent, CustomerProfile, JourneyEvent
+from forewarn.models.contracts import Consent, CustomerProfile, JourneyEvent, SuppressionReason
 from forewarn.models.risk import RiskModel
 from forewarn.offline.replay import replay
 from forewarn.rules.rulebook import Rulebook
@@ -65,7 +67,8 @@ class ExpectedAction(_Strict):
 
 class ExpectedSuppression(_Strict):
     rule: str
-    reason: str
+    #: one of the suppression reason ids; a misspelt one is refused when the file loads
+    reason: SuppressionReason
 
 
 class Expectation(_Strict):
@@ -131,7 +134,7 @@ def run_case(book: Rulebook, case: Case, churn: RiskModel | None = None) -> Case
         if got != want:
             failures += _diff("actions", want, got)
     if case.expect.suppressed is not None:
-        want_s = sorted(f"{s.rule}: {s.reason}" for s in case.expect.suppressed)
+        want_s = sorted(f"{s.rule}: {s.reason.value}" for s in case.expect.suppressed)
         got_s = sorted(
             f"{d.rule_id}: {d.suppressed_by.value}"
             for d in out.decisions

@@ -33,7 +33,7 @@ from forewarn.offline.simulator import JourneySimulator, span_for
 from forewarn.offline.worlds import OURS, World
 from forewarn.pipeline.codecs import Headers, encode
 from forewarn.streams.settings import Settings, kafka_config
-from forewarn.streams.topics import existing_partitions, reach
+from forewarn.streams.topics import existing_partitions, reach, require
 
 
 class DeliveryFailed(ForewarnError):
@@ -178,7 +178,10 @@ def publish_live(
     ``respond``, customers respond to the actions they get (``RespondingCustomers``), with
     ``effects`` per playbook (default: ``TRUE_EFFECTS``)."""
     stop = stop or threading.Event()
-    reach(settings)  # one line and a quick exit when no broker answers
+    # one line and a quick exit when no broker answers or a topic is missing
+    t = settings.topics
+    wanted = [t.customer_profiles, t.journey_events] + ([t.actions, t.outcomes] if respond else [])
+    require(settings, reach(settings), wanted)
     responder = Responder({**TRUE_EFFECTS, **(effects or {})})
     responding = RespondingCustomers(settings, responder) if respond else None
     stats = PublishStats()

@@ -10,10 +10,9 @@ from typing import Literal
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
 
-from forewarn.errors import ForewarnError
 from forewarn.models.contracts import DeadLetter, Decision, OutreachAction
 from forewarn.streams.settings import Settings, kafka_config
-from forewarn.streams.topics import reach
+from forewarn.streams.topics import reach, require
 
 Which = Literal["actions", "decisions", "dlq"]
 
@@ -63,12 +62,6 @@ _FORMATS: dict[Which, tuple[Callable[[Settings], str], Callable[[bytes], str]]] 
 }
 
 
-class TopicMissing(ForewarnError):
-    """The topic to tail does not exist (yet)."""
-
-    exit_code = 1
-
-
 def tail(
     settings: Settings,
     which: Which,
@@ -88,12 +81,9 @@ def tail(
     """
     topic_of, fmt = _FORMATS[which]
     topic = topic_of(settings)
-    partitions = reach(settings).get(topic)
-    if partitions is None:
-        raise TopicMissing(
-            f"topic {topic} does not exist at {settings.bootstrap_servers}; "
-            "create it with `forewarn topics create` (or set FOREWARN_TOPICS__*)"
-        )
+    existing = reach(settings)
+    require(settings, existing, [topic])
+    partitions = existing[topic]
     consumer = Consumer(
         kafka_config(
             settings,

@@ -26,6 +26,22 @@ def unreachable(settings: Settings, within: float) -> KafkaUnreachable:
     )
 
 
+class TopicMissing(ForewarnError):
+    """A topic a command reads or writes does not exist (yet): exit code 1."""
+
+    exit_code = 1
+
+
+def require(settings: Settings, existing: dict[str, int], topics: list[str]) -> None:
+    """``TopicMissing`` naming the first of ``topics`` the cluster does not have."""
+    for topic in topics:
+        if topic not in existing:
+            raise TopicMissing(
+                f"topic {topic} does not exist at {settings.bootstrap_servers}; create "
+                "Forewarn's topics with: forewarn topics create (or set FOREWARN_TOPICS__*)"
+            )
+
+
 def reach(settings: Settings, timeout: float | None = None) -> dict[str, int]:
     """The cluster's topics and partition counts, or ``KafkaUnreachable`` when no broker
     answers within ``timeout`` (default ``settings.connect_timeout_seconds``). The admin

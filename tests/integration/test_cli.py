@@ -103,6 +103,52 @@ def test_tail_pretty_prints_actions_and_decisions(
     assert "delivery_apology  emitted via email" in dec
 
 
+def test_tail_shows_the_records_already_in_the_topic_within_its_timeout(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """No group to join: the partitions are assigned, so a short idle timeout is enough."""
+    s = make_settings(partitions=3)
+    p = Producer(kafka_config(s, "producer"))
+    for i in range(12):
+        p.produce(s.topics.actions, key=f"c{i}".encode(), value=f'{{"n": {i}}}'.encode())
+        p.flush(10)  # one record a batch: the embedded broker's end offset counts batches
+    env = _env(s)
+    shown = _forewarn("tail", "actions", "--from-beginning", "--json", "--timeout", "2", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert sorted(shown.stdout.splitlines()) == sorted(f'{{"n": {i}}}' for i in range(12))
+    new_only = _forewarn("tail", "actions", "--json", "--timeout", "1", env=env)
+    assert new_only.returncode == 0 and new_only.stdout == "", "without --from-beginning: new ones"
+
+
+def test_tail_and_simulate_name_a_missing_topic(make_settings: Callable[..., Settings]) -> None:
+    s = make_settings(partitions=1)
+    env = {**_env(s), "FOREWARN_TOPICS__DECISIONS": "no-such-topic",
+           "FOREWARN_TOPICS__JOURNEY_EVENTS": "no-such-topic"}  # fmt: skip
+    for args in (["tail", "decisions", "--timeout", "1"], ["simulate", "--duration", "1"]):
+        r = _forewarn(*args, env=env)
+        assert r.returncode == 1, r.stderr
+        assert r.stderr.strip() == (
+            f"forewarn: topic no-such-topic does not exist at {s.bootstrap_servers}; create "
+            "Forewarn's topics with: forewarn topics create (or set FOREWARN_TOPICS__*)"
+        )
+
+
+def test_simulate_exits_1_saying_what_kafka_did_not_take(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Records that time out before the broker has them (1 ms to deliver) are lost: the
+    command says how many and why, and does not claim it published them."""
+    s = make_settings(partitions=1)
+    env = {**_env(s), "FOREWARN_KAFKA__EXTRA": '{"message.timeout.ms": "1", "linger.ms": "0"}'}
+    r = _forewarn("simulate", "--duration", "2", "--customers", "20", "--rate", "50", env=env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("forewarn: ") and " records were not delivered to Kafka at " in last
+    assert last.endswith("Local: Message timed out"), last
+    assert "published 20 profiles" not in r.stdout
+    assert "Traceback" not in r.stderr
+
+
 def test_demo_runs_end_to_end_and_stops_what_it_started(tmp_path: Path) -> None:
     proc = subprocess.run(
         [

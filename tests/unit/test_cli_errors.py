@@ -164,3 +164,18 @@ def test_version() -> None:
     r = forewarn("--version")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == f"forewarn {version('forewarn')}"
+
+
+def test_an_unknown_expected_reason_is_refused_naming_the_valid_ids(tmp_path: Path) -> None:
+    cases = tmp_path / "mine.tests.yaml"
+    cases.write_text(
+        "cases:\n"
+        "  - name: a typo in the reason\n"
+        "    profile: {consent: {push: true}}\n"
+        "    events: [{type: payment_failed, at: '2026-03-02T12:00:00Z'}]\n"
+        "    expect: {suppressed: [{rule: payment_recovery, reason: quiet_hour}]}\n"
+    )
+    r = forewarn("rules", "test", "--cases", str(cases))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"{cases}:5:" in r.stderr and "quiet_hours" in r.stderr and "frequency_cap" in r.stderr
+    assert "FAIL" not in r.stdout, "refused, not run"

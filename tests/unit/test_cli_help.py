@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from forewarn.cli.main import parser
+from forewarn.models.contracts import SuppressionReason
 from forewarn.streams.settings import COMMAND_SETTINGS, UNLISTED_SETTINGS, Settings
 
 
@@ -86,3 +90,29 @@ def test_the_top_level_help_is_plain_words(capsys: pytest.CaptureFixture[str]) -
     assert "``" not in text and "`" not in text
     assert "forewarn.streams" not in text, "no Python module names"
     assert "--version" in text
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_the_readmes_rule_test_cases_run_and_list_every_reason(tmp_path: Path) -> None:
+    """The README's example of a NAME.tests.yaml is a file that passes on the shipped
+    rulebook, and it lists every suppression reason id."""
+    text = README.read_text()
+    section = text.split("### Testing rules", 1)[1].split("\n## ", 1)[0]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    cases = tmp_path / "readme.tests.yaml"
+    cases.write_text(example)
+    command = [sys.executable, "-m", "forewarn.cli", "rules", "test", "--cases", str(cases)]
+    r = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 passed, 0 failed" in r.stdout
+    for reason in SuppressionReason:
+        assert f"`{reason.value}`" in section, reason
+
+
+def test_the_readme_says_how_to_run_forewarn() -> None:
+    text = README.read_text()
+    start = text.split("## Command line", 1)[1][:600]
+    assert ".venv/bin/forewarn" in start and "source .venv/bin/activate" in start
+    assert "make shell" in text.split("## How it flows", 1)[0]
