@@ -55,9 +55,18 @@ Policy = Callable[[Proposal], Verdict]
 
 
 def ago(seconds: float) -> str:
-    """A duration in words: ``2 h``, ``3 days``."""
+    """A duration in the unit a person would use, rounded.
+
+    >>> [ago(s) for s in (86.485, 1500, 6 * 3600, 5400, 47 * 3600, 7 * 86400, 1.5 * 86400)]
+    ['86 s', '25 min', '6 h', '1.5 h', '47 h', '7 days', '36 h']
+    """
+    if seconds < 120:
+        return f"{round(seconds)} s"
+    if seconds < 120 * 60:
+        minutes = seconds / 60
+        return f"{round(minutes)} min" if minutes < 90 else f"{round(minutes / 60, 1):g} h"
     hours = seconds / 3600
-    return f"{hours:g} h" if hours < 48 else f"{hours / 24:g} days"
+    return f"{round(hours, 1):g} h" if hours < 48 else f"{round(hours / 24, 1):g} days"
 
 
 def do_not_contact(p: Proposal) -> Verdict:

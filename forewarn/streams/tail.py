@@ -19,8 +19,9 @@ Which = Literal["actions", "decisions", "dlq"]
 
 def format_action(a: OutreachAction) -> str:
     why = "; ".join(r.detail for r in a.reasons)
-    when = a.triggered_at.strftime("%Y-%m-%d %H:%M")
-    kind = "service" if a.transactional else "marketing"
+    when = a.triggered_at.isoformat(timespec="seconds")
+    # the rulebook's words: transactional messages are exempt from the contact budget
+    kind = "transactional" if a.transactional else "marketing"
     return (
         f"{when}  {a.customer_id}  {a.rule_id} -> {a.channel.value} "
         f"(priority {a.priority}, {kind}, friction {a.scores.friction:.0f})\n"
@@ -34,14 +35,17 @@ def format_decision(d: Decision) -> str:
         verdict = f"{d.status.value} via {a.channel.value}"
     else:
         verdict = f"suppressed by {d.suppressed_by.value}: {d.detail}"
-    return f"{a.triggered_at:%Y-%m-%d %H:%M}  {d.customer_id}  {d.rule_id}  {verdict}"
+    return (
+        f"{a.triggered_at.isoformat(timespec='seconds')}  {d.customer_id}  {d.rule_id}  {verdict}"
+    )
 
 
 def format_dead_letter(dl: DeadLetter) -> str:
     raw = base64.b64decode(dl.value_base64) if dl.value_base64 else b""
     preview = raw[:80].decode("utf-8", errors="replace").replace("\n", " ")
     return (
-        f"{dl.failed_at:%H:%M:%S}  {dl.source_topic}[{dl.partition}]@{dl.offset}  "
+        f"{dl.failed_at.isoformat(timespec='seconds')}  "
+        f"{dl.source_topic}[{dl.partition}]@{dl.offset}  "
         f"{dl.error_type.value}: {dl.error_detail[:160]}\n    value: {preview!r}"
     )
 
