@@ -169,7 +169,7 @@ def explain(rule: Rule, m: Moment, config: FrictionConfig) -> list[Reason]:
             Reason(
                 signal="churn_risk",
                 contribution=round(log_odds, 2),
-                detail=f"churn risk raised: {words} ({log_odds:+.2f} log-odds)",
+                detail=f"churn risk raised: {words} ({_odds(log_odds)})",
             )
         )
     for words, log_odds in m.contact_reasons if rule.uses_score("contact_risk") else ():
@@ -177,10 +177,20 @@ def explain(rule: Rule, m: Moment, config: FrictionConfig) -> list[Reason]:
             Reason(
                 signal="contact_risk",
                 contribution=round(log_odds, 2),
-                detail=f"contact risk raised: {words} ({log_odds:+.2f} log-odds)",
+                detail=f"contact risk raised: {words} ({_odds(log_odds)})",
             )
         )
     return reasons
+
+
+def _odds(log_odds: float) -> str:
+    """A feature's share of a risk in plain words (the log-odds stay in ``contribution``).
+
+    >>> _odds(1.35), _odds(0.05)
+    ('odds x3.9', 'odds x1.05')
+    """
+    factor = math.exp(log_odds)
+    return f"odds x{factor:.1f}" if factor >= 1.1 else f"odds x{factor:.2f}"
 
 
 def choose_channel(rule: Rule, state: CustomerState) -> ActionChannel | None:

@@ -38,3 +38,10 @@ def test_tail_prints_times_with_their_zone_and_the_rulebooks_words() -> None:
         "2026-03-02T12:02:00+00:00  c1  payment_recovery  suppressed by cooldown: rule reached "
         "this customer 60 s ago"  # was "0.0166667 h ago", at a time without its zone
     )
+
+
+def test_a_risks_reason_says_how_much_it_raises_the_odds_not_log_odds() -> None:
+    from forewarn.rules.decide import _odds
+
+    assert _odds(1.35) == "odds x3.9"  # was "+1.35 log-odds"
+    assert _odds(0.05) == "odds x1.05"
