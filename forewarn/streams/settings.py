@@ -525,8 +525,10 @@ def _variables() -> dict[str, str]:
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
-    """A warning for each ``FOREWARN_*`` variable no setting reads (a misspelt one is
-    otherwise silently ignored), with the nearest known name.
+    """A warning for each ``FOREWARN_*`` variable no setting reads that looks like a
+    misspelt setting (a known one is near it, or it names a field of a known group such as
+    ``FOREWARN_TOPICS__``), with the nearest known name. Others are left alone: a
+    destinations file may name its own secrets' variables, ``FOREWARN_`` ones among them.
 
     >>> unknown_variables({"FOREWARN_BOOTSTRAP_SERVER": "k:9092", "FOREWARN_GROUP_ID": "g"})
     ['FOREWARN_BOOTSTRAP_SERVER is not a Forewarn setting and is ignored; did you mean FOREWARN_BOOTSTRAP_SERVERS?']
@@ -538,8 +540,11 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
         if not upper.startswith("FOREWARN_") or upper in known or upper in NOT_SETTINGS:
             continue
         near = difflib.get_close_matches(upper, known, n=1, cutoff=0.8)
-        hint = f"; did you mean {near[0]}?" if near else ""
-        out.append(f"{var} is not a Forewarn setting and is ignored{hint}")
+        group = upper.split("__", 1)[0] + "__" if "__" in upper else None
+        if near:
+            out.append(f"{var} is not a Forewarn setting and is ignored; did you mean {near[0]}?")
+        elif group is not None and any(k.startswith(group) for k in known):
+            out.append(f"{var} is not a Forewarn setting and is ignored")
     return out
 
 

@@ -179,3 +179,10 @@ def test_an_unknown_expected_reason_is_refused_naming_the_valid_ids(tmp_path: Pa
     assert r.returncode == 2, r.stdout + r.stderr
     assert f"{cases}:5:" in r.stderr and "quiet_hours" in r.stderr and "frequency_cap" in r.stderr
     assert "FAIL" not in r.stdout, "refused, not run"
+
+
+def test_a_variable_a_destinations_file_may_name_is_left_alone(tmp_path: Path) -> None:
+    r = forewarn("schemas", "--out", str(tmp_path), FOREWARN_WEBHOOK_SECRET="whsec_x",
+                 FOREWARN_TOPICS__DECISION="d")  # fmt: skip
+    assert "FOREWARN_WEBHOOK_SECRET" not in r.stderr, "not a misspelt setting: no warning"
+    assert "did you mean FOREWARN_TOPICS__DECISIONS?" in r.stderr
