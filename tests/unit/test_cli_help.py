@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +117,34 @@ def test_the_readme_says_how_to_run_forewarn() -> None:
     start = text.split("## Command line", 1)[1][:600]
     assert ".venv/bin/forewarn" in start and "source .venv/bin/activate" in start
     assert "make shell" in text.split("## How it flows", 1)[0]
+
+
+def _readme_commands() -> list[str]:
+    """Every ``forewarn ...`` command in the README's shell examples, as written."""
+    text = README.read_text()
+    commands = []
+    for block in text.split("```sh\n")[1:]:
+        body = block.split("```", 1)[0].replace("\\\n", " ")
+        for line in body.splitlines():
+            for part in line.split("#", 1)[0].split("&&"):
+                words = shlex.split(part)
+                while words and "=" in words[0] and words[0].split("=")[0].isupper():
+                    words.pop(0)  # VAR=value before the command
+                if words[:1] == ["forewarn"]:
+                    commands.append(shlex.join(words))
+    return commands
+
+
+def test_the_readme_has_command_examples() -> None:
+    assert len(_readme_commands()) > 20
+
+
+@pytest.mark.parametrize("command", _readme_commands())
+def test_every_readme_command_example_parses(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every example's command and options exist, as ``forewarn COMMAND --help`` lists them."""
+    try:
+        parser().parse_args(shlex.split(command)[1:])
+    except SystemExit as e:
+        pytest.fail(f"{command}: {capsys.readouterr().err.strip()} (exit {e.code})")
