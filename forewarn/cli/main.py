@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from pydantic import ValidationError
 
+from forewarn.cli.deliver import add_deliver_parser
 from forewarn.cli.feedback import add_feedback_commands
 from forewarn.cli.history import EFFECT_ARGUMENT, add_history_commands, aware_time
 from forewarn.errors import ForewarnError
@@ -296,6 +297,7 @@ def parser() -> argparse.ArgumentParser:
 
     add_history_commands(sub)
     add_feedback_commands(sub)
+    add_deliver_parser(sub)
 
     sc = sub.add_parser("schemas", help="write the contracts' JSON Schemas")
     sc.add_argument("--out", type=Path, default=Path("schemas"), help="directory to write")

@@ -311,6 +311,13 @@ class DeadLetterReason(StrEnum):
     outcome_before_action = "outcome_before_action"
     #: an outcome whose customer is not its action's customer
     customer_mismatch = "customer_mismatch"
+    #: ``forewarn deliver``: the destination refused the action for good (a 4xx other than
+    #: 408 and 429); ``delivery`` holds its last answer
+    delivery_rejected = "delivery_rejected"
+    #: ``forewarn deliver``: every attempt failed (5xx, timeouts, connection errors)
+    delivery_exhausted = "delivery_exhausted"
+    #: ``forewarn deliver``: the destination's body template cannot render the action
+    delivery_unrenderable = "delivery_unrenderable"
 
 
 class Header(_Contract):
@@ -327,6 +334,19 @@ class Truncation(_Contract):
     kept_bytes: int
     #: SHA-256 (hex) of the part's original bytes in full, to match it with the source
     sha256: str
+
+
+class DeliveryFailure(_Contract):
+    """What ``forewarn deliver`` saw last when it gave an action up (in its dead letter)."""
+
+    destination: str
+    attempts: int = Field(ge=0)
+    #: the last HTTP status; None when nothing answered (timeout, connection refused)
+    status: int | None = None
+    #: the last error (``timeout``, ``connection refused: ...``) when nothing answered
+    error: str | None = Field(default=None, max_length=1024)
+    #: the start of the last response's body
+    response_body: str | None = Field(default=None, max_length=4096)
 
 
 class DeadLetter(_Contract):
@@ -349,6 +369,8 @@ class DeadLetter(_Contract):
     #: size of the original record (key, value and headers) in bytes
     original_bytes: int | None = None
     truncated: list[Truncation] = Field(default_factory=list)
+    #: set by ``forewarn deliver``: the destination and its last answer
+    delivery: DeliveryFailure | None = None
 
 
 #: the journey events that outcomes are measured by, published to the milestones topic
@@ -421,6 +443,31 @@ class Outcome(_Contract):
     detail: str | None = Field(default=None, max_length=1024)
 
 
+class HeldDelivery(_Contract):
+    """An action ``forewarn deliver`` holds for one destination: deferred until its
+    ``not_before``, waiting for a retry, or for a paused destination (v1).
+
+    Written to the compacted held-deliveries topic (key ``destination/action_id``, the
+    partition of the action's own record) in the transaction that commits the action's
+    offset; a tombstone in a later transaction settles it. A restarted deliverer reads the
+    partition back before it reads actions: nothing held is lost or sent twice.
+    """
+
+    schema_version: Literal[1] = 1
+    destination: str
+    action: OutreachAction
+    #: when it may be attempted next
+    due_at: AwareDatetime
+    #: attempts made so far
+    attempts: int = Field(default=0, ge=0)
+    reason: Literal["not_before", "retry", "paused"]
+    #: where the action was read (for its dead letter if it fails for good)
+    source_partition: int = Field(ge=0)
+    source_offset: int = Field(ge=0)
+    last_status: int | None = None
+    last_error: str | None = Field(default=None, max_length=1024)
+
+
 #: File name in ``schemas/`` for each exported contract.
 SCHEMA_FILES: dict[str, type[BaseModel]] = {
     "journey-event.v1.json": JourneyEvent,
@@ -431,6 +478,7 @@ SCHEMA_FILES: dict[str, type[BaseModel]] = {
     "milestone.v1.json": Milestone,
     "feature-row.v1.json": FeatureRow,
     "outcome.v1.json": Outcome,
+    "held-delivery.v1.json": HeldDelivery,
 }
 
 

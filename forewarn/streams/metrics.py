@@ -445,6 +445,104 @@ class FeedbackMetrics:
                     self.outcome_events.labels(rule, arm, measure).inc(n)
 
 
+_DELIVERY_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_DELIVERY_DELAYS = (0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 3600, 4 * 3600, 24 * 3600)
+
+
+class DeliveryMetrics:
+    """``forewarn deliver``: results by destination, latency, retries, what it holds, and
+    each destination's circuit breaker. Destination names come from the destinations file
+    (a small, fixed set)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.deliveries = Counter(
+            "forewarn_deliveries_total",
+            "Actions settled per destination, by result: delivered, failed (dead-lettered: "
+            "rejected, retries exhausted or unrenderable), expired (expires_at passed first)",
+            ["destination", "result"],
+            registry=r,
+        )
+        self.attempts = Counter(
+            "forewarn_delivery_attempts_total",
+            "HTTP requests per destination, by class: 2xx, 4xx, 5xx, timeout, connection",
+            ["destination", "status_class"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "forewarn_delivery_retries_total",
+            "Attempts scheduled again after a 5xx, 408, 429, timeout or connection error",
+            ["destination"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "forewarn_delivery_request_seconds",
+            "Time from sending a request to its answer (or its timeout)",
+            ["destination"],
+            buckets=_DELIVERY_SECONDS,
+            registry=r,
+        )
+        self.delay_seconds = Histogram(
+            "forewarn_delivery_delay_seconds",
+            "Time from an action's decision (or its not_before, when later) to its delivery",
+            ["destination"],
+            buckets=_DELIVERY_DELAYS,
+            registry=r,
+        )
+        self.held = Gauge(
+            "forewarn_delivery_held",
+            "Actions held on this deliverer, by reason: not_before, retry, paused",
+            ["reason"],
+            registry=r,
+        )
+        self.breaker = Gauge(
+            "forewarn_delivery_breaker_state",
+            "Each destination's circuit breaker: 0 closed, 1 open (paused), 2 half-open",
+            ["destination"],
+            registry=r,
+        )
+        self.unreadable = Counter(
+            "forewarn_delivery_unreadable_actions_total",
+            "Records on the actions topic that are not actions (dead-lettered)",
+            registry=r,
+        )
+        # the Kafka side (the same transaction helper as the scoring worker)
+        self.transactions = Counter(
+            "forewarn_delivery_transactions_total",
+            "Transactions (outcomes, dead letters, held actions and offsets), by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.kafka_retries = Counter(
+            "forewarn_delivery_kafka_retries_total",
+            "Kafka calls retried because the broker did not answer in time, by operation",
+            ["operation"],
+            registry=r,
+        )
+        self.producer_restarts = Counter(
+            "forewarn_delivery_producer_restarts_total",
+            "Producers replaced after a fatal error (not fencing)",
+            registry=r,
+        )
+        self.up = Gauge("forewarn_delivery_up", "1 while the delivery loop runs", registry=r)
+        for outcome in ("committed", "aborted"):
+            self.transactions.labels(outcome)
+        for reason in ("not_before", "retry", "paused"):
+            self.held.labels(reason)
+
+    def destinations(self, names: list[str]) -> None:
+        """Start every destination's series at zero (rate() and alerts see them at once)."""
+        for name in names:
+            for result in ("delivered", "failed", "expired"):
+                self.deliveries.labels(name, result)
+            self.retries.labels(name)
+            self.breaker.labels(name).set(0)
+
+    def serve(self, host: str, port: int, health: Health | None = None) -> ThreadingHTTPServer:
+        return serve_http(self.registry, host, port, health)
+
+
 def _swap(info: Gauge, old: str | None, new: str | None) -> None:
     """An info metric moves from one version to the next (the same one: stays at 1)."""
     if old is not None and old != new:

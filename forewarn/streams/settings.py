@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from forewarn.delivery.config import DeliveryConfig
 from forewarn.pipeline.codecs import DEAD_LETTER_KEEP_BYTES, DecodeSettings
 
 if TYPE_CHECKING:
@@ -118,6 +119,11 @@ class TopicNames(BaseModel):
     outcomes_dlq: str = "outreach-outcomes-dlq"
     #: the feedback plane's own input, keyed by customer (it creates it: internal)
     feedback: str = "forewarn-feedback-ledger-input"
+    #: ``forewarn deliver``: actions held for later (deferred, retrying, paused destination),
+    #: compacted, partition by partition beside the actions topic
+    delivery_held: str = "forewarn-delivery-held"
+    #: ``forewarn deliver``: actions that failed for good, with the destination's last answer
+    delivery_dlq: str = "outreach-actions-dlq"
     #: partitions of journey-events and customer-profiles (kept equal: co-partitioned);
     #: the ceiling on how many scoring workers can share the work
     partitions: int = Field(default=6, ge=1)
@@ -129,7 +135,7 @@ class TopicNames(BaseModel):
         return self.model_copy(update=names)
 
     def compacted(self) -> set[str]:
-        return {self.customer_profiles, self.state, self.models}
+        return {self.customer_profiles, self.state, self.models, self.delivery_held}
 
     def all(self) -> list[str]:
         return [
@@ -144,12 +150,14 @@ class TopicNames(BaseModel):
             self.feature_rows,
             self.models,
             self.outcomes_dlq,
+            self.delivery_held,
+            self.delivery_dlq,
         ]
 
 
 _NAME_FIELDS = ("journey_events", "customer_profiles", "actions", "decisions", "dlq", "state",
                 "outcomes", "milestones", "feature_rows", "models", "outcomes_dlq",
-                "feedback")  # fmt: skip
+                "feedback", "delivery_held", "delivery_dlq")  # fmt: skip
 
 
 class KafkaSecurity(BaseModel):
@@ -288,6 +296,9 @@ class Settings(BaseSettings):
     feature_row_share: float = Field(default=0.05, ge=0, le=1)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
+    #: ``forewarn deliver``: the destinations file (YAML; docs in README, "Delivering actions")
+    delivery_path: Path | None = None
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     #: the feedback plane's HTTP API (why, experiments, health, metrics)
     feedback_http_port: int = Field(default=9465, ge=1, le=65535)
     feedback_http_host: str = "127.0.0.1"
@@ -492,6 +503,11 @@ COMMAND_SETTINGS: dict[str, tuple[str, ...]] = {
         "future_tolerance_seconds",
     ),
     "learn": (*_CONNECTION, "learner", "friction_path", "http_port", "http_host"),
+    "deliver": (
+        *_CONNECTION, "delivery_path", "delivery", "instance_id", "exactly_once",
+        "transaction_timeout_ms", "session_timeout_ms", "batch_timeout_seconds",
+        "startup_timeout_seconds", "http_host",
+    ),
     "feedback": (
         *_CONNECTION, "feedback", "feedback_http_port", "feedback_http_host", "rules_path",
         "state_dir",

@@ -1,0 +1,1 @@
+"""``forewarn deliver``: the Kafka and HTTP shell around ``forewarn.delivery``."""
