@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from forewarn.cli.progress import Progress, Reported
 from forewarn.models.config_file import ConfigFileError
 from forewarn.models.contracts import CustomerProfile, JourneyEvent
 from forewarn.models.risk import RiskModel
@@ -164,8 +165,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     contact = _contact_model(args.contact_model)
     learning = None if args.no_learning else _learning()
     events, profiles = _history(args)
+    progress = Progress("replaying", len(events), "events")
     report = evaluate(
-        events,
+        Reported(events, progress),
         profiles,
         rulebook=rulebook,
         churn=churn,
@@ -175,6 +177,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         learning=learning,
         measure_from=args.measure_from,
     )
+    progress.close()
     data = report.to_json()
     print(format_report(report))
     if args.respond:
@@ -228,8 +231,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         from forewarn.pipeline.learner import ContactLearner
 
         learner = ContactLearner(learning)
-    out = replay(events, profiles, rulebook=rulebook, churn=churn, contact=contact,
-                 learner=learner)  # fmt: skip
+    progress = Progress("replaying", len(events), "events")
+    out = replay(Reported(events, progress), profiles, rulebook=rulebook, churn=churn,
+                 contact=contact, learner=learner)  # fmt: skip
+    progress.close()
     actions, decisions, models = write_replay(out, args.out)
     accepted = sum(r.verdict.accepted for r in out.releases)
     print(

@@ -1,0 +1,47 @@
+"""Long offline work says how far it got (issue 16, point 11)."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+from forewarn.cli.progress import Progress, Reported
+
+
+def test_plain_lines_with_the_count_the_rate_and_the_time_left() -> None:
+    out = io.StringIO()  # not a terminal: plain lines
+    progress = Progress("replaying", 1000, "events", stream=out, every=0)
+    items = Reported(list(range(1000)), progress)
+    for start in range(0, len(items), 250):
+        assert list(items[start : start + 250]) == list(range(start, min(start + 250, 1000)))
+    progress.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("replaying: 250 of 1,000 events (25%), ") and "left" in lines[0]
+    assert lines[-1].startswith("replaying: 1,000 of 1,000 events (100%), ")
+    assert "\r" not in out.getvalue()
+
+
+def test_a_second_pass_is_counted_as_one() -> None:
+    out = io.StringIO()
+    progress = Progress("replaying", 10, "events", stream=out, every=3600)
+    items = Reported(list(range(10)), progress)
+    for _ in range(2):
+        for start in range(0, 10, 5):
+            items[start : start + 5]
+    progress.close()
+    assert out.getvalue().splitlines()[-1].startswith("replaying (pass 2): 10 of 10 events")
+
+
+def test_replay_reports_its_progress(tmp_path: Path) -> None:
+    def forewarn(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "forewarn.cli", *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+
+    made = forewarn("simulate", "--out", "h.jsonl", "--customers", "50", "--days", "1")
+    assert made.returncode == 0, made.stderr
+    events = int(made.stdout.split()[1].replace(",", ""))
+    r = forewarn("replay", "--events", "h.jsonl", "--out", "out", "--no-learning")
+    assert r.returncode == 0, r.stderr
+    assert f"replaying: {events:,} of {events:,} events (100%)" in r.stderr
