@@ -258,7 +258,8 @@ def cmd_rules(args: argparse.Namespace) -> int:
             print(f"  {p}", file=sys.stderr)
         return 1
     if args.action == "lint":
-        print(f"{args.path}: rulebook {book.version}, {len(book.rules)} rules, no problems")
+        rules = f"{len(book.rules)} rule" + ("" if len(book.rules) == 1 else "s")
+        print(f"{args.path}: rulebook {book.version}, {rules}, no problems")
         return 0
     if args.action == "test":
         return _rules_test(args, book)

@@ -85,27 +85,30 @@ def backtest(
 
 
 def format_backtest(result: Backtest) -> str:
+    # the rule column as wide as the longest rule id: the numbers stay in their columns
+    w = max([len("all rules"), *(len(rule) for rule in result.rules)]) + 2
     lines = [
         f"rulebook {result.rulebook_version}",
-        f"{'rule':<20}{'actions':>8}{'reached':>9}{'coverage':>10}{'lead min':>10}  suppressed",
+        f"{'rule':<{w}}{'actions':>8}{'reached':>9}{'coverage':>10}{'lead min':>10}  suppressed",
     ]
     for rule, r in result.rules.items():
         lead = r.lead_time_minutes.median
         sup = ", ".join(f"{k} {v}" for k, v in r.suppressed.items()) or "-"
         lines.append(
-            f"{rule:<20}{r.actions:>8}{r.customers_reached:>9}"
+            f"{rule:<{w}}{r.actions:>8}{r.customers_reached:>9}"
             f"{r.contact_coverage:>10.1%}{'-' if lead is None else f'{lead:.0f}':>10}  {sup}"
         )
     o = result.overall
     lines.append(
-        f"{'all rules':<20}{o.actions:>8}{'':>9}{o.contact_coverage:>10.1%}"
+        f"{'all rules':<{w}}{o.actions:>8}{'':>9}{o.contact_coverage:>10.1%}"
         f"{'':>10}  precision {o.outreach_precision:.1%}"
     )
     if result.change is not None and result.deployed is not None:
         c = result.change
+        # differences of two shares are percentage points, not percent
         lines.append(
             f"\nagainst deployed {result.deployed.rulebook_version}: actions "
-            f"{c.actions:+d}, coverage {c.contact_coverage:+.1%}, "
-            f"precision {c.outreach_precision:+.1%}"
+            f"{c.actions:+d}, coverage {c.contact_coverage * 100:+.1f} percentage points, "
+            f"precision {c.outreach_precision * 100:+.1f} percentage points"
         )
     return "\n".join(lines)
