@@ -18,8 +18,9 @@ shipped churn model unless another is given (``--model none``: friction only).
 ``actions`` lists every action expected, in order; ``suppressed`` lists every expected
 suppression as ``{rule, reason}``, the reason one of the ids decisions carry
 (``SuppressionReason``: consent, do_not_contact, quiet_hours, cooldown, frequency_cap,
-holdout, duplicate, expired, arbitration); another is refused when the file loads. Omit a key to leave it unchecked. A failing case prints
-what was expected and what happened, line by line.
+holdout, duplicate, expired, arbitration); another is refused when the file loads. Omit a
+key to leave it unchecked. A failing case prints what was expected and what happened, line
+by line.
 """
 
 from __future__ import annotations
