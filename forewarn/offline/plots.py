@@ -57,12 +57,36 @@ def plot_report(
     ax.set(
         title="Contact coverage vs outreach volume",
         xlabel="actions per customer over the history",
-        ylabel="share of support contacts anticipated",
+        ylabel="coverage: support contacts anticipated",
     )
+    from matplotlib.ticker import PercentFormatter
+
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))  # the table's unit: percent
+    if "rulebook" in points and below_curve(sweep, *points["rulebook"]):
+        ax.text(0.02, 0.97, "the rulebook anticipates fewer contacts than a friction\n"
+                "threshold sending as many actions", transform=ax.transAxes, va="top",
+                fontsize=8)  # fmt: skip
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def below_curve(sweep: Sweep, actions_per_customer: float, coverage: float) -> bool:
+    """Whether a point anticipates fewer contacts than the friction-threshold curve at the
+    same volume (the curve interpolated; False outside its range).
+
+    >>> s = Sweep(thresholds=[80, 60, 40], actions_per_customer=[0.1, 0.5, 1.0],
+    ...           coverage=[0.1, 0.3, 0.5])
+    >>> below_curve(s, 0.5, 0.2), below_curve(s, 0.5, 0.35), below_curve(s, 2.0, 0.0)
+    (True, False, False)
+    """
+    xs = np.array(sweep.actions_per_customer, dtype=float)
+    if xs.size < 2 or not xs.min() <= actions_per_customer <= xs.max():
+        return False
+    order = np.argsort(xs)
+    ys = np.array(sweep.coverage, dtype=float)[order]
+    return bool(coverage < float(np.interp(actions_per_customer, xs[order], ys)))
 
 
 def _split_histogram(
@@ -73,8 +97,11 @@ def _split_histogram(
     what: str,
     unit: str,
 ) -> None:
-    ax.hist(values[~contact], bins=bins, density=True, alpha=0.6, label="no contact within 24 h")
-    ax.hist(values[contact], bins=bins, density=True, alpha=0.6, label="contact within 24 h")
+    # outlines in two colours, not filled bars: overlapping fills blend into a third colour
+    ax.hist(values[~contact], bins=bins, density=True, histtype="step", linewidth=1.8,
+            color="tab:blue", label="no contact within 24 h")  # fmt: skip
+    ax.hist(values[contact], bins=bins, density=True, histtype="step", linewidth=1.8,
+            color="tab:orange", linestyle="--", label="contact within 24 h")  # fmt: skip
     ax.set(title=f"{what} at each event", xlabel=unit, ylabel="density")
     ax.set_yscale("log")
     ax.legend()
