@@ -27,7 +27,10 @@ def _history(args: argparse.Namespace) -> tuple[list[JourneyEvent], list[Custome
     from forewarn.offline.history import load_mapping, profiles_beside, read_history, read_profiles
 
     mapping = load_mapping(args.mapping) if args.mapping else None
-    events = read_history(args.events, mapping)
+    size = args.events.stat().st_size if args.events.is_file() else 0
+    reading = Progress(f"reading {args.events}", size, "MB", shown=lambda b: f"{b / 1e6:,.1f}")
+    events = read_history(args.events, mapping, on_progress=reading.update)
+    reading.close(final_line=False)  # the next line says what was read
     profiles_path = getattr(args, "profiles", None) or profiles_beside(args.events)
     profiles = read_profiles(profiles_path) if profiles_path else None
     print(

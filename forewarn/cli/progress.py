@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TextIO, TypeVar, overload
 
 T = TypeVar("T")
@@ -28,9 +28,9 @@ class Progress:
 
     def __init__(
         self, what: str, total: int, unit: str, stream: TextIO | None = None,
-        every: float | None = None,
+        every: float | None = None, shown: Callable[[float], str] = "{:,.0f}".format,
     ) -> None:  # fmt: skip
-        self.what, self.total, self.unit = what, total, unit
+        self.what, self.total, self.unit, self.shown = what, total, unit, shown
         self.stream = stream if stream is not None else sys.stderr
         self.tty = self.stream.isatty()
         self.every = every if every is not None else (0.25 if self.tty else 10.0)
@@ -43,7 +43,10 @@ class Progress:
         rate = self.done / elapsed
         share = self.done / self.total if self.total else 1.0
         text = f"{self.what}{f' (pass {self.passes})' if self.passes > 1 else ''}: "
-        text += f"{self.done:,} of {self.total:,} {self.unit} ({share:.0%}), {rate:,.0f}/s"
+        text += (
+            f"{self.shown(self.done)} of {self.shown(self.total)} {self.unit} ({share:.0%}), "
+            f"{self.shown(rate)} {self.unit}/s"
+        )
         if 0 < self.done < self.total:
             text += f", about {_duration((self.total - self.done) / rate)} left"
         return text
@@ -57,8 +60,14 @@ class Progress:
         if time.monotonic() - self.last >= self.every:
             self._write(end=False)
 
-    def close(self) -> None:
-        self._write(end=True)
+    def close(self, final_line: bool = True) -> None:
+        """The last line (``final_line``), or, when the caller says the outcome itself,
+        only the terminal's line cleared."""
+        if final_line:
+            self._write(end=True)
+        elif self.tty and self.last > self.started:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
 
     def _write(self, end: bool) -> None:
         self.last = time.monotonic()

@@ -26,7 +26,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -79,23 +79,35 @@ def load_mapping(path: Path) -> Mapping:
     return load_yaml_file(path, Mapping)
 
 
-def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+#: ``read_history`` reports how far it read (bytes) after this many lines
+PROGRESS_EVERY = 20_000
+
+
+def _rows(
+    path: Path, on_progress: Callable[[int], None] | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
     try:
-        yield from _read_rows(path)
+        yield from _read_rows(path, on_progress)
     except OSError as e:  # missing, a directory, no permission
         raise HistoryError(f"{path}: cannot read: {e.strerror or e}") from e
     except UnicodeDecodeError as e:
         raise HistoryError(f"{path}: not UTF-8 (byte {e.start} of a line)") from e
 
 
-def _read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def _read_rows(
+    path: Path, on_progress: Callable[[int], None] | None
+) -> Iterator[tuple[int, dict[str, Any]]]:
     if path.suffix.lower() == ".csv":
         with path.open(newline="", encoding="utf-8") as f:
             for i, row in enumerate(csv.DictReader(f), start=2):
                 yield i, {k: v for k, v in row.items() if v not in (None, "")}
         return
+    read = 0
     with path.open("rb") as f:
         for i, line in enumerate(f, start=1):
+            read += len(line)
+            if on_progress is not None and i % PROGRESS_EVERY == 0:
+                on_progress(read)
             if not line.strip():
                 continue
             try:
@@ -143,11 +155,14 @@ def _event(path: Path, line: int, row: dict[str, Any], m: Mapping, tz: ZoneInfo)
         raise HistoryError(f"{path}:{line}: {first_error(e)}") from e
 
 
-def read_history(path: Path, mapping: Mapping | None = None) -> list[JourneyEvent]:
-    """Every event of a history file, in event-time order (ties keep file order)."""
+def read_history(
+    path: Path, mapping: Mapping | None = None, on_progress: Callable[[int], None] | None = None
+) -> list[JourneyEvent]:
+    """Every event of a history file, in event-time order (ties keep file order).
+    ``on_progress``: told the bytes read so far, now and then (JSON Lines)."""
     events: list[JourneyEvent] = []
     if mapping is None and path.suffix.lower() != ".csv":
-        for line, row in _rows(path):
+        for line, row in _rows(path, on_progress):
             try:
                 events.append(JourneyEvent.model_validate(row))
             except ValidationError as e:

@@ -5,9 +5,14 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from forewarn.cli.progress import Progress, Reported
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
 
 def test_plain_lines_with_the_count_the_rate_and_the_time_left() -> None:
@@ -45,3 +50,22 @@ def test_replay_reports_its_progress(tmp_path: Path) -> None:
     r = forewarn("replay", "--events", "h.jsonl", "--out", "out", "--no-learning")
     assert r.returncode == 0, r.stderr
     assert f"replaying: {events:,} of {events:,} events (100%)" in r.stderr
+
+
+def test_reading_a_history_reports_the_bytes_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from forewarn.offline import history
+
+    path = tmp_path / "h.jsonl"
+    n, _ = history.write_history(path, customers=20, days=1, seed=3, start=T0)
+    monkeypatch.setattr(history, "PROGRESS_EVERY", 10)
+    told: list[int] = []
+    assert len(history.read_history(path, on_progress=told.append)) == n
+    assert len(told) == n // 10
+    assert told == sorted(told) and 0 < told[-1] <= path.stat().st_size
+    out = io.StringIO()
+    progress = Progress("reading h.jsonl", path.stat().st_size, "MB", stream=out, every=0,
+                        shown=lambda b: f"{b / 1e6:,.1f}")  # fmt: skip
+    progress.update(told[0])
+    assert out.getvalue().startswith("reading h.jsonl: 0.0 of ")
