@@ -186,3 +186,33 @@ def test_a_variable_a_destinations_file_may_name_is_left_alone(tmp_path: Path) -
                  FOREWARN_TOPICS__DECISION="d")  # fmt: skip
     assert "FOREWARN_WEBHOOK_SECRET" not in r.stderr, "not a misspelt setting: no warning"
     assert "did you mean FOREWARN_TOPICS__DECISIONS?" in r.stderr
+
+
+def test_librdkafkas_log_goes_through_logging_and_repeats_are_held_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client polling a broker that is down: librdkafka retries every few hundred ms and
+    says so each time; one line of it reaches the log."""
+    from confluent_kafka import Consumer
+
+    from forewarn.streams.settings import KAFKA_LOG, Settings, kafka_config
+
+    for held in KAFKA_LOG.filters:  # what earlier tests in this process logged is forgotten
+        getattr(held, "_seen", {}).clear()
+    caplog.set_level("INFO", logger="forewarn.kafka")
+    settings = Settings(bootstrap_servers=_closed_port())
+    fast = {"reconnect.backoff.ms": 50, "reconnect.backoff.max.ms": 100}
+    consumer = Consumer(kafka_config(settings, "consumer", **fast))
+    consumer.subscribe(["anything"])
+    polls = 0
+    try:
+        while polls < 40 and not [r for r in caplog.records if "Connection refused" in r.message]:
+            consumer.poll(0.1)
+            polls += 1
+        for _ in range(20):  # librdkafka keeps trying, and saying so
+            consumer.poll(0.1)
+    finally:
+        consumer.close()
+    refused = [r for r in caplog.records if "Connection refused" in r.getMessage()]
+    assert len(refused) == 1, [r.getMessage() for r in refused]
+    assert refused[0].name == "forewarn.kafka"
