@@ -98,11 +98,13 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     if args.out:
+        from forewarn.cli.progress import Progress
         from forewarn.offline.history import write_history
 
         start = args.start or (datetime.now(UTC) - timedelta(days=args.days)).replace(
             minute=0, second=0, microsecond=0
         )
+        writing = Progress(f"writing {args.out}", 0, "events")  # the total is not known
         n, profiles = write_history(
             args.out,
             customers=args.customers,
@@ -110,7 +112,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             seed=args.seed,
             start=start,
             world=WORLDS[args.world],
+            on_progress=writing.update,
         )
+        writing.close(final_line=False)  # the next line says what was written
         print(f"wrote {n:,} events to {args.out} and {args.customers:,} profiles to {profiles}")
         return 0
     from forewarn.streams.settings import Settings

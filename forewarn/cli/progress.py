@@ -41,8 +41,10 @@ class Progress:
     def line(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-9)
         rate = self.done / elapsed
-        share = self.done / self.total if self.total else 1.0
         text = f"{self.what}{f' (pass {self.passes})' if self.passes > 1 else ''}: "
+        if self.total <= 0:  # how much there is to do is not known: the count and the rate
+            return text + f"{self.shown(self.done)} {self.unit}, {self.shown(rate)} {self.unit}/s"
+        share = self.done / self.total
         text += (
             f"{self.shown(self.done)} of {self.shown(self.total)} {self.unit} ({share:.0%}), "
             f"{self.shown(rate)} {self.unit}/s"

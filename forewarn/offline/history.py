@@ -226,15 +226,25 @@ def read_labels(path: Path) -> dict[str, float]:
 
 
 def write_history(
-    path: Path, *, customers: int, days: float, seed: int, start: datetime, world: World = OURS
+    path: Path,
+    *,
+    customers: int,
+    days: float,
+    seed: int,
+    start: datetime,
+    world: World = OURS,
+    on_progress: Callable[[int], None] | None = None,
 ) -> tuple[int, Path]:
-    """Write ``days`` of simulated events as JSON Lines, and the profiles beside them."""
+    """Write ``days`` of simulated events as JSON Lines, and the profiles beside them;
+    ``on_progress`` is told the events written so far, now and then."""
     sim = JourneySimulator(customers, seed, start=start, span=timedelta(days=days), world=world)
     n = 0
     with path.open("wb") as f:
         for e in sim.events():
             f.write(encode(e) + b"\n")
             n += 1
+            if on_progress is not None and n % PROGRESS_EVERY == 0:
+                on_progress(n)
     profiles = profiles_file_for(path)
     with profiles.open("wb") as f:
         for p in sim.profiles():

@@ -69,3 +69,20 @@ def test_reading_a_history_reports_the_bytes_read(
                         shown=lambda b: f"{b / 1e6:,.1f}")  # fmt: skip
     progress.update(told[0])
     assert out.getvalue().startswith("reading h.jsonl: 0.0 of ")
+
+
+def test_writing_a_history_reports_the_events_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from forewarn.offline import history
+
+    monkeypatch.setattr(history, "PROGRESS_EVERY", 100)
+    told: list[int] = []
+    n, _ = history.write_history(tmp_path / "h.jsonl", customers=20, days=1, seed=3, start=T0,
+                                 on_progress=told.append)  # fmt: skip
+    assert told == list(range(100, n + 1, 100))
+    out = io.StringIO()
+    progress = Progress("writing h.jsonl", 0, "events", stream=out, every=0)
+    progress.update(told[-1])
+    assert out.getvalue().startswith(f"writing h.jsonl: {told[-1]:,} events, ")
+    assert "%" not in out.getvalue() and "left" not in out.getvalue(), "no total: no share"
