@@ -7,6 +7,7 @@ mocks Kafka or the HTTP client.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -170,8 +171,14 @@ def start_deliverer() -> Iterator[Callable[..., RunningWorker]]:
 # -- actions --
 
 
-def action(n: int, *, rule: str = "payment_recovery", not_before: datetime | None = None,
-           expires_in: timedelta = timedelta(hours=1), tag: str = "") -> OutreachAction:  # fmt: skip
+def action(
+    n: int,
+    *,
+    rule: str = "payment_recovery",
+    not_before: datetime | None = None,
+    expires_in: timedelta = timedelta(hours=1),
+    tag: str = "",
+) -> OutreachAction:
     now = datetime.now(UTC)
     return OutreachAction(
         action_id=f"act-{tag}{n}",
@@ -249,7 +256,11 @@ def held_now(s: Settings) -> dict[str, HeldDelivery]:
 # -- the tests --
 
 
-def test_signed_delivery_matching_and_outcomes(make_settings, receivers, start_deliverer) -> None:
+def test_signed_delivery_matching_and_outcomes(
+    make_settings: Callable[..., Settings],
+    receivers: Callable[..., Receiver],
+    start_deliverer: Callable[..., RunningWorker],
+) -> None:
     s = make_settings(delivery=fast())
     crm = receivers()
     book = book_for(dest("crm-webhook", crm.port, match={"rules": ["payment_recovery"]}))
@@ -269,7 +280,9 @@ def test_signed_delivery_matching_and_outcomes(make_settings, receivers, start_d
     assert held_now(s) == {}
 
 
-def test_a_tampered_signature_fails_verification(receivers) -> None:
+def test_a_tampered_signature_fails_verification(
+    receivers: Callable[..., Receiver],
+) -> None:
     """The receiver's check can fail: a body changed after signing is refused."""
     from forewarn.delivery.request import build_request
 
@@ -281,7 +294,9 @@ def test_a_tampered_signature_fails_verification(receivers) -> None:
 
 
 def test_deferred_action_arrives_after_not_before(
-    make_settings, receivers, start_deliverer
+    make_settings: Callable[..., Settings],
+    receivers: Callable[..., Receiver],
+    start_deliverer: Callable[..., RunningWorker],
 ) -> None:
     s = make_settings(delivery=fast())
     crm = receivers()
@@ -303,7 +318,11 @@ def test_deferred_action_arrives_after_not_before(
     assert held_now(s) == {}  # settled: a tombstone
 
 
-def test_expired_action_is_never_sent(make_settings, receivers, start_deliverer) -> None:
+def test_expired_action_is_never_sent(
+    make_settings: Callable[..., Settings],
+    receivers: Callable[..., Receiver],
+    start_deliverer: Callable[..., RunningWorker],
+) -> None:
     s = make_settings(delivery=fast())
     crm = receivers()
     late = action(1, expires_in=timedelta(seconds=-1), tag="e")
@@ -319,7 +338,11 @@ def test_expired_action_is_never_sent(make_settings, receivers, start_deliverer)
                      "act-e3": OutcomeKind.delivered}  # fmt: skip
 
 
-def test_retries_on_503_honouring_retry_after(make_settings, receivers, start_deliverer) -> None:
+def test_retries_on_503_honouring_retry_after(
+    make_settings: Callable[..., Settings],
+    receivers: Callable[..., Receiver],
+    start_deliverer: Callable[..., RunningWorker],
+) -> None:
     s = make_settings(delivery=fast())
 
     def script(_id: str, n: int) -> tuple[int, dict[str, str], float]:
@@ -334,11 +357,13 @@ def test_retries_on_503_honouring_retry_after(make_settings, receivers, start_de
     times = [x.at for x in crm.seen]
     assert crm.ids() == ["act-r1"] * 3
     # each retry waited at least what Retry-After asked (backoff alone would be <= 1 s)
-    assert all(b - a >= timedelta(seconds=2) for a, b in zip(times, times[1:], strict=False))
+    assert all(b - a >= timedelta(seconds=2) for a, b in itertools.pairwise(times))
 
 
 def test_permanent_400_goes_to_the_dead_letter_topic(
-    make_settings, receivers, start_deliverer
+    make_settings: Callable[..., Settings],
+    receivers: Callable[..., Receiver],
+    start_deliverer: Callable[..., RunningWorker],
 ) -> None:
     s = make_settings(delivery=fast())
     crm = receivers(lambda _id, _n: (400, {}, 0.0))
@@ -363,7 +388,9 @@ def test_permanent_400_goes_to_the_dead_letter_topic(
 
 
 def test_receiver_down_for_20s_gets_everything_once(
-    make_settings, receivers, start_deliverer
+    make_settings: Callable[..., Settings],
+    receivers: Callable[..., Receiver],
+    start_deliverer: Callable[..., RunningWorker],
 ) -> None:
     s = make_settings(delivery=fast(max_attempts=100, breaker_failures=3))
     port = free_port()
@@ -385,7 +412,9 @@ def test_receiver_down_for_20s_gets_everything_once(
 
 
 def test_kill_9_while_holding_deferred_and_in_flight(
-    make_settings, receivers, tmp_path: Path
+    make_settings: Callable[..., Settings],
+    receivers: Callable[..., Receiver],
+    tmp_path: Path,
 ) -> None:
     """kill -9 mid-request with deferred actions held; a restart delivers every action; the
     receiver, deduplicating by webhook-id, has each once; repeats are counted."""
@@ -410,8 +439,8 @@ def test_kill_9_while_holding_deferred_and_in_flight(
     )
 
     def deliverer() -> subprocess.Popen[str]:
-        return subprocess.Popen([sys.executable, "-m", "forewarn.cli", "deliver"], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        command = [sys.executable, "-m", "forewarn.cli", "deliver"]
+        return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, text=True)
 
     first = deliverer()
     try:
