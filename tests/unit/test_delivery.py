@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from forewarn.delivery.config import DeliveryConfigError, parse_destinations
+from forewarn.delivery.config import DeliveryConfigError, load_destinations, parse_destinations
 from forewarn.delivery.policy import (
     BreakerState,
     CircuitBreaker,
@@ -212,3 +213,32 @@ def test_the_breaker_opens_pauses_probes_and_closes() -> None:
     assert b.allow()
     b.record(True)
     assert b.state.value == "closed" and b.allow()
+
+
+EXAMPLES = sorted((Path(__file__).parents[2] / "deploy" / "delivery").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_the_example_destinations_load_and_render_json(path: Path) -> None:
+    env = {
+        "FOREWARN_WEBHOOK_SECRET": SECRET,
+        "CUSTOMERIO_AUTHORIZATION": "Bearer k",
+        "ZENDESK_AUTHORIZATION": "Basic k",
+    }
+    b = load_destinations(path, environ=env)
+    for d in b.destinations:
+        for a in (action(), action(channel="phone", priority=95), action(attributes={})):
+            json.loads(build_request(a, d, T0).body)  # JSON, whatever the action holds
+
+
+def test_the_example_templates_carry_the_documented_fields() -> None:
+    env = {"CUSTOMERIO_AUTHORIZATION": "Bearer k", "ZENDESK_AUTHORIZATION": "Basic k"}
+    root = Path(__file__).parents[2] / "deploy" / "delivery"
+    [cio] = load_destinations(root / "customerio-broadcast.yaml", environ=env).destinations
+    body = json.loads(body_of(action(playbook="retention_offer"), cio))
+    assert body["ids"] == ["c1"] and body["data"]["forewarn_action_id"] == "a1"
+    assert cio.headers["Authorization"] == "Bearer k"
+    [zd] = load_destinations(root / "zendesk-ticket.yaml", environ=env).destinations
+    ticket = json.loads(body_of(action(channel="phone", priority=95), zd))["ticket"]
+    assert ticket["priority"] == "urgent" and ticket["external_id"] == "a1"
+    assert "failed payments: 2" in ticket["comment"]["body"]
