@@ -48,6 +48,7 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/delivery.py
 
 # Trains the shipped churn model on 30 days of simulated history (seed 2026) and writes it
 # with its card to forewarn/models/default_model/ (committed). Evaluate it on another seed:
