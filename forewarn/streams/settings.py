@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from forewarn.delivery.config import DeliveryConfig
+from forewarn.models.event_format import ActionsFormat
 from forewarn.pipeline.codecs import DEAD_LETTER_KEEP_BYTES, DecodeSettings
 
 if TYPE_CHECKING:
@@ -316,6 +317,9 @@ class Settings(BaseSettings):
     #: one Kafka transaction per batch (outputs, state changelog and offsets together);
     #: off gives at-least-once (flush, then commit) for brokers without transactions
     exactly_once: bool = True
+    #: how actions and decisions are framed: ``json`` (the contract's JSON) or
+    #: ``cloudevents`` (CloudEvents Kafka binary mode: the same JSON, ``ce_*`` headers)
+    actions_format: ActionsFormat = "json"
     #: this worker's stable name: with the group id it forms the transactional id, so a
     #: restarted worker fences its previous incarnation and aborts what it left open.
     #: Give every concurrently running worker its own (a StatefulSet pod name is ideal).
@@ -500,7 +504,7 @@ COMMAND_SETTINGS: dict[str, tuple[str, ...]] = {
         "rejoin_after_seconds", "startup_timeout_seconds", "profile_wait_seconds",
         "batch_size", "batch_timeout_seconds", "session_timeout_ms", "event_aliases",
         "strict_event_types", "max_event_bytes", "dead_letter_keep_bytes", "max_record_bytes",
-        "future_tolerance_seconds",
+        "future_tolerance_seconds", "actions_format",
     ),
     "learn": (*_CONNECTION, "learner", "friction_path", "http_port", "http_host"),
     "deliver": (

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from forewarn.models.contracts import DeadLetter, DeadLetterReason, Truncation
+from forewarn.models.event_format import cloudevent_headers
 from forewarn.pipeline.codecs import RawRecord, dead_letter, encode
 from forewarn.pipeline.results import BatchResult
 
@@ -49,6 +50,8 @@ class OutputTopics:
     #: partitions of the milestones and feature-rows topics: a record goes to the partition
     #: of its event, modulo these (None: the topics are missing, nothing is published there)
     learning_partitions: tuple[int, int] | None = None
+    #: actions and decisions in CloudEvents binary mode (``FOREWARN_ACTIONS_FORMAT``)
+    cloudevents: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,13 +172,16 @@ def batch_records(
         oversized.append(dead_letter(raw, DeadLetterReason.too_large, detail, now, 4096))
         return False
 
+    ce = topics.cloudevents
     kept_actions = []
     for a in result.actions:
-        if add(topics.actions, a.customer_id.encode(), encode(a)):
+        h = cloudevent_headers("action", a.action_id, a.customer_id, a.decided_at) if ce else None
+        if add(topics.actions, a.customer_id.encode(), encode(a), headers=h):
             kept_actions.append(a)
     kept_decisions = []
     for d in result.decisions:
-        if add(topics.decisions, d.customer_id.encode(), encode(d)):
+        h = cloudevent_headers("decision", d.decision_id, d.customer_id, d.at) if ce else None
+        if add(topics.decisions, d.customer_id.encode(), encode(d), headers=h):
             kept_decisions.append(d)
     result.actions, result.decisions = kept_actions, kept_decisions
     if topics.learning_partitions is not None:

@@ -113,8 +113,9 @@ class ScoringWorker:
             t.journey_events, t.customer_profiles, max_wait_seconds=settings.profile_wait_seconds
         )
         self.outputs = OutputTopics(
-            t.actions, t.decisions, t.dlq, t.state, t.milestones, t.feature_rows
-        )
+            t.actions, t.decisions, t.dlq, t.state, t.milestones, t.feature_rows,
+            cloudevents=settings.actions_format == "cloudevents",
+        )  # fmt: skip
         self.limits = Limits(settings.max_record_bytes)
         self._stop = threading.Event()
         self.committer = Committer(settings, self.health, self.metrics, self._stop, self.limits)
