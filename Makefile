@@ -61,9 +61,11 @@ model: install
 	$(BIN)/forewarn train --events $$d/history.jsonl --out forewarn/models/default_model \
 		--version churn-sim-2026.11 && rm -r $$d
 
-# Regenerates the JSON Schemas from the pydantic contracts (a test fails when they drift).
+# Regenerates the JSON Schemas from the pydantic contracts and docs/asyncapi.yaml from them and
+# the topic settings (a test fails when either drifts).
 schemas: install
 	$(BIN)/forewarn schemas --out schemas
+	$(BIN)/python -m forewarn.streams.asyncapi docs/asyncapi.yaml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
