@@ -406,6 +406,15 @@ def test_receiver_down_for_20s_gets_everything_once(
     crm.wait_for(ids, 60)
     wait_outcomes(s, 40)
     w.stop()
+    registry = w.worker.metrics.registry
+    refused = registry.get_sample_value(
+        "forewarn_delivery_attempts_total", {"destination": "down", "status_class": "connection"}
+    )
+    # paused: about one trial a second after the first batch, where retrying each of the 20
+    # actions on its own backoff (at most 1 s) would have made hundreds of attempts
+    assert refused is not None and 20 <= refused < 120, refused
+    print(f"\nreceiver down 20 s: {refused:.0f} refused attempts for 20 actions (breaker on)")
+    assert registry.get_sample_value("forewarn_delivery_breaker_state", {"destination": "up"}) == 0
     assert sorted(crm.ids()) == sorted(ids)  # once each
     assert sorted(up.ids()) == sorted(ids)
     assert held_now(s) == {}
