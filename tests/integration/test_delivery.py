@@ -564,3 +564,13 @@ def test_cloudevents_actions_and_decisions_read_back_with_the_sdk(
     delivered = {i for i, k in got.items() if k is OutcomeKind.delivered}
     assert delivered and delivered <= set(crm.ids())
     assert all(x.verified for x in crm.seen)
+
+
+def test_a_missing_held_topic_is_refused_at_start(make_settings: Callable[..., Settings]) -> None:
+    from forewarn.streams.delivery.worker import DeliveryWorker, TopicsMissing
+
+    s = make_settings(delivery=fast())
+    gone = f"forewarn-delivery-held-missing-{uuid.uuid4().hex[:8]}"
+    s = s.model_copy(update={"topics": s.topics.model_copy(update={"delivery_held": gone})})
+    with pytest.raises(TopicsMissing, match=f"{gone}; run `forewarn topics create`"):
+        DeliveryWorker(s, book_for(dest("crm", 1))).run()

@@ -46,6 +46,7 @@ from forewarn.delivery.policy import (
     verdict,
 )
 from forewarn.delivery.request import RenderError, build_request
+from forewarn.errors import ForewarnError
 from forewarn.models.contracts import (
     DeadLetter,
     DeadLetterReason,
@@ -63,8 +64,16 @@ from forewarn.streams.scoring.commit import Committer
 from forewarn.streams.scoring.outputs import Limits, OutputRecord
 from forewarn.streams.scoring.reading import rewind, to_raw
 from forewarn.streams.settings import Settings, kafka_config
+from forewarn.streams.topics import existing_partitions
 
 log = logging.getLogger("forewarn.deliver")
+
+
+class TopicsMissing(ForewarnError):
+    """A topic the deliverer needs is missing or too small: the environment's to fix."""
+
+    exit_code = 1
+
 
 _BREAKER_VALUE = {BreakerState.closed: 0, BreakerState.open: 1, BreakerState.half_open: 2}
 #: a held action for a destination whose trial request is out waits this long, then looks again
@@ -158,8 +167,14 @@ class DeliveryWorker:
         deadline = time.monotonic() + s.startup_timeout_seconds
         if not self.committer.start(deadline):
             return
-        sender = HttpSender(self.cfg.concurrency)
         consumer = Consumer(kafka_config(s, "consumer"))
+        try:
+            self._check_topics(consumer)
+        except BaseException:
+            consumer.close()
+            self.committer.close()
+            raise
+        sender = HttpSender(self.cfg.concurrency)
         consumer.subscribe([s.topics.actions], on_assign=self._assigned, on_revoke=self._revoked,
                            on_lost=self._revoked)  # fmt: skip
         self.metrics.up.set(1)
@@ -175,6 +190,24 @@ class DeliveryWorker:
             sender.close()
             if self._http is not None:
                 self._http.shutdown()
+
+    def _check_topics(self, consumer: Consumer) -> None:
+        """The topics the deliverer writes exist, and the held topic has a partition for
+        every actions partition (``TopicsMissing`` otherwise: exit code 1)."""
+        t = self.settings.topics
+        have = existing_partitions(consumer, self.settings.startup_timeout_seconds)
+        missing = [n for n in (t.actions, t.delivery_held, t.outcomes, t.delivery_dlq)
+                   if n not in have]  # fmt: skip
+        if missing:
+            raise TopicsMissing(
+                f"topics missing: {', '.join(missing)}; run `forewarn topics create`"
+            )
+        if have[t.delivery_held] < have[t.actions]:
+            raise TopicsMissing(
+                f"{t.delivery_held} has {have[t.delivery_held]} partitions, fewer than "
+                f"{t.actions}'s {have[t.actions]}: give it as many (partition p holds what the "
+                "owner of actions partition p holds)"
+            )
 
     # -- partitions --
 
