@@ -163,10 +163,11 @@ class CustomerState:
         """Occurrences of ``types`` in the event-time window (at - within, at]."""
         lo = at - within
         n = 0
+        occurrences = self.occurrences
         for t in types:
-            for ts in self.occurrences.get(t, ()):
-                if lo < ts <= at:
-                    n += 1
+            times = occurrences.get(t)
+            if times:  # ascending: two bisections instead of a scan (23 counts per event)
+                n += bisect.bisect_right(times, at) - bisect.bisect_right(times, lo)
         return n
 
     def signal_row(self, config: FrictionConfig, at: float, out: NDArray[np.float64]) -> None:
