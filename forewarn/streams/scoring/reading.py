@@ -18,10 +18,22 @@ log = logging.getLogger("forewarn.score")
 def read_batch(
     consumer: Consumer, size: int, timeout: float, metrics: ScoringMetrics
 ) -> list[RawRecord]:
-    """Up to ``size`` records within ``timeout`` seconds; consume errors are counted and
-    logged, never raised (the next call reads on)."""
+    """Up to ``size`` records, waiting at most ``timeout`` seconds for the first one; consume
+    errors are counted and logged, never raised (the next call reads on).
+
+    The batch adapts to the load: under a backlog it is whatever the fetches queued, up to
+    ``size``; on a quiet stream the first record is taken as soon as it arrives, with what
+    came with it, instead of waiting for a full batch (at 2,000 events/s a batch of 500
+    would hold its first record for 250 ms).
+    """
+    messages = consumer.consume(size, 0)
+    if not messages:
+        first = consumer.poll(timeout)
+        messages = [] if first is None else [first]
+        if first is not None and size > 1:
+            messages += consumer.consume(size - 1, 0)
     records = []
-    for m in consumer.consume(size, timeout):
+    for m in messages:
         err = m.error()
         if err is None:
             records.append(to_raw(m))
