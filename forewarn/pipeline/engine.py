@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from datetime import datetime
+from time import perf_counter
 from typing import Literal
 
 import numpy as np
@@ -170,11 +171,20 @@ class ScoringEngine:
         """One batch: journey-event and profile records, each in partition (offset) order."""
         now = self.clock.now()
         stats = BatchStats()
+        t0 = perf_counter()
         decoded = self._decode(events, profiles, now, stats)
+        t1 = perf_counter()
         folded = self._fold(decoded, stats)
+        t2 = perf_counter()
         scored = self._score(folded)
+        t3 = perf_counter()
         maker, volumes = self._decide(folded, scored, now, decoded.dead)
+        t4 = perf_counter()
         changes = self._save(folded, stats)
+        features = stats.phase_seconds.get("features", 0.0)
+        stats.phase_seconds.update(
+            decode=t1 - t0, fold=t2 - t1 - features, score=t3 - t2, decide=t4 - t3
+        )
         for d in decoded.dead:
             stats.dead_letters_by_reason[d.error_type.value] += 1
         stats.decision_event_ages = [
@@ -208,6 +218,7 @@ class ScoringEngine:
             ]  # fmt: skip
             result.features = folded.features
             result.contact_features = folded.contact_features
+        stats.phase_seconds["save"] = perf_counter() - t4  # states, volumes, milestones, rows
         return result
 
     # -- 1. decode --
@@ -282,6 +293,7 @@ class ScoringEngine:
         contact = bool(self._contact) or self.feature_rows > 0
         contact_x = np.zeros((len(events) if contact else 0, len(CONTACT_FEATURES)))
         folded: list[FoldedEvent] = []
+        feature_s = 0.0
         for e, rec in events:
             # A record that makes scoring raise is a bug's victim, not bad data: it goes to
             # the DLQ as processing_error and the rest of the batch carries on.
@@ -302,11 +314,13 @@ class ScoringEngine:
             st = after[rec.partition] = max(after[rec.partition], applied.at)
             stats.events_by_type[e.type if e.type in self._known_types else OTHER] += 1
             row = len(folded)
+            started = perf_counter()
             state.signal_row(self.friction, applied.at, signals[row])
             if churn is not None:
                 churn_features(state, applied.at, 0.0, features[row])
             if contact:
                 contact_features(state, applied.at, 0.0, contact_x[row])
+            feature_s += perf_counter() - started
             # Days counted from the customer's own first event, not midnight: first events of
             # the day would all fall just after midnight and skew a decayed count of them.
             first = state.first_seen
@@ -319,6 +333,7 @@ class ScoringEngine:
                             rec, st, new_day)
             )  # fmt: skip
         n = len(folded)
+        stats.phase_seconds["features"] = feature_s
         return Folded(folded, signals[:n], features[:n], contact_x[:n], touched, before, after)
 
     # -- 3. score --

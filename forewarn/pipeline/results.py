@@ -41,6 +41,8 @@ class BatchStats:
     expired: int = 0
     #: seconds between each decision's trigger event and the decision
     decision_event_ages: list[float] = field(default_factory=list)
+    #: wall seconds the engine spent in each phase (PHASES), for the bench and the metrics
+    phase_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def events_accepted(self) -> int:

@@ -24,6 +24,10 @@ from forewarn.pipeline.results import BatchResult
 from forewarn.streams.http import Health, serve_http
 
 _BATCH_SIZES = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000)
+#: a scoring batch's phases, in order: the worker's read, the engine's five (fold without the
+#: features it computes), then the worker's encode (changelog and outputs) and commit
+BATCH_PHASES = ("read", "decode", "fold", "features", "score", "decide", "save", "encode",
+                "commit")  # fmt: skip
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _STATE_BYTES = (64, 128, 256, 512, 768, 1024, 1536, 2048, 4096, 8192)
 _RESTORE_SECONDS = (0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -92,6 +96,21 @@ class ScoringMetrics:
             "forewarn_batch_processing_seconds",
             "Time to decode, score, decide and publish one batch",
             buckets=_SECONDS,
+            registry=r,
+        )
+        self.phase_seconds = Counter(
+            "forewarn_batch_phase_seconds",
+            "Time spent in each phase of the batches (read includes waiting for records; "
+            "commit is producing, flushing and committing the transaction)",
+            ["phase"],
+            registry=r,
+        )
+        for phase in BATCH_PHASES:
+            self.phase_seconds.labels(phase)
+        self.ready_after_assignment = Gauge(
+            "forewarn_ready_after_assignment_seconds",
+            "Seconds from the last partition assignment to the first batch committed after it "
+            "(restore included)",
             registry=r,
         )
         self.event_age = Histogram(
@@ -264,6 +283,8 @@ class ScoringMetrics:
         stats = result.stats
         self.batch_size.observe(n_records)
         self.batch_seconds.observe(seconds)
+        for phase, spent in stats.phase_seconds.items():
+            self.phase_seconds.labels(phase).inc(spent)
         for t, n in stats.events_by_type.items():
             self.events.labels(t).inc(n)
         for reason, n in stats.dead_letters_by_reason.items():

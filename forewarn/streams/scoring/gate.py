@@ -9,7 +9,7 @@ are then released in order; they are committed only after they are processed.
 
 The end is found by reading, not by asking: the worker's restore consumer reads the profiles
 partition from its reported end until the fetch says it is at the end
-(``state.partition_end``). The embedded broker reports the base offset of the partition's
+(``stores.partition_ends``). The embedded broker reports the base offset of the partition's
 last record batch as its end, so asking said "1" for 1,000 profiles and released events early
 (docs/decisions.md §16); the fetch's own end is right on every broker. (The scoring consumer
 could report ends itself, with ``enable.partition.eof``, but that cost a quarter of its

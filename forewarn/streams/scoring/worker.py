@@ -26,6 +26,7 @@ import logging
 import math
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -58,7 +59,7 @@ from forewarn.streams.scoring.stores import (
     PartitionStores,
     RestoreResult,
     RestoreStalled,
-    partition_end,
+    partition_ends,
     restore_partition,
 )
 from forewarn.streams.scoring.watch import ModelWatch, RulebookWatch
@@ -124,6 +125,11 @@ class ScoringWorker:
         self._http: ThreadingHTTPServer | None = None
         self.batches = 0
         self.records = 0
+        #: seconds spent in each phase of the committed batches (``BATCH_PHASES``)
+        self.phase_seconds: Counter[str] = Counter()
+        #: seconds from the last assignment to the first batch committed after it
+        self.ready_after_assignment: float | None = None
+        self._assigned_at: float | None = None
         self.restores: list[RestoreResult] = []
         self._learning_missing = False
         self.reloads = Reloads(self.engine, self.models, contact_models, rules, self.metrics)
@@ -151,6 +157,7 @@ class ScoringWorker:
         self.health.assigned = mine
         self._to_restore = set(mine)
         self.health.restoring = set(mine)
+        self._assigned_at = time.monotonic() if mine else None
         self.membership.assigned(mine)
         if mine:
             self.health.failing = None
@@ -178,7 +185,7 @@ class ScoringWorker:
 
     def _subscribe(self) -> Consumer:
         s = self.settings
-        consumer = Consumer(kafka_config(s, "consumer"))
+        consumer = Consumer(kafka_config(s, "scoring_consumer"))
         consumer.subscribe(
             [s.topics.journey_events, s.topics.customer_profiles],
             on_assign=self._on_assign,
@@ -310,13 +317,17 @@ class ScoringWorker:
 
     def _publish(self, consumer: Consumer, records: list[RawRecord], result: BatchResult) -> bool:
         """Publish the batch and commit its offsets; False when it must be read again."""
+        started = time.perf_counter()
         encoded = self._encode(result)
         out = batch_records(result, encoded, self.outputs, self.limits, datetime.now(UTC))
+        encoding = time.perf_counter()
         try:
             committed = self.committer.commit(consumer, records, out.records)
         except ProducerFailed as e:
             self.committer.restart(str(e))
             committed = False
+        phases = result.stats.phase_seconds
+        phases["encode"], phases["commit"] = encoding - started, time.perf_counter() - encoding
         if not committed:
             self._rollback({r.partition for r in records})
             rewind(consumer, records)
@@ -379,16 +390,17 @@ class ScoringWorker:
     def _find_profile_ends(self, consumer: Consumer, restorer: Consumer) -> None:
         """Tell the gate how far each newly assigned profiles partition must be read."""
         topic = self.settings.topics.customer_profiles
-        for p in self.gate.ends_wanted():
-            try:
-                end = partition_end(restorer, topic, p, stopping=self._stop.is_set)
-                if end is None:  # stopping
-                    return
-                (tp,) = consumer.committed([TopicPartition(topic, p)], timeout=10)
-            except (KafkaException, RestoreStalled) as e:
-                log.warning("finding where partition %d's profiles end must wait: %s", p, e)
+        wanted = sorted(self.gate.ends_wanted())
+        try:
+            ends = partition_ends(restorer, topic, wanted, stopping=self._stop.is_set)
+            if ends is None:  # stopping
                 return
-            self.gate.read_to(p, end, tp.offset)
+            committed = consumer.committed([TopicPartition(topic, p) for p in wanted], timeout=10)
+        except (KafkaException, RestoreStalled) as e:
+            log.warning("finding where partitions %s's profiles end must wait: %s", wanted, e)
+            return
+        for tp in committed:
+            self.gate.read_to(tp.partition, ends[tp.partition], tp.offset)
 
     def run(self) -> None:
         """Score until stopped. ``BrokerUnreachable`` when Kafka does not answer at start."""
@@ -424,6 +436,7 @@ class ScoringWorker:
                     self._between_batches(restorer)
                     self._observe_lag(consumer)
                 consumer = self._watch_assignment(consumer)
+                reading = time.perf_counter()
                 records = self._read(consumer)
                 started = time.perf_counter()
                 if self._to_restore:
@@ -436,10 +449,14 @@ class ScoringWorker:
                 if not records:
                     continue
                 result = self._process(records)
+                result.stats.phase_seconds["read"] = started - reading
                 if not self._publish(consumer, records, result):
                     continue
                 self.batches += 1
                 self.records += len(records)
+                self.phase_seconds.update(result.stats.phase_seconds)
+                if self._assigned_at is not None:
+                    self._ready(time.monotonic() - self._assigned_at)
                 self.metrics.observe_batch(result, len(records), time.perf_counter() - started)
                 self.metrics.customers.set(self.stores.customers())
         finally:
@@ -454,6 +471,11 @@ class ScoringWorker:
                 self._http.shutdown()
                 self._http.server_close()
             log.info("stopped after %d batches, %d records", self.batches, self.records)
+
+    def _ready(self, seconds: float) -> None:
+        self._assigned_at, self.ready_after_assignment = None, seconds
+        self.metrics.ready_after_assignment.set(seconds)
+        log.info("first batch committed %.2f s after the assignment", seconds)
 
     def _hold_unrestored(self, consumer: Consumer, records: list[RawRecord]) -> list[RawRecord]:
         """Records of partitions still restoring go back to be read again later."""
