@@ -95,7 +95,9 @@ class LoggingSettings(BaseSettings):
     log_level: LogLevel = "INFO"
 
 
-Role = Literal["consumer", "producer", "transactional_producer", "restore", "admin"]
+Role = Literal[
+    "consumer", "scoring_consumer", "producer", "transactional_producer", "restore", "admin"
+]
 
 
 class TopicNames(BaseModel):
@@ -351,6 +353,13 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=500, ge=1, le=100_000)
     batch_timeout_seconds: float = Field(default=0.5, gt=0)
     session_timeout_ms: int = Field(default=45_000, ge=1000)
+    #: static group membership: the scoring consumer joins as ``instance_id``
+    #: (``group.instance.id``), so a worker restarted within the session timeout takes its
+    #: partitions back at once, without a rebalance of the others. The price: a worker that
+    #: stops for good holds its partitions until the session times out (docs/operations.md).
+    #: Off by default because the embedded broker never hands a stopped static member's
+    #: partitions to the others; the Helm chart and compose (Apache Kafka) turn it on
+    static_membership: bool = False
 
     #: upstream event type -> canonical type, e.g. {"pay_fail": "payment_failed"}
     event_aliases: dict[str, str] = Field(default_factory=dict)
@@ -407,7 +416,9 @@ def kafka_config(settings: Settings, role: Role, **overrides: Any) -> dict[str, 
         else None,
     }
     conf.update({k: v for k, v in optional.items() if v is not None})
-    if role == "consumer":
+    if role == "scoring_consumer" and settings.static_membership:
+        conf["group.instance.id"] = settings.instance_id
+    if role in ("consumer", "scoring_consumer"):
         conf.update(
             {
                 "group.id": settings.group_id,
@@ -502,7 +513,8 @@ COMMAND_SETTINGS: dict[str, tuple[str, ...]] = {
         "friction_path", "state_dir", "http_port", "http_host", "exactly_once",
         "transaction_timeout_ms", "idle_ttl_days", "liveness_timeout_seconds",
         "rejoin_after_seconds", "startup_timeout_seconds", "profile_wait_seconds",
-        "batch_size", "batch_timeout_seconds", "session_timeout_ms", "event_aliases",
+        "batch_size", "batch_timeout_seconds", "session_timeout_ms", "static_membership",
+        "event_aliases",
         "strict_event_types", "max_event_bytes", "dead_letter_keep_bytes", "max_record_bytes",
         "future_tolerance_seconds", "actions_format",
     ),
