@@ -31,7 +31,13 @@ One run, one data set, baselines measured in the same run on the same broker:
                            worker's events/s. ``--only feedback`` runs this step alone.
 
 Also: restore speed (a fresh worker reading the changelog the exactly-once run wrote) and
-the size of one customer's serialized state.
+the size of one customer's serialized state; the exactly-once worker's µs per record in each
+phase of its batches; the **peers** in the same run on the same topic (bench/peers.py: a Quix
+Streams application with RocksDB state, changelog and exactly-once, and a faust-streaming
+agent with a table, each doing the minimal job), with Forewarn's ratio to each
+(``--no-peers`` skips them); and how the worker serves (bench/serving.py): latency at 2,000
+and 20,000 events/s offered, ready after assignment, kill -9 to the replacement's first
+commit, memory and changelog bytes per customer.
 
 Prints a table and JSON (also written to bench/results/latest.json). Timing is for
 information: no test asserts it. Set FOREWARN_BENCH_BOOTSTRAP to use another Kafka.
@@ -64,6 +70,8 @@ from feedback_plane import (
     feedback_summary,
     run_feedback,
 )
+from peers import measure_peers
+from serving import print_worker, serving_report
 
 from forewarn.models.contracts import CustomerProfile, DeadLetterReason, JourneyEvent
 from forewarn.models.features import CONTACT_FEATURES
@@ -146,8 +154,9 @@ def consume_all(settings: Settings, topic: str, n: int, decode: bool) -> float:
     return elapsed
 
 
-def run_worker(settings: Settings, n: int) -> float:
-    """Seconds from the worker's first record to its n-th."""
+def run_worker(settings: Settings, n: int, phases: dict[str, float] | None = None) -> float:
+    """Seconds from the worker's first record to its n-th; ``phases`` gets the seconds it
+    spent in each phase of its batches."""
     worker = ScoringWorker(settings)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
@@ -160,6 +169,8 @@ def run_worker(settings: Settings, n: int) -> float:
     elapsed = time.perf_counter() - first
     worker.stop()
     thread.join(30)
+    if phases is not None:
+        phases.update(worker.phase_seconds)
     return elapsed
 
 
@@ -366,6 +377,7 @@ def main() -> int:
         "workload's milestones)",
     )
     ap.add_argument("--only", choices=["feedback"], help="run this step alone")
+    ap.add_argument("--no-peers", action="store_true", help="skip the Quix and faust peers")
     args = ap.parse_args()
     tune_garbage_collector()  # as the worker does: every row runs with its settings
 
@@ -397,7 +409,11 @@ def main() -> int:
         rows["raw consume"] = n / consume_all(s, s.topics.journey_events, n, decode=False)
         rows["consume + json.loads"] = n / consume_all(s, s.topics.journey_events, n, decode=True)
         rows["scoring worker, at-least-once"] = n / run_worker(loose, n + len(profiles))
-        rows["scoring worker, exactly-once"] = n / run_worker(s, n + len(profiles))
+        phases: dict[str, float] = {}
+        rows["scoring worker, exactly-once"] = n / run_worker(s, n + len(profiles), phases)
+        peer_rates = measure_peers(bootstrap, s.topics.journey_events, n, args.partitions,
+                                   skip=args.no_peers)  # fmt: skip
+        serving = serving_report(lambda **o: settings_for(bootstrap, args.partitions, **o))
         rows["exactly-once, a poison in every batch"] = n / run_worker(
             poisoned, n + poisons + len(profiles)
         )
@@ -480,6 +496,7 @@ def main() -> int:
         "published by the scoring worker, exactly-once, in this run",
     )
     feedback_numbers = print_feedback(feedback, mix, feedback_s)
+    worker_numbers = print_worker(phases, n + len(profiles), clean, rows, peer_rates, serving)
     result: dict[str, Any] = {
         "events": n,
         "customers": args.customers,
@@ -495,6 +512,7 @@ def main() -> int:
         "restore_customers_per_second": round(restored / restore_s),
         "restore_records_per_second": round(restore_records / restore_s),
         "feedback_plane": feedback_numbers,
+        **worker_numbers,
         "state_bytes": {
             "median": sizes[len(sizes) // 2],
             "p90": sizes[int(len(sizes) * 0.9)],
