@@ -112,8 +112,9 @@ def latency_at(settings: Settings, rate: int, seconds: float, seed: int) -> dict
 
 def _warm(settings: Settings) -> None:
     """One record, so the worker commits a first batch and is measurably ready."""
-    _, events = stream(1, 1, seed=1)
-    publish_backlog(settings, [], events)
+    e = JourneyEvent(event_id=f"warm-{time.time_ns()}", customer_id="warm", type="page_view",
+                     occurred_at=datetime.now(UTC))  # fmt: skip
+    publish_backlog(settings, [], [e])
 
 
 def _paced(settings: Settings, events: list[JourneyEvent], rate: int) -> None:

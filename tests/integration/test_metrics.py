@@ -20,6 +20,7 @@ from forewarn.models.contracts import Consent, CustomerProfile, DeadLetterReason
 from forewarn.offline.samples import bad_record
 from forewarn.pipeline.codecs import encode
 from forewarn.streams.broker import free_port
+from forewarn.streams.metrics import BATCH_PHASES
 from forewarn.streams.settings import Settings, kafka_config
 from tests.conftest import event, wait_committed
 
@@ -86,6 +87,10 @@ def test_metrics_endpoint_counts_what_happened_and_passes_promtool(
     assert samples[("forewarn_state_restore_seconds_count", ())] == 1
     assert samples[("forewarn_state_restoring_partitions", ())] == 0
     assert samples[("forewarn_state_record_bytes_count", ())] >= 1
+    # where a batch's time goes, phase by phase, and how soon it was ready after assignment
+    for phase in BATCH_PHASES:
+        assert samples[("forewarn_batch_phase_seconds_total", (("phase", phase),))] > 0, phase
+    assert samples[("forewarn_ready_after_assignment_seconds", ())] > 0
     assert "m1" not in text, "no customer id ever becomes a label"
 
     promtool = shutil.which("promtool")

@@ -4,13 +4,14 @@ DLQ while good input around it is scored; consent suppressions in forewarn-decis
 from __future__ import annotations
 
 import json
+import threading
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from forewarn.models.contracts import (
     Consent,
@@ -22,7 +23,9 @@ from forewarn.models.contracts import (
 )
 from forewarn.offline.samples import BAD_KINDS, as_cloudevent_binary, bad_record
 from forewarn.offline.simulator import JourneySimulator
-from forewarn.pipeline.codecs import encode
+from forewarn.pipeline.codecs import RawRecord, encode
+from forewarn.streams.metrics import ScoringMetrics
+from forewarn.streams.scoring.reading import read_batch
 from forewarn.streams.settings import Settings, kafka_config
 from tests.conftest import at_least, event, read_topic
 
@@ -176,3 +179,28 @@ def test_no_consent_suppresses_a_channel_and_the_suppression_is_published(
     assert "no consent" in (decisions["nothing"].detail or "")
     assert [a.customer_id for a in actions] == ["no-push"]
     assert json.loads(encode(decisions["nothing"]))["suppressed_by"] == "consent"
+
+
+def test_a_quiet_stream_is_not_held_for_a_full_batch(
+    make_settings: Callable[..., Settings],
+) -> None:
+    # Three records and a batch of 500 with an hour to fill it: a read that waited for a full
+    # batch would hold them for the hour. It takes them as soon as the first arrives.
+    s = make_settings(partitions=1)
+    p = _producer(s)
+    for n in range(3):
+        e = event("quiet", "page_view", datetime.now(UTC), n=n)
+        p.produce(s.topics.journey_events, key=b"quiet", value=encode(e))
+    p.flush(10)
+    consumer = Consumer(kafka_config(s, "consumer"))
+    consumer.assign([TopicPartition(s.topics.journey_events, 0, OFFSET_BEGINNING)])
+    read: list[RawRecord] = []
+    reader = threading.Thread(
+        target=lambda: read.extend(read_batch(consumer, 500, 3600.0, ScoringMetrics())),
+        daemon=True,
+    )
+    reader.start()
+    reader.join(60)
+    assert not reader.is_alive(), "the read waited for a full batch"
+    consumer.close()
+    assert [r.offset for r in read] == [0, 1, 2]

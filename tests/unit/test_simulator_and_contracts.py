@@ -23,7 +23,7 @@ from forewarn.models.contracts import (
 from forewarn.offline.measures import measure
 from forewarn.offline.simulator import JourneySimulator
 from forewarn.offline.worlds import ELSEWHERE, Incident
-from forewarn.streams.settings import Settings, kafka_config
+from forewarn.streams.settings import Role, Settings, kafka_config
 from tests.conftest import ROOT
 
 START = datetime(2026, 2, 1, tzinfo=UTC)
@@ -202,6 +202,22 @@ def test_settings_from_environment_and_librdkafka_pass_through(
     assert "s3cret" not in json.dumps(s.masked())
     assert s.decode_settings().aliases == {"pay_fail": "payment_failed"}
     assert "group.id" not in kafka_config(s, "producer")
+
+
+def test_static_membership_names_only_the_scoring_consumer() -> None:
+    off = Settings(instance_id="scorer-0")
+    assert "group.instance.id" not in kafka_config(off, "scoring_consumer")
+    on = off.model_copy(update={"static_membership": True})
+    conf = kafka_config(on, "scoring_consumer")
+    assert conf["group.instance.id"] == "scorer-0"
+    assert conf["group.id"] == "forewarn-scoring"
+    assert conf["isolation.level"] == "read_committed", "a consumer like the others"
+    # every other client of the group (lag readers, the demo, tests) stays dynamic: two
+    # members with one instance id would fence each other
+    others: tuple[Role, ...] = ("consumer", "restore", "producer", "transactional_producer",
+                                "admin")  # fmt: skip
+    for role in others:
+        assert "group.instance.id" not in kafka_config(on, role), role
 
 
 _RUNTIMES = ("confluent_kafka", "faust", "prometheus_client", "aiokafka", "rocksdict",
