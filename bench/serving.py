@@ -281,10 +281,11 @@ def print_worker(
     for rate, q in lat.items():
         print(f"latency at {int(rate):,} events/s offered: p50 {q['p50']} ms, p99 {q['p99']} ms "
               "(arrival in the worker to commit)")  # fmt: skip
-    print(f"ready {serving['ready_after_assignment_s']} s after assignment (empty changelogs); "
-          f"kill -9 to the replacement's first commit: {serving['kill9_to_first_commit_s']} s "
-          "with static membership, "
-          f"{serving['kill9_to_first_commit_without_static_membership_s']} s without")  # fmt: skip
+    print(f"ready {_seconds(serving['ready_after_assignment_s'])} after assignment (empty "
+          "changelogs); kill -9 to the replacement's first commit: "
+          f"{_seconds(serving['kill9_to_first_commit_s'])} with static membership, "
+          f"{_seconds(serving['kill9_to_first_commit_without_static_membership_s'])} "
+          "without")  # fmt: skip
     median = serving["changelog_bytes_per_customer_median"]
     print(f"memory: {serving['resident_bytes_per_customer']:,} B per tracked customer "
           f"({serving['customers']:,} customers); changelog {median} B per customer "
@@ -300,6 +301,10 @@ def print_worker(
         "ratio_to_faust": ratios.get("faust"),
         **serving,
     }
+
+
+def _seconds(value: float | None) -> str:
+    return "not measured" if value is None else f"{value:.2f} s"
 
 
 def _worker() -> None:
