@@ -15,38 +15,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 from confluent_kafka import Producer
 
+# bench/run.py, beside this script: the same broker (or FOREWARN_BENCH_BOOTSTRAP's Kafka)
+from run import broker
+
 from forewarn.delivery.config import DeliveryConfig, parse_destinations
 from forewarn.models.contracts import OutreachAction, Reason, Scores
 from forewarn.pipeline.codecs import encode
-from forewarn.streams.broker import EmbeddedBroker, free_port
+from forewarn.streams.broker import free_port
 from forewarn.streams.delivery.worker import DeliveryWorker
 from forewarn.streams.settings import Settings, TopicNames, kafka_config
 from forewarn.streams.topics import create_topics
 
 SECRET = "whsec_" + "YmVuY2gtc2VjcmV0LWJlbmNoLXNlY3JldA=="
-
-
-@contextmanager
-def bootstrap() -> Iterator[str]:
-    given = os.environ.get("FOREWARN_BENCH_BOOTSTRAP")
-    if given:
-        yield given
-        return
-    with EmbeddedBroker() as b:
-        yield b.bootstrap
 
 
 class Receiver:
@@ -115,7 +105,7 @@ def actions(n: int) -> list[OutreachAction]:
 
 
 def run(n: int, partitions: int, timeout: float) -> dict[str, float]:
-    with bootstrap() as servers:
+    with broker() as servers:
         tag = uuid.uuid4().hex[:8]
         s = Settings(
             bootstrap_servers=servers,
