@@ -440,6 +440,9 @@ def kafka_config(settings: Settings, role: Role, **overrides: Any) -> dict[str, 
         conf.update(
             {
                 "group.id": f"{settings.group_id}-restore",
+                # it reads to the end and stops: a fetch need not wait for more (the
+                # embedded broker parks each one for this long, records or not)
+                "fetch.wait.max.ms": 10,
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
                 "isolation.level": "read_committed",
