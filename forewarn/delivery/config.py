@@ -22,11 +22,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints
 from standardwebhooks.webhooks import Webhook
 
 from forewarn.errors import ForewarnError
+from forewarn.models.config_file import ConfigFileError, load_yaml_text, read_text_file
 from forewarn.models.contracts import OutreachAction
 
 #: a destination's name: a metric label and the ``source`` of its outcomes
@@ -105,16 +105,10 @@ def parse_destinations(
     from forewarn.delivery.request import compile_body
 
     env = os.environ if environ is None else environ
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise DeliveryConfigError(f"{where}: not YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise DeliveryConfigError(f"{where}: expected a mapping with 'destinations'")
-    try:
-        book = DestinationBook.model_validate(data)
-    except ValidationError as e:
-        raise DeliveryConfigError(f"{where}: {e}") from e
+    try:  # the project's YAML loader: each problem with its line, column and field
+        book = load_yaml_text(text, DestinationBook, where)
+    except ConfigFileError as e:
+        raise DeliveryConfigError(str(e)) from e
     names = [d.name for d in book.destinations]
     if len(set(names)) != len(names):
         raise DeliveryConfigError(f"{where}: destination names must be unique: {names}")
@@ -154,9 +148,9 @@ def parse_destinations(
 
 def load_destinations(path: Path, environ: Mapping[str, str] | None = None) -> DestinationBook:
     try:
-        text = path.read_text()
-    except OSError as e:
-        raise DeliveryConfigError(f"{path}: {e.strerror}") from e
+        text = read_text_file(path)
+    except ConfigFileError as e:
+        raise DeliveryConfigError(str(e)) from e
     return parse_destinations(text, environ=environ, where=str(path))
 
 
