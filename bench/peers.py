@@ -30,6 +30,7 @@ import tempfile
 import time
 import uuid
 import zlib
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,6 @@ def folded(state: dict[str, float] | None, event: dict[str, Any]) -> dict[str, f
 
 
 def _epoch(iso: str) -> float:
-    from datetime import datetime
-
     try:
         return datetime.fromisoformat(iso).timestamp()
     except ValueError:
