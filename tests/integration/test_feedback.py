@@ -388,6 +388,10 @@ def test_an_aborted_transaction_is_not_counted_twice(
     p.begin_transaction()
     p.produce(s.topics.decisions, key=b"cust-1", value=encode(d))
     p.commit_transaction(10)
+    # The clock moves only once the decision is in the customer's ledger: the intake agents run
+    # side by side, and a decision arriving after the clock closed its window would be too
+    # late to count (a race of the test, not of the plane's counting; seen once on CI).
+    wait_for(lambda: fb.get("/customers/cust-1")[0] == 200, 60, "the decision arrived", fb)
     produce(s, s.topics.milestones, clock_records(s, datetime(2026, 4, 1, tzinfo=UTC)))
     wait_for(
         lambda: fb.get("/experiments")[1]["as_of"] == "2026-04-01T00:00:00Z",
