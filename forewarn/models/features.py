@@ -16,6 +16,8 @@ a model trained on other features.
 from __future__ import annotations
 
 import hashlib
+import math
+from bisect import bisect_right
 
 import numpy as np
 from numpy.typing import NDArray
@@ -57,13 +59,7 @@ def churn_features(
     state: CustomerState, at: float, friction: float, out: NDArray[np.float64]
 ) -> None:
     """Write the features of ``state`` at event time ``at`` into ``out`` (one row)."""
-    out[0] = friction
-    i = 1
-    for _, types, days in _COUNTS:
-        out[i] = state.window_count(types, days * DAY, at)
-        i += 1
-    last = state.last_support_contact
-    out[i] = _NEVER_DAYS if last is None or last > at else min(_NEVER_DAYS, (at - last) / DAY)
+    read_features(state, at, friction, out, None)
 
 
 # -- the contact-risk model's features: what a support contact soon after an event follows --
@@ -116,20 +112,96 @@ def contact_features(
     >>> float(row[CONTACT_FEATURES.index("minutes_since_error")])
     1440.0
     """
-    out[0] = friction
-    i = 1
-    for _, types, hours in _CONTACT_COUNTS:
-        out[i] = state.window_count(types, hours * HOUR, at)
-        i += 1
-    last_error = max(
-        (t for kind in ERRORS for t in state.occurrences.get(kind, ()) if t <= at), default=None
-    )
-    out[i] = _NEVER_MINUTES if last_error is None else min(_NEVER_MINUTES, (at - last_error) / 60)
-    checkouts = state.window_count(("checkout_started",), HOUR, at)
-    out[i + 1] = max(0, checkouts - state.window_count(("purchase",), HOUR, at))
-    session = state.session
-    age = (at - session.started_at) / 60 if session.key else 0.0
-    out[i + 2] = min(_SESSION_CAP_MINUTES, max(0.0, age))
-    out[i + 3] = 1.0 if session.in_checkout else 0.0
+    read_features(state, at, friction, None, out)
+
+
+# -- both rows in one pass over the state: what the engine does at every event --
+
+_ERROR_KINDS = frozenset(ERRORS)
+#: the contact row's scratch slot for purchases in the last hour (checkout without purchase)
+_PURCHASES_1H = len(CONTACT_FEATURES)
+_MINUTES_SINCE_ERROR = CONTACT_FEATURES.index("minutes_since_error")
+_CHECKOUTS_1H = CONTACT_FEATURES.index("checkouts_1h")
+
+
+def _counting_plan() -> dict[str, tuple[tuple[float, tuple[int, ...], tuple[int, ...]], ...]]:
+    """Event type -> (window seconds, churn slots, contact slots) for every window it is
+    counted in: each type's times are bisected once per window, whatever reads the count."""
+    slots: dict[str, dict[float, tuple[list[int], list[int]]]] = {}
+
+    def add(kinds: tuple[str, ...], seconds: float, row: int, slot: int) -> None:
+        for kind in kinds:
+            slots.setdefault(kind, {}).setdefault(seconds, ([], []))[row].append(slot)
+
+    for i, (_, types, days) in enumerate(_COUNTS, start=1):
+        add(types, days * DAY, 0, i)
+    for i, (_, types, hours) in enumerate(_CONTACT_COUNTS, start=1):
+        add(types, hours * HOUR, 1, i)
+    add(("purchase",), HOUR, 1, _PURCHASES_1H)
+    return {
+        kind: tuple((sec, tuple(c), tuple(k)) for sec, (c, k) in windows.items())
+        for kind, windows in slots.items()
+    }
+
+
+_PLAN = _counting_plan()
+
+
+def read_features(
+    state: CustomerState,
+    at: float,
+    friction: float,
+    churn_out: NDArray[np.float64] | None,
+    contact_out: NDArray[np.float64] | None,
+) -> None:
+    """Fill the churn row, the contact row, or both, for ``state`` at event time ``at``.
+
+    Each row is what ``churn_features`` and ``contact_features`` document; the counts are
+    ``CustomerState.window_count``'s, read in one pass over the types the state holds.
+
+    >>> churn, contact = np.zeros(len(CHURN_FEATURES)), np.zeros(len(CONTACT_FEATURES))
+    >>> read_features(CustomerState("c1"), 0.0, 2.0, churn, contact)
+    >>> float(churn[0]), float(contact[CONTACT_FEATURES.index("minutes_since_error")])
+    (2.0, 1440.0)
+    """
+    churn = [0.0] * len(CHURN_FEATURES)
+    contact = [0.0] * (len(CONTACT_FEATURES) + 1)
+    last_error = -math.inf
+    plan = _PLAN
+    for kind, times in state.occurrences.items():
+        windows = plan.get(kind)
+        if windows is None or not times:
+            continue
+        # (at - window, at]: late events can put times after ``at``
+        hi = len(times) if times[-1] <= at else bisect_right(times, at)
+        if not hi:
+            continue
+        if kind in _ERROR_KINDS and times[hi - 1] > last_error:
+            last_error = times[hi - 1]
+        for seconds, churn_slots, contact_slots in windows:
+            n = hi - bisect_right(times, at - seconds, 0, hi)
+            if n:
+                for i in churn_slots:
+                    churn[i] += n
+                for i in contact_slots:
+                    contact[i] += n
     last = state.last_support_contact
-    out[i + 4] = _NEVER_DAYS if last is None or last > at else min(_NEVER_DAYS, (at - last) / DAY)
+    days_since = _NEVER_DAYS if last is None or last > at else min(_NEVER_DAYS, (at - last) / DAY)
+    if churn_out is not None:
+        churn[0] = friction
+        churn[-1] = days_since
+        churn_out[:] = churn
+    if contact_out is not None:
+        i = _MINUTES_SINCE_ERROR
+        contact[0] = friction
+        contact[i] = (
+            _NEVER_MINUTES if last_error == -math.inf
+            else min(_NEVER_MINUTES, (at - last_error) / 60)
+        )  # fmt: skip
+        contact[i + 1] = max(0.0, contact[_CHECKOUTS_1H] - contact[_PURCHASES_1H])
+        session = state.session
+        age = (at - session.started_at) / 60 if session.key else 0.0
+        contact[i + 2] = min(_SESSION_CAP_MINUTES, max(0.0, age))
+        contact[i + 3] = 1.0 if session.in_checkout else 0.0
+        contact[i + 4] = days_since
+        contact_out[:] = contact[:_PURCHASES_1H]

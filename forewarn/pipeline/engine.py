@@ -51,8 +51,7 @@ from forewarn.models.contracts import (
 from forewarn.models.features import (
     CHURN_FEATURES,
     CONTACT_FEATURES,
-    churn_features,
-    contact_features,
+    read_features,
 )
 from forewarn.models.friction import FrictionConfig, friction_scores
 from forewarn.models.releases import ModelSchedule
@@ -316,10 +315,8 @@ class ScoringEngine:
             row = len(folded)
             started = perf_counter()
             state.signal_row(self.friction, applied.at, signals[row])
-            if churn is not None:
-                churn_features(state, applied.at, 0.0, features[row])
-            if contact:
-                contact_features(state, applied.at, 0.0, contact_x[row])
+            read_features(state, applied.at, 0.0, features[row] if churn else None,
+                          contact_x[row] if contact else None)  # fmt: skip
             feature_s += perf_counter() - started
             # Days counted from the customer's own first event, not midnight: first events of
             # the day would all fall just after midnight and skew a decayed count of them.
