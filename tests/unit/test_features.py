@@ -67,9 +67,9 @@ def test_one_pass_equals_each_feature_by_definition(
     cfg = FrictionConfig.default()
     state = CustomerState("c1")
     for i, (kind, seconds) in enumerate(moves):  # out of order on purpose: late events
-        at = T0 + timedelta(seconds=seconds)
+        when = T0 + timedelta(seconds=seconds)
         apply_event(state, JourneyEvent(event_id=f"e{i}", customer_id="c1", type=kind,
-                                        occurred_at=at), cfg)  # fmt: skip
+                                        occurred_at=when), cfg)  # fmt: skip
     at = (T0 + timedelta(seconds=ask)).timestamp()
     churn, contact = np.zeros(len(CHURN_FEATURES)), np.zeros(len(CONTACT_FEATURES))
     read_features(state, at, friction, churn, contact)
