@@ -83,10 +83,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.target == "contact":
         return _train_contact(args, events, friction)
     labels = read_labels(args.labels) if args.labels else None
+    folding = _folding(events)
     if args.snapshot_hours == 0:  # at events: the moments the stream scores
         data = event_snapshot_dataset(
-            events, friction=friction, horizon_days=args.horizon_days, churned_at=labels
-        )
+            events, friction=friction, horizon_days=args.horizon_days, churned_at=labels,
+            on_progress=folding.update,
+        )  # fmt: skip
     else:
         data = snapshot_dataset(
             events,
@@ -94,7 +96,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             horizon_days=args.horizon_days,
             every_hours=args.snapshot_hours,
             churned_at=labels,
+            on_progress=folding.update,
         )
+    folding.close()
     source = f"labels file {args.labels.name}" if args.labels else f"first {CHURN_EVENT} event"
     linear, card = fit_churn_model(
         data,
@@ -127,6 +131,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _folding(events: list[JourneyEvent]) -> Progress:
+    """Progress of building the training rows: every event goes through the stream's state
+    code first, the longest part of ``train`` after reading the history."""
+    return Progress("computing training rows", len(events), "events")
+
+
 def _train_contact(
     args: argparse.Namespace, events: list[JourneyEvent], friction: FrictionConfig
 ) -> int:
@@ -136,7 +146,9 @@ def _train_contact(
     from forewarn.offline.training import period_of
 
     horizon = args.horizon_hours * 3600
-    rows = contact_dataset(events, horizon=horizon, friction=friction)
+    folding = _folding(events)
+    rows = contact_dataset(events, horizon=horizon, friction=friction, on_progress=folding.update)
+    folding.close()
     start, end = period_of(events)
     cut = args.holdout_from or start + (end - start) * 0.8
     ev = fit_and_judge(rows, cut=cut.timestamp(), horizon=horizon)
@@ -213,9 +225,11 @@ def _closed_loop(
               "with (set holdout_percent, globally or per rule)")  # fmt: skip
         return None
     responder = Responder({**TRUE_EFFECTS, **effects})
+    progress = Progress("replaying with customers who respond", len(events), "events")
     # small batches: an action reaches its customer before the next few minutes of events
-    out = replay(events, profiles, rulebook=rulebook, churn=churn, contact=contact,
-                 responder=responder, batch_size=50)  # fmt: skip
+    out = replay(Reported(events, progress), profiles, rulebook=rulebook, churn=churn,
+                 contact=contact, responder=responder, batch_size=50)  # fmt: skip
+    progress.close()
     loop = closed_loop_experiment(out, rulebook, responder, max(e.occurred_at for e in events))
     print("\n" + format_closed_loop(loop))
     return loop

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -45,6 +45,7 @@ from forewarn.models.risk import (
     predict,
 )
 from forewarn.models.state import CustomerState, apply_event, stable_fraction
+from forewarn.offline import training
 from forewarn.offline.training import TrainingError
 
 CONTACT = "support_contact"
@@ -67,8 +68,10 @@ def contact_dataset(
     *,
     horizon: float = HORIZON_SECONDS,
     friction: FrictionConfig | None = None,
+    on_progress: Callable[[int], None] | None = None,
 ) -> ContactRows:
-    """One row per event (``events`` in event-time order), labelled by the next contact."""
+    """One row per event (``events`` in event-time order), labelled by the next contact.
+    ``on_progress``: told the events folded so far, now and then, and once at the end."""
     cfg = friction or FrictionConfig.default()
     if not events:
         raise TrainingError("the history is empty")
@@ -83,7 +86,9 @@ def contact_dataset(
     labels: list[int] = []
     times: list[float] = []
     who: list[str] = []
-    for e in events:
+    for i, e in enumerate(events):
+        if on_progress is not None and i and i % training.PROGRESS_EVERY == 0:
+            on_progress(i)  # events folded so far
         state = states.setdefault(e.customer_id, CustomerState(e.customer_id))
         applied = apply_event(state, e, cfg)
         if applied.duplicate or e.type == CONTACT or applied.at + horizon > end:
@@ -98,6 +103,8 @@ def contact_dataset(
         rows.append(row)
         times.append(applied.at)
         who.append(e.customer_id)
+    if on_progress is not None:
+        on_progress(len(events))
     if not rows:
         raise TrainingError(f"no event is followed by {horizon / 3600:g} h of history")
     return ContactRows(np.vstack(rows), np.array(labels, dtype=np.int64),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -40,6 +40,8 @@ from forewarn.models.risk import (
 from forewarn.models.state import CustomerState, apply_event, stable_fraction
 
 CHURN_EVENT = "subscription_cancelled"
+#: how often (in events folded into the state) the dataset builders call ``on_progress``
+PROGRESS_EVERY = 20_000
 
 
 class TrainingError(ForewarnError, ValueError):
@@ -84,8 +86,10 @@ def snapshot_dataset(
     every_hours: float = 24.0,
     warmup_days: float = 3.0,
     churned_at: dict[str, float] | None = None,
+    on_progress: Callable[[int], None] | None = None,
 ) -> Snapshots:
-    """Training rows from history (``events`` in event-time order)."""
+    """Training rows from history (``events`` in event-time order). ``on_progress``: told
+    the events folded into the state so far, now and then, and once at the end."""
     cfg = friction or FrictionConfig.default()
     if not events:
         raise TrainingError("the history is empty")
@@ -105,6 +109,8 @@ def snapshot_dataset(
             e = events[i]
             apply_event(states.setdefault(e.customer_id, CustomerState(e.customer_id)), e, cfg)
             i += 1
+            if on_progress is not None and i % PROGRESS_EVERY == 0:
+                on_progress(i)
         who = [c for c in states if churn.get(c, math.inf) > t]
         if who:
             xs.append(_rows_at(states, who, t, cfg))
@@ -112,6 +118,8 @@ def snapshot_dataset(
             customers += who
             times += [t] * len(who)
         t += step
+    if on_progress is not None:  # the events after the last snapshot are not needed
+        on_progress(len(events))
     if not xs:
         raise TrainingError(
             f"the history spans {(end - start) / 86400:.1f} days: too short for a "
@@ -128,12 +136,14 @@ def event_snapshot_dataset(
     warmup_days: float = 3.0,
     churned_at: dict[str, float] | None = None,
     max_rows: int = 200_000,
+    on_progress: Callable[[int], None] | None = None,
 ) -> Snapshots:
     """Training rows taken at events, not on a daily grid: the moments the stream scores.
 
     One row at an event of a customer who has not churned yet, once the warm-up has passed
     and while the horizon fits in the history; about ``max_rows``, a share fixed by a hash
-    of customer and event (the same rows in every run)."""
+    of customer and event (the same rows in every run). ``on_progress`` as in
+    ``snapshot_dataset``."""
     cfg = friction or FrictionConfig.default()
     if not events:
         raise TrainingError("the history is empty")
@@ -148,7 +158,9 @@ def event_snapshot_dataset(
     ys: list[int] = []
     customers: list[str] = []
     times: list[float] = []
-    for e in events:
+    for i, e in enumerate(events):
+        if on_progress is not None and i and i % PROGRESS_EVERY == 0:
+            on_progress(i)  # events folded so far
         state = states.setdefault(e.customer_id, CustomerState(e.customer_id))
         at = apply_event(state, e, cfg).at
         gone = churn.get(e.customer_id, math.inf)
@@ -164,6 +176,8 @@ def event_snapshot_dataset(
         ys.append(int(gone <= at + horizon))
         customers.append(e.customer_id)
         times.append(at)
+    if on_progress is not None:
+        on_progress(len(events))
     if not xs:
         raise TrainingError(
             f"the history spans {(end - start) / 86400:.1f} days: too short for a "

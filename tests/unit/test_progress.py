@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -86,3 +87,72 @@ def test_writing_a_history_reports_the_events_written(
     progress.update(told[-1])
     assert out.getvalue().startswith(f"writing h.jsonl: {told[-1]:,} events, ")
     assert "%" not in out.getvalue() and "left" not in out.getvalue(), "no total: no share"
+
+
+def test_building_training_rows_reports_the_events_folded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``train``'s longest part after reading: every event through the state code."""
+    from forewarn.offline import contact_risk, history, training
+
+    path = tmp_path / "h.jsonl"
+    history.write_history(path, customers=30, days=5, seed=3, start=T0)
+    events = history.read_history(path)
+    monkeypatch.setattr(training, "PROGRESS_EVERY", 100)
+    builders: dict[str, Callable[[Callable[[int], None]], object]] = {
+        "daily snapshots": lambda told: training.snapshot_dataset(
+            events, horizon_days=1, on_progress=told
+        ),
+        "snapshots at events": lambda told: training.event_snapshot_dataset(
+            events, horizon_days=1, on_progress=told
+        ),
+        "contact rows": lambda told: contact_risk.contact_dataset(
+            events, horizon=1800, on_progress=told
+        ),
+    }
+    for name, build in builders.items():
+        told: list[int] = []
+        build(told.append)
+        assert len(told) >= len(events) // 100 // 2, name  # now and then, not only at the end
+        assert told == sorted(told) and told[-1] == len(events), name
+
+
+def _forewarn_in_process(*args: str) -> int:
+    from forewarn.cli.main import main
+
+    return main(list(args))
+
+
+@pytest.mark.parametrize("target", ["churn", "contact"])
+def test_train_reports_its_progress(
+    target: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from forewarn.offline import history
+
+    path = tmp_path / "h.jsonl"
+    n, _ = history.write_history(path, customers=200, days=5, seed=47, start=T0)
+    _forewarn_in_process("train", "--target", target, "--events", str(path),
+                         "--out", str(tmp_path / "m"), "--horizon-days", "1",
+                         "--horizon-hours", "0.5")  # fmt: skip
+    # (five days of 200 customers may hold no churner to learn from: the line comes first)
+    err = capsys.readouterr().err
+    assert f"computing training rows: {n:,} of {n:,} events (100%)" in err, err
+
+
+def test_evaluate_respond_reports_the_second_replays_progress(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from forewarn.offline import history
+    from forewarn.rules.rulebook import default_rulebook_path, with_rule_holdouts
+
+    path = tmp_path / "h.jsonl"
+    n, _ = history.write_history(path, customers=100, days=2, seed=8, start=T0)
+    rules = tmp_path / "holdouts.yaml"
+    rules.write_text(with_rule_holdouts(default_rulebook_path().read_text(), 30))
+    rc = _forewarn_in_process("evaluate", "--events", str(path), "--rules", str(rules),
+                              "--report", str(tmp_path / "r.json"), "--no-learning",
+                              "--respond")  # fmt: skip
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert f"replaying: {n:,} of {n:,} events (100%)" in err
+    assert f"replaying with customers who respond: {n:,} of {n:,} events (100%)" in err, err
