@@ -34,7 +34,9 @@ from forewarn.offline.measures import (
     Act,
     LeadTime,
     Measures,
+    Sweep,
     at_most,
+    coverage_on_curve,
     followed_by,
     friction_sweep,
     measure,
@@ -46,6 +48,7 @@ from forewarn.offline.measures import (
 from forewarn.offline.replay import Replay, replay
 from forewarn.offline.training import churn_times
 from forewarn.pipeline.learner import ContactLearner, LearnerSettings
+from forewarn.pipeline.results import ScoredEvent
 from forewarn.rules.rulebook import Rulebook, load_rulebook
 
 FRICTION_THRESHOLD = 60.0
@@ -100,6 +103,36 @@ class LearnedModel(_Report):
     roc_auc_on_judging_rows: float
 
 
+class FrictionCurve(_Report):
+    """Coverage as a friction threshold moves, in the table's units, and where the rulebook
+    sits against it at its own volume."""
+
+    thresholds: list[float]
+    actions_per_1000_customers_per_day: list[float]
+    contact_coverage: list[float]
+    #: the curve's coverage at the rulebook's volume (interpolated; None outside the curve)
+    at_rulebook_volume: float | None
+    #: the rulebook anticipates fewer contacts than a friction threshold sending as many
+    rulebook_below: bool
+
+
+def friction_curve(sweep: Sweep, volume: float, coverage: float) -> FrictionCurve:
+    """The curve, and whether a rulebook acting ``volume`` times per 1,000 customers a day
+    with ``coverage`` sits below it."""
+    at = coverage_on_curve(sweep, volume)
+    return FrictionCurve(
+        thresholds=sweep.thresholds,
+        actions_per_1000_customers_per_day=sweep.actions_per_1000_customers_per_day,
+        contact_coverage=sweep.coverage,
+        at_rulebook_volume=at,
+        rulebook_below=at is not None and coverage < at,
+    )
+
+
+#: what the text report and the plot say when the rulebook sits below the curve
+BELOW_THE_CURVE = "the rulebook sits below the friction-threshold curve at equal volume"
+
+
 class BeatsBaselines(_Report):
     coverage_above_random: bool
     coverage_at_least_on_errors_at_equal_volume: bool
@@ -116,6 +149,7 @@ class EvaluationReport(Measures):
     by_rule: dict[str, RuleMeasures]
     baselines: dict[str, Measures]
     friction_alone: FrictionAlone
+    friction_curve: FrictionCurve
     churn_model: ChurnModelQuality | None = None
     beats_baselines: BeatsBaselines
     #: where the measures start (events before it only build state and train)
@@ -208,6 +242,7 @@ def evaluate(
     friction = m(threshold_crossings(scored, FRICTION_THRESHOLD)).model_dump(
         exclude={"churn_capture"}
     )
+    sweep = friction_sweep(scored, contacts, customers, days, window)
     quality = None
     if churn is not None:
         churned = followed_by(scored, churns, 14 * 86400)
@@ -244,6 +279,9 @@ def evaluate(
             threshold=FRICTION_THRESHOLD,
             **friction,
         ),
+        friction_curve=friction_curve(
+            sweep, overall.actions_per_1000_customers_per_day, overall.contact_coverage
+        ),
         churn_model=quality,
         beats_baselines=BeatsBaselines(
             coverage_above_random=overall.contact_coverage > baselines["random"].contact_coverage,
@@ -258,16 +296,27 @@ def evaluate(
         variants=variants,
     )
     if plot is not None:
-        from forewarn.offline.plots import plot_report
-
-        per = max(customers, 1)
-        points = {
-            name: (r.actions / per, r.contact_coverage)
-            for name, r in (("rulebook", report), *baselines.items())
-        }
-        sweep = friction_sweep(scored, contacts, customers, window)
-        plot_report(plot, scored, label, sweep, points)
+        plot_evaluation(plot, report, scored, label, sweep)
     return report
+
+
+def plot_evaluation(
+    path: Path,
+    report: EvaluationReport,
+    scored: Sequence[ScoredEvent],
+    label: Sequence[int],
+    sweep: Sweep,
+) -> None:
+    """The ``--plot`` picture: the rulebook and the baselines as points on the friction
+    curve, in the table's units, and the report's words when the rulebook sits below it."""
+    from forewarn.offline.plots import plot_report
+
+    points = {
+        name: (r.actions_per_1000_customers_per_day, r.contact_coverage)
+        for name, r in (("rulebook", report), *report.baselines.items())
+    }
+    below = BELOW_THE_CURVE if report.friction_curve.rulebook_below else None
+    plot_report(path, scored, label, sweep, points, below)
 
 
 def _learned(r: ModelRelease) -> LearnedModel:
@@ -322,6 +371,7 @@ def format_report(report: EvaluationReport) -> str:
         f"friction ROC AUC for a contact within {report.window_hours:g} h: "
         f"{fa.roc_auc_contact_within_window}"
     )
+    lines.append(_against_the_curve(report))
     if report.measured_from is not None:
         lines.append(f"measured from {report.measured_from} (earlier events build state only)")
     lines.append(f"contact risk: {report.contact_risk}")
@@ -339,3 +389,24 @@ def format_report(report: EvaluationReport) -> str:
             f"{cm.roc_auc_churn_within_14_days}"
         )
     return "\n".join(lines)
+
+
+def _against_the_curve(report: EvaluationReport) -> str:
+    """Where the rulebook sits against the friction-threshold curve at its own volume."""
+    curve, volume = report.friction_curve, report.actions_per_1000_customers_per_day
+    at, mine = curve.at_rulebook_volume, report.contact_coverage
+    if at is None:
+        return (
+            f"the friction-threshold curve does not reach the rulebook's volume ({volume:.1f} "
+            "actions per 1,000 customers a day): no comparison at equal volume"
+        )
+    if curve.rulebook_below:
+        return (
+            f"{BELOW_THE_CURVE}: a friction threshold sending as many actions ({volume:.1f} "
+            f"per 1,000 customers a day) anticipates {at:.1%} of contacts, the rulebook {mine:.1%}"
+        )
+    return (
+        f"the rulebook sits on or above the friction-threshold curve at equal volume: it "
+        f"anticipates {mine:.1%} of contacts, a friction threshold sending as many actions "
+        f"({volume:.1f} per 1,000 customers a day) {at:.1%}"
+    )

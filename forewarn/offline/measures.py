@@ -216,8 +216,11 @@ def threshold_crossings(
 
 @dataclass(slots=True)
 class Sweep:
+    """The friction-threshold curve, in the report table's units: actions per 1,000
+    customers a day against contact coverage."""
+
     thresholds: list[float] = field(default_factory=list)
-    actions_per_customer: list[float] = field(default_factory=list)
+    actions_per_1000_customers_per_day: list[float] = field(default_factory=list)
     coverage: list[float] = field(default_factory=list)
 
 
@@ -225,14 +228,33 @@ def friction_sweep(
     scored: Sequence[ScoredEvent],
     contacts: Sequence[CustomerTime],
     customers: int,
+    days: float,
     window: float = DAY,
 ) -> Sweep:
-    """Coverage against actions per customer as the friction threshold moves."""
+    """Coverage against volume as the friction threshold moves (each point measured as the
+    report measures a rulebook, so the curve and the table's rows compare)."""
     sweep = Sweep()
     for thr in range(10, 100, 5):
         acts = threshold_crossings(scored, float(thr))
-        m = measure(contacts, [], acts, customers=customers, days=1, window=window)
+        m = measure(contacts, [], acts, customers=customers, days=days, window=window)
         sweep.thresholds.append(float(thr))
-        sweep.actions_per_customer.append(len(acts) / max(customers, 1))
+        sweep.actions_per_1000_customers_per_day.append(m.actions_per_1000_customers_per_day)
         sweep.coverage.append(m.contact_coverage)
     return sweep
+
+
+def coverage_on_curve(sweep: Sweep, volume: float) -> float | None:
+    """The curve's coverage at ``volume`` actions per 1,000 customers a day (interpolated
+    between its points; None outside them: nothing to compare with).
+
+    >>> s = Sweep(thresholds=[80, 60, 40], actions_per_1000_customers_per_day=[10, 50, 100],
+    ...           coverage=[0.1, 0.3, 0.5])
+    >>> coverage_on_curve(s, 75), coverage_on_curve(s, 200)
+    (0.4, None)
+    """
+    xs = np.array(sweep.actions_per_1000_customers_per_day, dtype=float)
+    if xs.size < 2 or not xs.min() <= volume <= xs.max():
+        return None
+    order = np.argsort(xs, kind="stable")
+    ys = np.array(sweep.coverage, dtype=float)[order]
+    return round(float(np.interp(volume, xs[order], ys)), 4)

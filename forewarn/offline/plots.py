@@ -24,8 +24,26 @@ def plot_report(
     contact_label: Sequence[int],
     sweep: Sweep,
     points: dict[str, tuple[float, float]],
+    below: str | None = None,
 ) -> None:
-    """Score distributions for events followed by a contact or not, and the coverage curve."""
+    """Score distributions for events followed by a contact or not, and the coverage curve
+    with ``points`` (actions per 1,000 customers a day, coverage) on it, as in the report's
+    table; ``below``: the report's words when the rulebook sits below the curve."""
+    fig = figure(scored, contact_label, sweep, points, below)
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def figure(
+    scored: Sequence[ScoredEvent],
+    contact_label: Sequence[int],
+    sweep: Sweep,
+    points: dict[str, tuple[float, float]],
+    below: str | None = None,
+) -> Any:
+    """The plot's matplotlib figure (``plot_report`` saves it)."""
     try:
         import matplotlib
     except ImportError as e:  # an optional extra: production workers need no plots
@@ -45,8 +63,9 @@ def plot_report(
         churn = np.array([s.churn_risk or 0.0 for s in scored])
         _split_histogram(axes[1], churn, y, np.linspace(0, 1, 41), "Churn risk", "churn risk")
     ax = axes[-1]
-    ax.plot(sweep.actions_per_customer, sweep.coverage, marker=".", label="friction threshold")
-    for thr, x, c in zip(sweep.thresholds, sweep.actions_per_customer, sweep.coverage, strict=True):
+    volume = sweep.actions_per_1000_customers_per_day
+    ax.plot(volume, sweep.coverage, marker=".", label="friction threshold")
+    for thr, x, c in zip(sweep.thresholds, volume, sweep.coverage, strict=True):
         if thr % 20 == 0:
             ax.annotate(f"{thr:g}", (x, c), textcoords="offset points", xytext=(4, 4), fontsize=8)
     for k, (name, (x, c)) in enumerate(points.items()):
@@ -56,37 +75,18 @@ def plot_report(
                     fontsize=9)  # fmt: skip
     ax.set(
         title="Contact coverage vs outreach volume",
-        xlabel="actions per customer over the history",
+        xlabel="actions per 1,000 customers a day",  # the table's "per 1k/day"
         ylabel="coverage: support contacts anticipated",
     )
     from matplotlib.ticker import PercentFormatter
 
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))  # the table's unit: percent
-    if "rulebook" in points and below_curve(sweep, *points["rulebook"]):
-        ax.text(0.02, 0.97, "the rulebook anticipates fewer contacts than a friction\n"
-                "threshold sending as many actions", transform=ax.transAxes, va="top",
-                fontsize=8)  # fmt: skip
+    if below is not None:  # the report says the same (evaluate.format_report)
+        ax.text(0.02, 0.97, below.replace(" at equal", "\nat equal"), transform=ax.transAxes,
+                va="top", fontsize=8)  # fmt: skip
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def below_curve(sweep: Sweep, actions_per_customer: float, coverage: float) -> bool:
-    """Whether a point anticipates fewer contacts than the friction-threshold curve at the
-    same volume (the curve interpolated; False outside its range).
-
-    >>> s = Sweep(thresholds=[80, 60, 40], actions_per_customer=[0.1, 0.5, 1.0],
-    ...           coverage=[0.1, 0.3, 0.5])
-    >>> below_curve(s, 0.5, 0.2), below_curve(s, 0.5, 0.35), below_curve(s, 2.0, 0.0)
-    (True, False, False)
-    """
-    xs = np.array(sweep.actions_per_customer, dtype=float)
-    if xs.size < 2 or not xs.min() <= actions_per_customer <= xs.max():
-        return False
-    order = np.argsort(xs)
-    ys = np.array(sweep.coverage, dtype=float)[order]
-    return bool(coverage < float(np.interp(actions_per_customer, xs[order], ys)))
+    return fig
 
 
 def _split_histogram(
