@@ -46,6 +46,8 @@ def new_settings(bootstrap: str, partitions: int = 2, **overrides: Any) -> Any:
     from forewarn.streams.settings import FeedbackConfig, Settings, TopicNames
     from forewarn.streams.topics import create_topics
 
+    if "batch_size" in overrides:  # a test that cuts batches means them: no catch-up growth
+        overrides.setdefault("catch_up_batch_size", overrides["batch_size"])
     tag = uuid.uuid4().hex[:8]
     feedback = FeedbackConfig(group_id=f"forewarn-test-{tag}-feedback", session_timeout_seconds=6)
     settings = Settings(

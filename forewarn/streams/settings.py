@@ -350,7 +350,12 @@ class Settings(BaseSettings):
     #: until stopped, so a kill lands mid-transaction. Never set in production.
     fault_hang_after_batches: int | None = Field(default=None, ge=0)
 
+    #: records per batch (one transaction) on a live stream
     batch_size: int = Field(default=500, ge=1, le=100_000)
+    #: the largest batch while a backlog waits: the limit doubles from ``batch_size`` while
+    #: reads come back full and halves back as they come back short (a transaction's fixed
+    #: cost is shared by more records when the worker is behind; ``pipeline/batch_limit.py``)
+    catch_up_batch_size: int = Field(default=5000, ge=1, le=100_000)
     batch_timeout_seconds: float = Field(default=0.5, gt=0)
     session_timeout_ms: int = Field(default=45_000, ge=1000)
     #: static group membership: the scoring consumer joins as ``instance_id``
@@ -516,8 +521,8 @@ COMMAND_SETTINGS: dict[str, tuple[str, ...]] = {
         "friction_path", "state_dir", "http_port", "http_host", "exactly_once",
         "transaction_timeout_ms", "idle_ttl_days", "liveness_timeout_seconds",
         "rejoin_after_seconds", "startup_timeout_seconds", "profile_wait_seconds",
-        "batch_size", "batch_timeout_seconds", "session_timeout_ms", "static_membership",
-        "event_aliases",
+        "batch_size", "catch_up_batch_size", "batch_timeout_seconds", "session_timeout_ms",
+        "static_membership", "event_aliases",
         "strict_event_types", "max_event_bytes", "dead_letter_keep_bytes", "max_record_bytes",
         "future_tolerance_seconds", "actions_format",
     ),

@@ -204,3 +204,32 @@ def test_a_quiet_stream_is_not_held_for_a_full_batch(
     assert not reader.is_alive(), "the read waited for a full batch"
     consumer.close()
     assert [r.offset for r in read] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("catch_up", [50, 400])
+def test_a_backlog_is_read_in_larger_batches_up_to_the_catch_up_size(
+    make_settings: Callable[..., Settings], start_worker: Callable[[Settings], Any], catch_up: int
+) -> None:
+    # 3,000 events wait before the worker starts. Batches of 50 would take at least 60
+    # transactions; growing to 400 while reads come back full takes far fewer.
+    s = make_settings(partitions=1, batch_size=50, catch_up_batch_size=catch_up)
+    p = _producer(s)
+    t0 = datetime.now(UTC) - timedelta(hours=1)
+    n = 3_000
+    for i in range(n):
+        e = event(f"c{i % 200}", "page_view", t0 + timedelta(milliseconds=i), n=i)
+        p.produce(s.topics.journey_events, key=e.customer_id.encode(), value=encode(e))
+        if i % 1000 == 0:
+            p.poll(0)
+    p.flush(30)
+    worker = start_worker(s)
+    deadline = datetime.now(UTC) + timedelta(seconds=90)
+    while worker.worker.records < n and datetime.now(UTC) < deadline:
+        threading.Event().wait(0.1)
+    worker.stop()
+    assert worker.worker.records == n
+    batches = worker.worker.batches
+    if catch_up == 50:
+        assert batches >= n // 50
+    else:
+        assert batches <= n // 100, f"{batches} batches: the backlog was not read in larger ones"

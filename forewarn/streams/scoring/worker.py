@@ -36,6 +36,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from forewarn.models.friction import load_friction
 from forewarn.models.state_codec import encode_state
+from forewarn.pipeline.batch_limit import BatchLimit
 from forewarn.pipeline.codecs import RawRecord
 from forewarn.pipeline.engine import ScoringEngine
 from forewarn.pipeline.isolation import process_isolating
@@ -123,6 +124,7 @@ class ScoringWorker:
         self._to_restore: set[int] = set()
         self.membership = AssignmentWatch(settings.rejoin_after_seconds)
         self._http: ThreadingHTTPServer | None = None
+        self._batch_limit = BatchLimit(settings.batch_size, settings.catch_up_batch_size)
         self.batches = 0
         self.records = 0
         #: seconds spent in each phase of the committed batches (``BATCH_PHASES``)
@@ -384,8 +386,11 @@ class ScoringWorker:
         return max((st.stream_time for st in self.stores.stores.values()), default=-math.inf)
 
     def _read(self, consumer: Consumer) -> list[RawRecord]:
-        s = self.settings
-        return read_batch(consumer, s.batch_size, s.batch_timeout_seconds, self.metrics)
+        records = read_batch(
+            consumer, self._batch_limit.limit, self.settings.batch_timeout_seconds, self.metrics
+        )
+        self._batch_limit.after_read(len(records))
+        return records
 
     def _find_profile_ends(self, consumer: Consumer, restorer: Consumer) -> None:
         """Tell the gate how far each newly assigned profiles partition must be read."""
