@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: model install demo shell test test-unit test-integration drill lint bench schemas clean
+.PHONY: model install demo shell test test-unit test-integration drill lint bench readme-numbers schemas clean
 
 # Creates .venv and installs the project with its pinned dependencies; a no-op when done.
 install: $(STAMP)
@@ -49,6 +49,13 @@ lint: install
 bench: install
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/delivery.py
+
+# Copies the last bench run's numbers (bench/results/latest.json, delivery.json) into
+# docs/measured.json and rewrites the README's marked numbers; it lists what changed and the
+# numbers of earlier runs it kept. An evaluate report:
+#   .venv/bin/python bench/readme_numbers.py evaluate=report.json
+readme-numbers: install
+	$(BIN)/python bench/readme_numbers.py bench $$(test -f bench/results/delivery.json && echo delivery)
 
 # Trains the shipped churn model on 30 days of simulated history (seed 2026) and writes it
 # with its card to forewarn/models/default_model/ (committed). Evaluate it on another seed:

@@ -1,5 +1,5 @@
 """``forewarn deliver``'s rate and added latency, for ``make bench`` (or alone:
-``.venv/bin/python bench/delivery.py``).
+``.venv/bin/python bench/delivery.py``); also written to bench/results/delivery.json.
 
 N actions are published to a fresh actions topic before one deliverer starts (in this
 process, in a thread); a local receiver (aiohttp on 127.0.0.1, answering 200 at once) counts
@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import platform
 import statistics
 import sys
 import threading
@@ -26,7 +28,7 @@ from aiohttp import web
 from confluent_kafka import Producer
 
 # bench/run.py, beside this script: the same broker (or FOREWARN_BENCH_BOOTSTRAP's Kafka)
-from run import broker
+from run import RESULTS, broker
 
 from forewarn.delivery.config import DeliveryConfig, parse_destinations
 from forewarn.models.contracts import OutreachAction, Reason, Scores
@@ -169,6 +171,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=300, help="give up after S seconds")
     args = ap.parse_args(argv)
     out = run(args.actions, args.partitions, args.timeout)
+    # beside latest.json, for `make readme-numbers` (bench/readme_numbers.py)
+    RESULTS.mkdir(exist_ok=True)
+    where = {
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "broker": "FOREWARN_BENCH_BOOTSTRAP"
+        if os.environ.get("FOREWARN_BENCH_BOOTSTRAP")
+        else "embedded Tansu (memory)",
+    }
+    (RESULTS / "delivery.json").write_text(json.dumps({**out, **where}, indent=2) + "\n")
     print(
         f"forewarn deliver, one deliverer, {out['actions']:,} actions to a local receiver: "
         f"{out['deliveries_per_s']:,.0f} deliveries/s; added latency (read to answered, "
