@@ -28,18 +28,24 @@ customer encodes to a few hundred bytes; ``decode_state(encode_state(s))`` equal
 from __future__ import annotations
 
 import math
+import sys
 from datetime import datetime
 from typing import Any
 
 import msgpack
 
 from forewarn.errors import ForewarnError
-from forewarn.models.contracts import ActionChannel, Consent, CustomerProfile
+from forewarn.models.contracts import ActionChannel
 from forewarn.models.session import SessionState
-from forewarn.models.state import ID_HASH_BYTES, CustomerState
+from forewarn.models.state import (
+    ID_HASH_BYTES,
+    CustomerState,
+    StoredProfile,
+    consent_bits,
+    shared_consent,
+)
 
 VERSION = 1
-_CONSENT = tuple(Consent.model_fields)
 _CHANNELS = {c.value: c for c in ActionChannel}
 
 
@@ -66,13 +72,11 @@ def _unhash(data: bytes) -> list[int]:
     return [int.from_bytes(data[i : i + n], "big") for i in range(0, len(data), n)]
 
 
-def _profile(p: CustomerProfile | None) -> list[Any] | None:
+def _profile(p: StoredProfile | None) -> list[Any] | None:
     if p is None:
         return None
-    c = p.consent
-    bits = sum(1 << i for i, name in enumerate(_CONSENT) if getattr(c, name))
     return [
-        bits,
+        consent_bits(p.consent),
         p.do_not_contact,
         p.timezone,
         None if p.preferred_channel is None else p.preferred_channel.value,
@@ -82,21 +86,18 @@ def _profile(p: CustomerProfile | None) -> list[Any] | None:
     ]
 
 
-def _unprofile(customer_id: str, w: list[Any] | None) -> CustomerProfile | None:
+def _unprofile(w: list[Any] | None) -> StoredProfile | None:
     if w is None:
         return None
     bits, dnc, tz, pref, locale, tier, signed_up = w
-    # Written by encode_state from a validated profile: construct without re-validating.
-    allowed = {n: bool(bits >> i & 1) for i, n in enumerate(_CONSENT)}
-    consent = Consent.model_construct(None, **allowed)
-    return CustomerProfile.model_construct(
-        customer_id=customer_id,
-        consent=consent,
+    # Written by encode_state from a validated profile: built without re-validating.
+    return StoredProfile(
+        consent=shared_consent(bits),
         do_not_contact=dnc,
-        timezone=tz,
+        timezone=sys.intern(tz),
         preferred_channel=None if pref is None else _CHANNELS[pref],
-        locale=locale,
-        tier=tier,
+        locale=None if locale is None else sys.intern(locale),
+        tier=None if tier is None else sys.intern(tier),
         signed_up_at=None if signed_up is None else datetime.fromisoformat(signed_up),
     )
 
@@ -159,7 +160,7 @@ def decode_state(data: bytes) -> CustomerState:
             )  # fmt: skip
         return CustomerState(
             customer_id=cid,
-            profile=_unprofile(cid, profile),
+            profile=_unprofile(profile),
             first_seen=t(first) if n else math.inf,
             last_seen=b if n else -math.inf,
             events_seen=n,

@@ -56,7 +56,7 @@ from forewarn.models.features import (
 from forewarn.models.friction import FrictionConfig, friction_scores
 from forewarn.models.releases import ModelSchedule
 from forewarn.models.risk import RiskModel
-from forewarn.models.state import CustomerState, apply_event
+from forewarn.models.state import CustomerState, StoredProfile, apply_event
 from forewarn.pipeline.clocks import SystemClock
 from forewarn.pipeline.codecs import (
     DecodedEvent,
@@ -274,7 +274,7 @@ class ScoringEngine:
                 state.profile = None
                 stats.profiles_deleted += 1
             else:
-                state.profile = p
+                state.profile = StoredProfile.of(p)
                 stats.profiles_updated += 1
 
     def _fold(self, decoded: Decoded, stats: BatchStats) -> Folded:

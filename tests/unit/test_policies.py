@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,7 +17,7 @@ from forewarn.models.contracts import (
     SuppressionReason,
 )
 from forewarn.models.friction import FrictionConfig
-from forewarn.models.state import CustomerState
+from forewarn.models.state import CustomerState, StoredProfile
 from forewarn.pipeline.clocks import ManualClock
 from forewarn.pipeline.harness import Harness
 from forewarn.pipeline.results import BatchResult
@@ -239,7 +240,7 @@ def test_policies_say_no_in_the_order_of_the_policies_tuple() -> None:
     at = T0.timestamp()
     state = CustomerState(
         "gus",
-        profile=CustomerProfile(customer_id="gus", do_not_contact=True),
+        profile=StoredProfile.of(CustomerProfile(customer_id="gus", do_not_contact=True)),
         contact_times=[at - 60],
     )
     e = event("gus", "delivery_delayed", T0, n=1)
@@ -276,10 +277,10 @@ def _with_state(p: Proposal, **fields: object) -> Proposal:
     return replace(p, moment=replace(p.moment, state=state))
 
 
-def _with_profile(p: Proposal, **fields: object) -> Proposal:
+def _with_profile(p: Proposal, **fields: Any) -> Proposal:
     profile = p.moment.state.profile
     assert profile is not None
-    return _with_state(p, profile=profile.model_copy(update=fields))
+    return _with_state(p, profile=replace(profile, **fields))
 
 
 def _with_policies(rule: Rule, **fields: object) -> Rule:

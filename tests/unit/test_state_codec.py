@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from forewarn.models.contracts import Consent, CustomerProfile, JourneyEvent
 from forewarn.models.friction import FrictionConfig
-from forewarn.models.state import CustomerState, apply_event
+from forewarn.models.state import CustomerState, StoredProfile, apply_event
 from forewarn.models.state_codec import StateDecodeError, decode_state, encode_state
 from forewarn.offline.simulator import JourneySimulator
 from forewarn.pipeline.codecs import RawRecord, encode
@@ -41,13 +41,13 @@ def test_any_state_survives_the_round_trip_exactly(
 ) -> None:
     s = CustomerState("c-ü")
     if with_profile:
-        s.profile = CustomerProfile(
+        s.profile = StoredProfile.of(CustomerProfile(
             customer_id="c-ü",
             consent=Consent(email=True, phone=True),
             timezone="Europe/Berlin",
             tier="gold",
             signed_up_at=datetime(2025, 5, 1, 8, 30, 0, 123456, tzinfo=UTC),
-        )
+        ))  # fmt: skip
     for i, (kind, ms, session, page) in enumerate(steps):
         e = JourneyEvent(
             event_id=f"e{i}",
@@ -72,7 +72,10 @@ def test_a_typical_customer_fits_in_a_kibibyte() -> None:
     sim = JourneySimulator(
         customers=300, seed=11, start=datetime(2026, 2, 1, tzinfo=UTC), span=timedelta(days=7)
     )
-    states = {p.customer_id: CustomerState(p.customer_id, profile=p) for p in sim.profiles()}
+    states = {
+        p.customer_id: CustomerState(p.customer_id, profile=StoredProfile.of(p))
+        for p in sim.profiles()
+    }
     for e in sim.events():
         apply_event(states[e.customer_id], e, CFG)
     sizes = sorted(len(encode_state(s)) for s in states.values())
@@ -108,5 +111,42 @@ def test_idle_customers_expire_in_stream_time_and_keep_their_profile() -> None:
     store = engine.stores.partition(0)
     assert store.get("gone") is None
     kept = store.get("kept")
-    assert kept is not None and not kept.active and kept.profile == prof
+    assert kept is not None and not kept.active and kept.profile is not None
+    assert kept.profile.contract("kept") == prof
     assert store.get("busy") is not None
+
+
+def test_customers_share_what_their_profiles_have_in_common() -> None:
+    """A state keeps its profile lean (issue 14: a pydantic profile was 2.4 KB of each
+    customer's 4 KB): one consent object per combination, one copy of each time zone, tier
+    and page, however many customers hold them; and the bytes on the wire are the same."""
+    engine = ScoringEngine()
+    zone = "America/Argentina/Buenos_Aires"
+    profiles = [
+        CustomerProfile(customer_id=f"c{i}", consent=Consent(email=True, push=True),
+                        timezone="".join(zone), tier="".join(["gold"]))
+        for i in range(3)
+    ]  # fmt: skip
+    recs = [RawRecord("customer-profiles", 0, i, p.customer_id.encode(), encode(p))
+            for i, p in enumerate(profiles)]  # fmt: skip
+    engine.process(profiles=recs)
+    views = [
+        event(p.customer_id, "page_view", T0, n=1, page="".join(["/checkout/", "payment"]))
+        for p in profiles
+    ]
+    engine.process([RawRecord("journey-events", 0, i, None, encode(e))
+                    for i, e in enumerate(views)])  # fmt: skip
+    kept = [engine.stores.partition(0).get(p.customer_id) for p in profiles]
+    stored = [s.profile for s in kept if s is not None and s.profile is not None]
+    assert len(stored) == 3
+    assert stored[0].consent is stored[1].consent is stored[2].consent
+    assert stored[0].timezone is stored[1].timezone is stored[2].timezone
+    assert stored[0].tier is stored[2].tier
+    pages = [s.session.pages[-1] for s in kept if s is not None]
+    assert pages[0] is pages[1] is pages[2]
+    for s, p in zip(kept, profiles, strict=True):
+        assert s is not None and s.profile is not None
+        assert s.profile.contract(p.customer_id) == p
+        again = decode_state(encode_state(s))
+        assert again == s and again.profile is not None
+        assert again.profile.consent is s.profile.consent
