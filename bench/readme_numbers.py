@@ -214,9 +214,9 @@ def run_of(source: str, data: dict[str, Any], path: Path) -> tuple[str, dict[str
     at = data.get("at") or data.get("created_at")
     if at is None:  # an evaluate report says nothing of its time: the file's
         at = datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat(timespec="seconds")
-    shown = path.resolve()
-    shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown
-    run: dict[str, Any] = {"source": source, "at": at, "file": str(shown)}
+    run: dict[str, Any] = {"source": source, "at": at}
+    if path.resolve().is_relative_to(ROOT):  # a file elsewhere means nothing to others
+        run["file"] = str(path.resolve().relative_to(ROOT))
     machine = data.get("machine")
     if isinstance(machine, dict):
         run["where"] = (
