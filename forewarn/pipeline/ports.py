@@ -73,8 +73,9 @@ class StateStore(Protocol):
 
     def put_record(self, key: str, value: bytes) -> None: ...
 
-    def apply(self, encoded: Encoded) -> int:
-        """Take changelog records as they are (a restore); how many could not be read."""
+    def apply(self, encoded: Encoded) -> None:
+        """Take changelog records as they are (a restore): each customer's is read on first
+        ``get``, which raises ``StateDecodeError`` for one that cannot be read."""
         ...
 
     def clear(self) -> None:

@@ -79,7 +79,10 @@ class MemoryStore(PendingWrites):
 
     def __init__(self) -> None:
         super().__init__()
-        self._states: dict[str, CustomerState] = {}
+        #: restored customers stay as their changelog bytes until first read: a restore only
+        #: files records (as RocksDB does), and a customer who never comes back costs only
+        #: those bytes
+        self._states: dict[str, CustomerState | bytes] = {}
         self._records: dict[str, bytes] = {}
         self.checkpoint: int | None = None
         self._stream_time = -math.inf
@@ -92,7 +95,17 @@ class MemoryStore(PendingWrites):
             # operator sees it and can delete the record (a tombstone) to start afresh.
             raise StateDecodeError(f"{customer_id}: {self.unreadable[customer_id]}")
         state = self._states.get(customer_id)
+        if isinstance(state, bytes):
+            return self._decode(customer_id, state)  # a fresh object: no copy needed
         return None if state is None else state.copy()
+
+    def _decode(self, customer_id: str, value: bytes) -> CustomerState:
+        try:
+            return decode_state(value)
+        except StateDecodeError as e:
+            del self._states[customer_id]
+            self.unreadable[customer_id] = str(e)
+            raise StateDecodeError(f"{customer_id}: {e}") from e
 
     def _committed_record(self, key: str) -> bytes | None:
         return self._records.get(key)
@@ -112,8 +125,7 @@ class MemoryStore(PendingWrites):
         if checkpoint is not None:
             self.checkpoint = checkpoint
 
-    def apply(self, encoded: Encoded) -> int:
-        bad = 0
+    def apply(self, encoded: Encoded) -> None:
         for cid, value in encoded.items():
             if is_partition_record(cid):
                 if value is None:
@@ -122,15 +134,10 @@ class MemoryStore(PendingWrites):
                     self._records[cid] = value
                 continue
             self.unreadable.pop(cid, None)
-            self._states.pop(cid, None)
             if value is None:
-                continue
-            try:
-                self._states[cid] = decode_state(value)
-            except StateDecodeError as e:
-                self.unreadable[cid] = str(e)
-                bad += 1
-        return bad
+                self._states.pop(cid, None)
+            else:  # read, or refused, on first ``get``
+                self._states[cid] = value
 
     def clear(self) -> None:
         self._states.clear()
@@ -155,9 +162,17 @@ class MemoryStore(PendingWrites):
         return n
 
     def __iter__(self) -> Iterator[CustomerState]:
-        for cid, state in list(self._states.items()):
-            if cid not in self._pending:
-                yield state
+        for cid, held in list(self._states.items()):
+            if cid in self._pending:
+                continue
+            if not isinstance(held, bytes):
+                yield held
+                continue
+            try:
+                state = self._states[cid] = self._decode(cid, held)
+            except StateDecodeError:  # its events are dead-lettered when they come
+                continue
+            yield state
         for pending in list(self._pending.values()):
             if pending is not None:
                 yield pending

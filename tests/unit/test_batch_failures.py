@@ -26,7 +26,7 @@ from forewarn.models.features import CHURN_FEATURES
 from forewarn.models.risk import RiskModel, default_model_path, load_risk_model
 from forewarn.models.session import SessionState
 from forewarn.models.state import CustomerState
-from forewarn.models.state_codec import encode_state
+from forewarn.models.state_codec import StateDecodeError, decode_state, encode_state
 from forewarn.pipeline.clocks import ManualClock
 from forewarn.pipeline.codecs import RawRecord, encode
 from forewarn.pipeline.engine import ScoringEngine
@@ -171,6 +171,37 @@ def test_every_store_keeps_a_batchs_writes_apart_until_commit(store: Store) -> N
     assert len(store) == 0 and store.checkpoint is None and store.stream_time == -math.inf
 
 
+def test_every_store_reads_a_restored_customer_on_first_get_and_refuses_a_bad_one(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restore files changelog records as bytes; each is decoded when its customer comes
+    back (a restore of a big partition does not wait on decoding customers who never do),
+    and one that cannot be read is refused on every get until a batch replaces it."""
+    import forewarn.pipeline.stores as memory_stores
+
+    decoded: list[bytes] = []
+
+    def counting(data: bytes) -> CustomerState:
+        decoded.append(data)
+        return decode_state(data)
+
+    monkeypatch.setattr(memory_stores, "decode_state", counting)
+    ann = CustomerState("ann", events_seen=3, first_seen=1.0, last_seen=5.0)
+    store.apply({"ann": encode_state(ann), "bob": b"\x93\x09garbage", "cat": None})
+    store.commit({}, 7)
+    if isinstance(store, MemoryStore):
+        assert decoded == [], "the restore decoded customers"
+    assert store.get("ann") == ann and store.get("cat") is None
+    for _ in range(2):
+        with pytest.raises(StateDecodeError):
+            store.get("bob")
+    assert [s.customer_id for s in store] == ["ann"], "an unreadable customer is skipped"
+    bob = CustomerState("bob", events_seen=1, first_seen=6.0, last_seen=6.0)
+    store.put(bob)
+    store.commit({"bob": encode_state(bob)}, 8)
+    assert store.get("bob") == bob and len(store) == 2
+
+
 def test_every_store_keeps_a_partition_record_like_a_customer(store: Store) -> None:
     """The volume thresholds: written, discarded, committed and restored with the batch,
     never counted or iterated as a customer."""
@@ -187,7 +218,7 @@ def test_every_store_keeps_a_partition_record_like_a_customer(store: Store) -> N
     assert len(store) == 0 and list(store) == [], "not a customer"
     store.clear()
     assert store.get_record(key) is None
-    assert store.apply({key: b"v3", "ann": encode_state(CustomerState("ann"))}) == 0
+    store.apply({key: b"v3", "ann": encode_state(CustomerState("ann"))})
     store.commit({}, 9)
     assert store.get_record(key) == b"v3" and len(store) == 1
 

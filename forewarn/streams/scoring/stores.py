@@ -100,10 +100,9 @@ class RocksStore(PendingWrites):
             if cid not in seen and pending is not None:
                 yield pending
 
-    def apply(self, encoded: Encoded) -> int:
+    def apply(self, encoded: Encoded) -> None:
         """Take restored changelog records as they are (read, and refused, on ``get``)."""
         self._write(encoded, None, None)
-        return 0
 
     def commit(self, encoded: Encoded, checkpoint: int | None) -> None:
         """``encoded`` holds the transaction's customers and partition records as bytes."""
@@ -186,8 +185,6 @@ class RestoreResult:
     customers: int
     seconds: float
     from_checkpoint: int | None
-    #: records whose state could not be read (their customers' events are dead-lettered)
-    unreadable: int = 0
 
 
 #: how long one restore read waits for more records: short, since the end of the partition
@@ -239,12 +236,12 @@ def restore_partition(
     if read is None:
         return None
     records, latest, end, stream_time = read
-    unreadable = store.apply(latest)
+    store.apply(latest)
     store.advance(stream_time)
     store.commit({}, end)
     seconds = time.perf_counter() - started
     customers = sum(not is_partition_record(k) for k in latest)
-    return RestoreResult(p, records, customers, seconds, start, unreadable)
+    return RestoreResult(p, records, customers, seconds, start)
 
 
 def _read_changelog(

@@ -251,13 +251,6 @@ class ScoringWorker:
             self.health.restoring.discard(p)
             self.restores.append(result)
             self.metrics.restore_seconds.observe(result.seconds)
-            if result.unreadable:
-                log.error(
-                    "partition %d: %d customers' changelog records are unreadable; their events "
-                    "go to the DLQ as processing_error until the records are replaced",
-                    p,
-                    result.unreadable,
-                )
             log.info(
                 "restored partition %d: %d changelog records from offset %s, %d customers, %.2f s",
                 p,
