@@ -70,7 +70,7 @@ from feedback_plane import (
     feedback_summary,
     run_feedback,
 )
-from peers import measure_peers
+from peers import measure_peer, measure_peers, peers_python
 from serving import print_worker, serving_report
 
 from forewarn.models.contracts import CustomerProfile, DeadLetterReason, JourneyEvent
@@ -172,6 +172,33 @@ def run_worker(settings: Settings, n: int, phases: dict[str, float] | None = Non
     if phases is not None:
         phases.update(worker.phase_seconds)
     return elapsed
+
+
+def paired_rounds(
+    bootstrap: str,
+    partitions: int,
+    profiles: list[Any],
+    events: list[Any],
+    rounds: int,
+    skip_peers: bool,
+) -> list[tuple[float, float | None]]:
+    """(Forewarn's exactly-once worker, Quix Streams) events/s, one after the other on a
+    fresh topic each round: the ratio is taken pair by pair, so the machine's drift between
+    rounds does not count against either."""
+    quix = None if skip_peers else peers_python()
+    out = []
+    for _ in range(rounds):
+        s = settings_for(bootstrap, partitions)
+        create_topics(s)
+        publish_backlog(s, profiles, events)
+        rate = len(events) / run_worker(s, len(events) + len(profiles))
+        peer = None if quix is None else measure_peer(
+            "quix", quix, bootstrap, s.topics.journey_events, len(events), partitions
+        )  # fmt: skip
+        print(f"round: exactly-once worker {rate:,.0f}, Quix Streams "
+              f"{'-' if peer is None else f'{peer:,.0f}'} events/s", flush=True)  # fmt: skip
+        out.append((rate, peer))
+    return out
 
 
 def count_published(settings: Settings, topic: str) -> int:
@@ -378,6 +405,9 @@ def main() -> int:
     )
     ap.add_argument("--only", choices=["feedback"], help="run this step alone")
     ap.add_argument("--no-peers", action="store_true", help="skip the Quix and faust peers")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="exactly-once worker and Quix Streams measured in turn this many "
+                    "times (ranges, and the ratio pair by pair)")  # fmt: skip
     args = ap.parse_args()
     tune_garbage_collector()  # as the worker does: every row runs with its settings
 
@@ -410,9 +440,13 @@ def main() -> int:
         rows["consume + json.loads"] = n / consume_all(s, s.topics.journey_events, n, decode=True)
         rows["scoring worker, at-least-once"] = n / run_worker(loose, n + len(profiles))
         phases: dict[str, float] = {}
-        rows["scoring worker, exactly-once"] = n / run_worker(s, n + len(profiles), phases)
+        eos_s = run_worker(s, n + len(profiles), phases)
+        rows["scoring worker, exactly-once"] = n / eos_s
         peer_rates = measure_peers(bootstrap, s.topics.journey_events, n, args.partitions,
                                    skip=args.no_peers)  # fmt: skip
+        more = paired_rounds(bootstrap, args.partitions, profiles, events, args.rounds - 1,
+                             args.no_peers)  # fmt: skip
+        rounds = [(n / eos_s, peer_rates["quixstreams"]), *more]
         serving = serving_report(lambda **o: settings_for(bootstrap, args.partitions, **o))
         rows["exactly-once, a poison in every batch"] = n / run_worker(
             poisoned, n + poisons + len(profiles)
@@ -496,7 +530,7 @@ def main() -> int:
         "published by the scoring worker, exactly-once, in this run",
     )
     feedback_numbers = print_feedback(feedback, mix, feedback_s)
-    worker_numbers = print_worker(phases, n + len(profiles), clean, rows, peer_rates, serving)
+    worker_numbers = print_worker(phases, n + len(profiles), rounds, rows, peer_rates, serving)
     result: dict[str, Any] = {
         "events": n,
         "customers": args.customers,

@@ -261,17 +261,30 @@ def serving_report(fresh: Callable[..., Settings]) -> dict[str, Any]:
 def print_worker(
     phases: dict[str, float],
     records: int,
-    worker_rate: float,
+    rounds: list[tuple[float, float | None]],
     rows: dict[str, float],
     peers: dict[str, float | None],
     serving: dict[str, Any],
 ) -> dict[str, Any]:
-    """The exactly-once worker's phases, its peers and how it serves (issue 14's keys)."""
+    """The exactly-once worker's phases, its peers and how it serves (issue 14's keys).
+
+    ``rounds``: (worker, Quix Streams) events/s measured in turn; the worker's rate and the
+    ratio are the medians over the rounds, with every round kept."""
     print("\nexactly-once worker, µs per record by phase (bench/serving.py, BATCH_PHASES):")
     print("  " + "  ".join(f"{p} {phases.get(p, 0.0) / records * 1e6:.1f}" for p in BATCH_PHASES))
+    worker_runs = [w for w, _ in rounds]
+    worker_rate = statistics.median(worker_runs)
+    quix_runs = [q for _, q in rounds if q]
+    quix_ratios = [w / q for w, q in rounds if q]
     ratios = {}
     for name, rate in peers.items():
-        if rate:
+        if name == "quixstreams" and quix_ratios:
+            ratios[name] = round(statistics.median(quix_ratios), 2)
+            print(f"peer {name}: {_span(quix_runs)} events/s over {len(quix_runs)} rounds "
+                  f"(minimal job); Forewarn's exactly-once worker, all of its work, "
+                  f"{_span(worker_runs)}: {_span(quix_ratios, '.2f')}x, median "
+                  f"{ratios[name]:.2f}x")  # fmt: skip
+        elif rate:
             ratios[name] = round(worker_rate / rate, 2)
             print(f"peer {name}: {rate:,.0f} events/s (minimal job); Forewarn's exactly-once "
                   f"worker, all of its work, at {ratios[name]:.2f}x")  # fmt: skip
@@ -292,6 +305,9 @@ def print_worker(
           "(median)")  # fmt: skip
     return {
         "worker_exactly_once_events_per_s": round(worker_rate),
+        "worker_exactly_once_runs": [round(w) for w in worker_runs],
+        "quixstreams_runs": [round(q) for q in quix_runs],
+        "ratio_to_quixstreams_runs": [round(r, 2) for r in quix_ratios],
         "engine_events_per_s": round(rows["engine only, friction + churn model"]),
         "worker_phase_microseconds_per_record": {
             p: round(phases.get(p, 0.0) / records * 1e6, 1) for p in BATCH_PHASES
@@ -301,6 +317,12 @@ def print_worker(
         "ratio_to_faust": ratios.get("faust"),
         **serving,
     }
+
+
+def _span(values: list[float], fmt: str = ",.0f") -> str:
+    """min-max of a few measurements, as printed."""
+    lo, hi = min(values), max(values)
+    return f"{lo:{fmt}}" if f"{lo:{fmt}}" == f"{hi:{fmt}}" else f"{lo:{fmt}}-{hi:{fmt}}"
 
 
 def _seconds(value: float | None) -> str:
