@@ -43,6 +43,20 @@ def read_batch(
     return records
 
 
+def records_waiting(consumer: Consumer, records: list[RawRecord]) -> int:
+    """How many records wait beyond the last ones read, in the partitions ``records`` came
+    from: the broker's end as the latest fetch reported it (no request) against the next
+    offset to read."""
+    last: dict[tuple[str, int], int] = {}
+    for r in records:
+        last[r.topic, r.partition] = r.offset
+    waiting = 0
+    for (topic, p), offset in last.items():
+        _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
+        waiting += max(0, high - offset - 1)
+    return waiting
+
+
 def to_raw(msg: Message) -> RawRecord:
     """A consumed message as plain data (only error-free messages get here)."""
     return RawRecord(

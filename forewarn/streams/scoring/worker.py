@@ -54,7 +54,12 @@ from forewarn.streams.scoring.gate import ProfileGate
 from forewarn.streams.scoring.learned import LearnedModels
 from forewarn.streams.scoring.membership import AssignmentWatch
 from forewarn.streams.scoring.outputs import Limits, OutputTopics, batch_records
-from forewarn.streams.scoring.reading import group_progress, read_batch, rewind
+from forewarn.streams.scoring.reading import (
+    group_progress,
+    read_batch,
+    records_waiting,
+    rewind,
+)
 from forewarn.streams.scoring.reloads import Reloads
 from forewarn.streams.scoring.stores import (
     PartitionStores,
@@ -382,7 +387,7 @@ class ScoringWorker:
         records = read_batch(
             consumer, self._batch_limit.limit, self.settings.batch_timeout_seconds, self.metrics
         )
-        self._batch_limit.after_read(len(records))
+        self._batch_limit.after_read(records_waiting(consumer, records) if records else 0)
         return records
 
     def _find_profile_ends(self, consumer: Consumer, restorer: Consumer) -> None:
