@@ -186,7 +186,7 @@ class ScoringMetrics:
         )
         self.restore_seconds = Histogram(
             "forewarn_state_restore_seconds",
-            "Time to restore one partition's state",
+            "Time to restore the state of the partitions a worker was given (read together)",
             buckets=_RESTORE_SECONDS,
             registry=r,
         )

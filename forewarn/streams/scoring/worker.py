@@ -61,13 +61,13 @@ from forewarn.streams.scoring.reading import (
     rewind,
 )
 from forewarn.streams.scoring.reloads import Reloads
-from forewarn.streams.scoring.stores import (
-    PartitionStores,
+from forewarn.streams.scoring.restore import (
     RestoreResult,
     RestoreStalled,
     partition_ends,
-    restore_partition,
+    restore_partitions,
 )
+from forewarn.streams.scoring.stores import PartitionStores
 from forewarn.streams.scoring.watch import ModelWatch, RulebookWatch
 from forewarn.streams.settings import Settings, kafka_config
 from forewarn.streams.topics import existing_partitions
@@ -229,41 +229,41 @@ class ScoringWorker:
     # -- state --
 
     def _restore(self, restorer: Consumer) -> None:
-        """Restore the partitions waiting for it; what cannot be restored now (the broker
-        does not answer) waits for the next turn of the loop."""
-        topic = self.settings.topics.state
-        for p in sorted(self._to_restore):
-            self.metrics.restoring.set(len(self._to_restore))
-            store = self.stores.partition(p)
-            checkpoint = store.checkpoint
-            try:
-                result = restore_partition(
-                    restorer,
-                    topic,
-                    p,
-                    store,
-                    progress=self._restore_progress(),
-                    stopping=self._stop.is_set,
-                )
-            except (KafkaException, RestoreStalled) as e:
-                log.warning("restoring partition %d must wait: %s", p, e)
-                return
-            if result is None:  # stopping
-                return
-            if checkpoint is not None and result.from_checkpoint is None:
+        """Restore the partitions waiting for it, together; what cannot be restored now (the
+        broker does not answer) waits for the next turn of the loop."""
+        waiting = sorted(self._to_restore)
+        self.metrics.restoring.set(len(waiting))
+        checkpoints = {p: self.stores.partition(p).checkpoint for p in waiting}
+        try:
+            results = restore_partitions(
+                restorer,
+                self.settings.topics.state,
+                {p: self.stores.partition(p) for p in waiting},
+                progress=self._restore_progress(),
+                stopping=self._stop.is_set,
+            )
+        except (KafkaException, RestoreStalled) as e:
+            log.warning("restoring partitions %s must wait: %s", waiting, e)
+            return
+        if results is None:  # stopping
+            return
+        for result in results:
+            p = result.partition
+            if checkpoints[p] is not None and result.from_checkpoint is None:
                 self.metrics.changelog_resets.inc()
             self._to_restore.discard(p)
             self.health.restoring.discard(p)
             self.restores.append(result)
-            self.metrics.restore_seconds.observe(result.seconds)
             log.info(
-                "restored partition %d: %d changelog records from offset %s, %d customers, %.2f s",
+                "restored partition %d: %d changelog records from offset %s, %d customers",
                 p,
                 result.records,
                 "start" if result.from_checkpoint is None else result.from_checkpoint,
                 result.customers,
-                result.seconds,
             )
+        if results:
+            self.metrics.restore_seconds.observe(results[0].seconds)
+            log.info("restored %d partitions in %.2f s", len(results), results[0].seconds)
         self.metrics.restoring.set(0)
         self.metrics.restore_remaining.set(0)
 
