@@ -513,7 +513,7 @@ def main() -> int:
     )
     print(f"\nexactly-once costs {eos_cost:.1%} of at-least-once throughput (goal: < 25%)")
     print(
-        f"a poison record in every batch ({poisons:,} in all): "
+        f"one malformed record in every 499 ({poisons:,} in all): "
         f"{poison_ratio:.2f}x the clean exactly-once rate (goal: within 2x, i.e. >= 0.50x)"
     )
     print(
@@ -547,6 +547,11 @@ def main() -> int:
         "restore_customers_per_second": round(restored / restore_s),
         "restore_records_per_second": round(restore_records / restore_s),
         "restore_records_per_s": round(restore_records / restore_s),  # issue 14's name
+        "restore": {
+            "customers": restored,
+            "records": restore_records,
+            "seconds": round(restore_s, 3),
+        },
         "feedback_plane": feedback_numbers,
         **worker_numbers,
         "state_bytes": {

@@ -3,14 +3,15 @@
 A live stream is read in batches of at most ``batch_size``: a batch is one transaction, and a
 small one keeps the time from arrival to commit short. A backlog (a restart, a replay, a
 burst) is read in larger batches, up to ``catch_up``: a transaction's fixed cost (its
-commit's round trips) is then shared by more records, so the worker catches up sooner. What
-decides is how many records still wait in the partitions after a read (the broker's end
-against the last offset read): the limit doubles after every third read in a row that
-leaves at least two catch-up batches waiting, and halves back once less than one batch of
-the current limit waits. A busy live stream,
-whose reads take what arrived during the last batch and see a burst now and then, keeps
-short batches: at 20,000 events/s, growing whenever two batches of the current limit
-waited took the p99 from arrival to commit from 42 ms to 86-140 (issue 14).
+commit's round trips) is then shared by more records, so the worker catches up sooner.
+
+What decides is how many records still wait in the partitions after a read (the broker's end
+against the last offset read): the limit doubles after every third read in a row that leaves
+at least two catch-up batches waiting, and halves back once less than one batch of the
+current limit waits. A busy live stream, whose reads take what arrived during the last batch
+and see a burst now and then, keeps short batches: at 20,000 events/s, growing whenever two
+batches of the current limit waited took the p99 from arrival to commit from 42 ms to
+86-140 ms (issue 14).
 
 >>> limit = BatchLimit(500, 5000)
 >>> [limit.after_read(waiting) for waiting in (1_500, 12_000, 12_000, 800, 0)]  # live, a burst
