@@ -61,10 +61,15 @@ def stream(n_customers: int, n_events: int, seed: int) -> Stream:
 
 class _Latencies:
     """Wraps a worker's read and publish: for each committed record, the seconds from the end
-    of the read that returned it to the end of its batch's commit."""
+    of the read that returned it to the end of its batch's commit (``latencies``), and from
+    the broker's acknowledgement of its produce to that commit (``end_to_end``: the time it
+    waited in the partition too; ``produced`` is filled by the paced producer)."""
 
     def __init__(self, worker: ScoringWorker) -> None:
         self.latencies: list[float] = []
+        self.end_to_end: list[float] = []
+        #: (partition, offset) -> when the producer heard the record was written
+        self.produced: dict[tuple[int, int], float] = {}
         read, publish = worker._read, worker._publish
         arrived = [0.0]
 
@@ -76,7 +81,12 @@ class _Latencies:
         def timed_publish(consumer: Consumer, records: list[RawRecord], result: Any) -> bool:
             ok = publish(consumer, records, result)
             if ok:
-                self.latencies += [time.perf_counter() - arrived[0]] * len(records)
+                now = time.perf_counter()
+                self.latencies += [now - arrived[0]] * len(records)
+                for r in records:
+                    sent = self.produced.get((r.partition, r.offset))
+                    if sent is not None:
+                        self.end_to_end.append(now - sent)
             return ok
 
         worker._read = timed_read  # type: ignore[method-assign]
@@ -84,7 +94,8 @@ class _Latencies:
 
 
 def latency_at(settings: Settings, rate: int, seconds: float, seed: int) -> dict[str, float]:
-    """p50 and p99 (ms) from arrival in the worker to commit, at ``rate`` events/s offered."""
+    """p50 and p99 (ms) from arrival in the worker to commit, and from produce to commit
+    (``e2e_p50``, ``e2e_p99``), at ``rate`` events/s offered."""
     profiles, events = stream(2_000, int(rate * seconds), seed)
     create_topics(settings)
     publish_backlog(settings, profiles, [])
@@ -97,17 +108,21 @@ def latency_at(settings: Settings, rate: int, seconds: float, seed: int) -> dict
         _warm(settings)
         time.sleep(0.2)
     commits.latencies.clear()
-    _paced(settings, events, rate)
+    _paced(settings, events, rate, commits.produced)
     deadline = time.monotonic() + 60
     while len(commits.latencies) < len(events) and time.monotonic() < deadline:
         time.sleep(0.05)
     worker.stop()
     thread.join(30)
-    lat = sorted(commits.latencies)
+    return {**_quantiles_ms(commits.latencies, ""), **_quantiles_ms(commits.end_to_end, "e2e_")}
+
+
+def _quantiles_ms(values: list[float], prefix: str) -> dict[str, float]:
+    lat = sorted(values)
     if not lat:
-        return {"p50": float("nan"), "p99": float("nan")}
-    return {"p50": round(lat[len(lat) // 2] * 1000, 1),
-            "p99": round(lat[int(len(lat) * 0.99)] * 1000, 1)}  # fmt: skip
+        return {f"{prefix}p50": float("nan"), f"{prefix}p99": float("nan")}
+    return {f"{prefix}p50": round(lat[len(lat) // 2] * 1000, 1),
+            f"{prefix}p99": round(lat[int(len(lat) * 0.99)] * 1000, 1)}  # fmt: skip
 
 
 def _warm(settings: Settings) -> None:
@@ -117,9 +132,21 @@ def _warm(settings: Settings) -> None:
     publish_backlog(settings, [], [e])
 
 
-def _paced(settings: Settings, events: list[JourneyEvent], rate: int) -> None:
-    """Publish ``events`` at ``rate`` per second, in ticks of 10 ms."""
-    producer = Producer(kafka_config(settings, "producer", **{"linger.ms": 0}))
+def _paced(
+    settings: Settings,
+    events: list[JourneyEvent],
+    rate: int,
+    produced: dict[tuple[int, int], float] | None = None,
+) -> None:
+    """Publish ``events`` at ``rate`` per second, in ticks of 10 ms; ``produced`` gets when
+    each record was acknowledged, by (partition, offset)."""
+
+    def acknowledged(err: Any, msg: Any) -> None:
+        if err is None and produced is not None:
+            produced[msg.partition(), msg.offset()] = time.perf_counter()
+
+    conf = kafka_config(settings, "producer", **{"linger.ms": 0, "on_delivery": acknowledged})
+    producer = Producer(conf)
     topic = settings.topics.journey_events
     values = [(e.customer_id.encode(), encode(e)) for e in events]
     per_tick = max(1, rate // 100)
@@ -293,7 +320,8 @@ def print_worker(
     lat = serving["latency_ms"]
     for rate, q in lat.items():
         print(f"latency at {int(rate):,} events/s offered: p50 {q['p50']} ms, p99 {q['p99']} ms "
-              "(arrival in the worker to commit)")  # fmt: skip
+              f"(arrival in the worker to commit); from produce to commit p50 {q['e2e_p50']} "
+              f"ms, p99 {q['e2e_p99']} ms")  # fmt: skip
     print(f"ready {_seconds(serving['ready_after_assignment_s'])} after assignment (empty "
           "changelogs); kill -9 to the replacement's first commit: "
           f"{_seconds(serving['kill9_to_first_commit_s'])} with static membership, "
