@@ -102,7 +102,8 @@ def shared_consent(bits: int) -> Consent:
     return Consent(**{name: bool(bits >> i & 1) for i, name in enumerate(CONSENT_CHANNELS)})
 
 
-def _shared(text: str | None) -> str | None:
+def shared_text(text: str | None) -> str | None:
+    """One copy of a profile's repeated text (a time zone, a tier) for every customer."""
     return None if text is None else sys.intern(text)
 
 
@@ -136,8 +137,8 @@ class StoredProfile:
             do_not_contact=p.do_not_contact,
             timezone=sys.intern(p.timezone),
             preferred_channel=p.preferred_channel,
-            locale=_shared(p.locale),
-            tier=_shared(p.tier),
+            locale=shared_text(p.locale),
+            tier=shared_text(p.tier),
             signed_up_at=p.signed_up_at,
         )
 

@@ -43,6 +43,7 @@ from forewarn.models.state import (
     StoredProfile,
     consent_bits,
     shared_consent,
+    shared_text,
 )
 
 VERSION = 1
@@ -96,8 +97,8 @@ def _unprofile(w: list[Any] | None) -> StoredProfile | None:
         do_not_contact=dnc,
         timezone=sys.intern(tz),
         preferred_channel=None if pref is None else _CHANNELS[pref],
-        locale=None if locale is None else sys.intern(locale),
-        tier=None if tier is None else sys.intern(tier),
+        locale=shared_text(locale),
+        tier=shared_text(tier),
         signed_up_at=None if signed_up is None else datetime.fromisoformat(signed_up),
     )
 
