@@ -138,6 +138,32 @@ def encode_state(s: CustomerState) -> bytes:
     return msgpack.packb(wire, use_bin_type=True)  # type: ignore[no-any-return]
 
 
+def last_seen_of(data: bytes) -> float:
+    """The time of the customer's last event in ``encode_state``'s bytes, without reading the
+    rest (-inf: a profile alone); ``StateDecodeError`` as ``decode_state`` would.
+
+    >>> from forewarn.models.state import CustomerState
+    >>> s = CustomerState("c1", first_seen=2.0, last_seen=12.5, events_seen=1)
+    >>> last_seen_of(encode_state(s))
+    12.5
+    """
+    try:
+        u = msgpack.Unpacker(raw=False, strict_map_key=False)
+        u.feed(data)
+        if u.read_array_header() < 6 or u.unpack() != VERSION:
+            raise StateDecodeError(f"not a version-{VERSION} customer state")
+        u.skip()  # customer id
+        u.skip()  # profile
+        base = u.unpack()
+        u.skip()  # first seen
+        seen: float = base / 1000 if u.unpack() else -math.inf
+        return seen
+    except StateDecodeError:
+        raise
+    except Exception as e:
+        raise StateDecodeError(f"unreadable customer state: {type(e).__name__}: {e}") from e
+
+
 def decode_state(data: bytes) -> CustomerState:
     """The state ``encode_state`` wrote; ``StateDecodeError`` for anything else."""
     try:

@@ -471,16 +471,15 @@ class ScoringEngine:
         """
         store: StateStore = self.stores.partition(partition)
         changes = []
-        for state in store:
-            if state.active and state.last_seen < idle_before:
-                cid = state.customer_id
-                if state.profile is None:
-                    store.delete(cid)
-                    changes.append(StateChange(partition, cid, None))
-                else:
-                    kept = CustomerState(cid, profile=state.profile)
-                    store.put(kept)
-                    changes.append(StateChange(partition, cid, kept))
+        for state in store.seen_before(idle_before):
+            cid = state.customer_id
+            if state.profile is None:
+                store.delete(cid)
+                changes.append(StateChange(partition, cid, None))
+            else:
+                kept = CustomerState(cid, profile=state.profile)
+                store.put(kept)
+                changes.append(StateChange(partition, cid, kept))
         return changes
 
     def processing_error(self, rec: RawRecord, error: Exception) -> DeadLetter:

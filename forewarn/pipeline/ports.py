@@ -66,6 +66,11 @@ class StateStore(Protocol):
 
     def discard(self) -> None: ...
 
+    def seen_before(self, cutoff: float) -> list[CustomerState]:
+        """The active customers last seen before ``cutoff`` (stream time), the transaction's
+        writes included, in id order; read in proportion to what it finds, not to the store."""
+        ...
+
     def get_record(self, key: str) -> bytes | None:
         """A record of the partition itself (``key`` starts with a space, which no customer
         id can): the volume thresholds. Written, committed and discarded like a customer."""

@@ -15,10 +15,11 @@ True
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from forewarn.models.state import CustomerState
-from forewarn.models.state_codec import StateDecodeError, decode_state
+from forewarn.models.state_codec import StateDecodeError, decode_state, last_seen_of
+from forewarn.pipeline.last_seen import LastSeenIndex
 from forewarn.pipeline.ports import Encoded, is_partition_record
 
 
@@ -32,6 +33,8 @@ class PendingWrites:
         self._pending: dict[str, CustomerState | None] = {}
         self._pending_stream_time: float | None = None
         self._pending_records: dict[str, bytes] = {}
+        #: the committed customers by the hour they were last seen in (the expiry sweep)
+        self._last_seen = LastSeenIndex()
 
     @property
     def stream_time(self) -> float:
@@ -73,6 +76,39 @@ class PendingWrites:
         self._pending_stream_time = None
         self._pending_records.clear()
 
+    def seen_before(self, cutoff: float) -> list[CustomerState]:
+        """The active customers last seen before ``cutoff`` (stream time), the transaction's
+        writes included, in id order: what an expiry sweep forgets, found by reading the
+        hours that fell behind the cutoff, not the whole partition (``last_seen.py``)."""
+        found = []
+        for cid in self._last_seen.seen_before(cutoff, self._stored_last_seen, self._stored):
+            if cid in self._pending:
+                continue  # the transaction's own version is judged below
+            try:
+                state = self._committed(cid)
+            except StateDecodeError:  # its events are dead-lettered when they come
+                continue
+            if state is not None:
+                found.append(state)
+        found += [
+            s for s in self._pending.values() if s is not None and s.active and s.last_seen < cutoff
+        ]
+        return sorted(found, key=lambda s: s.customer_id)
+
+    def _stored_last_seen(self, customer_id: str) -> float | None:
+        """The committed customer's last event time (None: not held, or unreadable)."""
+        raise NotImplementedError
+
+    def _stored(self) -> Iterable[str]:
+        """Every committed customer's id."""
+        raise NotImplementedError
+
+    def _file_pending(self) -> None:
+        """The transaction's customers, as it commits, into the last-seen index."""
+        for pending in self._pending.values():
+            if pending is not None:
+                self._last_seen.file(pending.customer_id, pending.last_seen)
+
 
 class MemoryStore(PendingWrites):
     """One partition's customers in memory, in two layers: committed, and the transaction."""
@@ -110,7 +146,20 @@ class MemoryStore(PendingWrites):
     def _committed_record(self, key: str) -> bytes | None:
         return self._records.get(key)
 
+    def _stored_last_seen(self, customer_id: str) -> float | None:
+        held = self._states.get(customer_id)
+        if held is None or isinstance(held, CustomerState):
+            return None if held is None else held.last_seen
+        try:
+            return last_seen_of(held)  # a restored record stays bytes
+        except StateDecodeError:
+            return None
+
+    def _stored(self) -> Iterable[str]:
+        return list(self._states)
+
     def commit(self, encoded: Encoded | None = None, checkpoint: int | None = None) -> None:
+        self._file_pending()
         for cid, pending in self._pending.items():
             self.unreadable.pop(cid, None)
             if pending is None:
@@ -138,8 +187,10 @@ class MemoryStore(PendingWrites):
                 self._states.pop(cid, None)
             else:  # read, or refused, on first ``get``
                 self._states[cid] = value
+                self._last_seen.restored(cid)
 
     def clear(self) -> None:
+        self._last_seen.clear()
         self._states.clear()
         self._pending.clear()
         self._records.clear()

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import cast
 
 from rocksdict import Options, Rdict, WriteBatch
 
 from forewarn.models.state import CustomerState
-from forewarn.models.state_codec import StateDecodeError, decode_state
+from forewarn.models.state_codec import StateDecodeError, decode_state, last_seen_of
 from forewarn.pipeline.ports import Encoded, is_partition_record
 from forewarn.pipeline.stores import MemoryStore, PendingWrites
 
@@ -46,6 +46,7 @@ class RocksStore(PendingWrites):
         super().__init__()
         self.db = Rdict(str(path), Options(raw_mode=True))
         self._load_marks()
+        self._last_seen.unfiled_all()  # read at the first sweep
 
     def _load_marks(self) -> None:
         cp = self.db.get(_CHECKPOINT)
@@ -60,6 +61,16 @@ class RocksStore(PendingWrites):
     def _committed_record(self, key: str) -> bytes | None:
         value = self.db.get(_CUSTOMER + key.encode())
         return None if value is None else cast(bytes, value)
+
+    def _stored_last_seen(self, customer_id: str) -> float | None:
+        value = self.db.get(_CUSTOMER + customer_id.encode())
+        try:
+            return None if value is None else last_seen_of(value)
+        except StateDecodeError:
+            return None
+
+    def _stored(self) -> Iterable[str]:
+        return [cid for cid, _ in self._customers()]
 
     def _customers(self) -> Iterator[tuple[str, bytes]]:
         for key, value in self.db.items(from_key=_CUSTOMER):
@@ -98,10 +109,14 @@ class RocksStore(PendingWrites):
     def apply(self, encoded: Encoded) -> None:
         """Take restored changelog records as they are (read, and refused, on ``get``)."""
         self._write(encoded, None, None)
+        for cid, value in encoded.items():
+            if value is not None and not is_partition_record(cid):
+                self._last_seen.restored(cid)
 
     def commit(self, encoded: Encoded, checkpoint: int | None) -> None:
         """``encoded`` holds the transaction's customers and partition records as bytes."""
         self._write(encoded, checkpoint, self._pending_stream_time)
+        self._file_pending()
         self.discard()  # all of it is written now
 
     def _write(self, encoded: Encoded, checkpoint: int | None, stream_time: float | None) -> None:
@@ -126,6 +141,7 @@ class RocksStore(PendingWrites):
         self.db = Rdict(str(self.path), Options(raw_mode=True))
         self.discard()
         self._load_marks()
+        self._last_seen.clear()
 
     def close(self) -> None:
         self.db.close()
