@@ -14,7 +14,7 @@ cannot leave the index wrong.
 >>> index = LastSeenIndex()
 >>> index.file("ann", 100.0); index.file("bob", 7_300.0); index.file("ann", 7_400.0)
 >>> held = {"ann": 7_400.0, "bob": 7_300.0}                 # what the store says
->>> index.seen_before(7_350.0, held.get, lambda: held)      # ann's first entry is stale
+>>> index.seen_before(7_350.0, held.get, held.items)        # ann's first entry is stale
 ['bob']
 """
 
@@ -76,17 +76,20 @@ class LastSeenIndex:
         self,
         cutoff: float,
         last_seen_of: Callable[[str], float | None],
-        every: Callable[[], Iterable[str]],
+        every: Callable[[], Iterable[tuple[str, float | None]]],
     ) -> list[str]:
         """The stored customers last seen before ``cutoff``, in id order. ``last_seen_of``:
         the store's time for a customer (None: not held, or unreadable; -inf: never seen);
-        ``every``: every customer the store holds (read only when ``unfiled_all`` said so)."""
-        unfiled = every() if self._unfiled is None else self._unfiled
-        self._unfiled = []
-        for cid in unfiled:
-            t = last_seen_of(cid)
+        ``every``: each customer the store holds with its time (read only when
+        ``unfiled_all`` said so)."""
+        if self._unfiled is None:
+            unfiled = every()
+        else:
+            unfiled = ((cid, last_seen_of(cid)) for cid in self._unfiled)
+        for cid, t in unfiled:
             if t is not None:
                 self.file(cid, t)
+        self._unfiled = []
         last = int(cutoff // HOUR_SECONDS)  # every hour before it lies wholly before cutoff
         found: list[str] = []
         for hour in sorted(h for h in self._hours if h <= last):

@@ -23,6 +23,14 @@ from forewarn.pipeline.last_seen import LastSeenIndex
 from forewarn.pipeline.ports import Encoded, is_partition_record
 
 
+def stored_time(value: bytes | None) -> float | None:
+    """A stored record's last event time (None: no record, or an unreadable one)."""
+    try:
+        return None if value is None else last_seen_of(value)
+    except StateDecodeError:
+        return None
+
+
 class PendingWrites:
     """The transaction every store keeps the same way: a batch's writes and stream time wait
     here, seen by its own reads, until ``commit`` (the store's) or ``discard``."""
@@ -99,8 +107,8 @@ class PendingWrites:
         """The committed customer's last event time (None: not held, or unreadable)."""
         raise NotImplementedError
 
-    def _stored(self) -> Iterable[str]:
-        """Every committed customer's id."""
+    def _stored(self) -> Iterable[tuple[str, float | None]]:
+        """Every committed customer, with its last event time."""
         raise NotImplementedError
 
     def _file_pending(self) -> None:
@@ -148,15 +156,12 @@ class MemoryStore(PendingWrites):
 
     def _stored_last_seen(self, customer_id: str) -> float | None:
         held = self._states.get(customer_id)
-        if held is None or isinstance(held, CustomerState):
-            return None if held is None else held.last_seen
-        try:
-            return last_seen_of(held)  # a restored record stays bytes
-        except StateDecodeError:
-            return None
+        if isinstance(held, CustomerState):
+            return held.last_seen
+        return stored_time(held)  # a restored record stays bytes
 
-    def _stored(self) -> Iterable[str]:
-        return list(self._states)
+    def _stored(self) -> Iterable[tuple[str, float | None]]:
+        return [(cid, self._stored_last_seen(cid)) for cid in list(self._states)]
 
     def commit(self, encoded: Encoded | None = None, checkpoint: int | None = None) -> None:
         self._file_pending()

@@ -164,4 +164,4 @@ def test_a_customer_written_in_many_batches_of_an_hour_is_filed_about_once() -> 
         index.file(f"other{i % 10}", 3_601.0)
     assert len(index) <= 2 * 11 + 1
     held = {"busy": 4_599.0, **{f"other{i}": 3_601.0 for i in range(10)}}
-    assert index.seen_before(1e9, held.get, lambda: held) == sorted(held)
+    assert index.seen_before(1e9, held.get, held.items) == sorted(held)

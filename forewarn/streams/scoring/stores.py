@@ -22,9 +22,9 @@ from typing import cast
 from rocksdict import Options, Rdict, WriteBatch
 
 from forewarn.models.state import CustomerState
-from forewarn.models.state_codec import StateDecodeError, decode_state, last_seen_of
+from forewarn.models.state_codec import StateDecodeError, decode_state
 from forewarn.pipeline.ports import Encoded, is_partition_record
-from forewarn.pipeline.stores import MemoryStore, PendingWrites
+from forewarn.pipeline.stores import MemoryStore, PendingWrites, stored_time
 
 log = logging.getLogger("forewarn.state")
 
@@ -63,14 +63,10 @@ class RocksStore(PendingWrites):
         return None if value is None else cast(bytes, value)
 
     def _stored_last_seen(self, customer_id: str) -> float | None:
-        value = self.db.get(_CUSTOMER + customer_id.encode())
-        try:
-            return None if value is None else last_seen_of(value)
-        except StateDecodeError:
-            return None
+        return stored_time(self.db.get(_CUSTOMER + customer_id.encode()))
 
-    def _stored(self) -> Iterable[str]:
-        return [cid for cid, _ in self._customers()]
+    def _stored(self) -> Iterable[tuple[str, float | None]]:
+        return [(cid, stored_time(value)) for cid, value in self._customers()]
 
     def _customers(self) -> Iterator[tuple[str, bytes]]:
         for key, value in self.db.items(from_key=_CUSTOMER):
