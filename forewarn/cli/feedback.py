@@ -116,6 +116,12 @@ def format_experiments(body: dict[str, Any]) -> str:
     lines = [
         f"experiments as of {body.get('as_of') or '-'} (matured episodes; pending in brackets)"
     ]
+    missing = body.get("missing_workers") or []
+    if missing:
+        lines.append(
+            f"incomplete: {len(missing)} feedback worker(s) did not answer in time, and the "
+            f"customers they own are not counted: {', '.join(missing)}"
+        )
     header = (
         f"{'rule':<22} {'treated':>11} {'holdout':>11} {'contact rate t/h':>17} "
         f"{'avoided per 100 actions [95% CI]':>34} {'p (always valid, BH)':>21}"

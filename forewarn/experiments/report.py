@@ -148,6 +148,9 @@ class ExperimentReport(BaseModel):
     rules: list[RuleExperiment]
     overall: Comparison
     coverage: Coverage
+    #: feedback workers that did not answer in time: the customers they own are missing
+    #: from every count above (the report says so rather than failing whole)
+    missing_workers: list[str] = Field(default_factory=list)
 
 
 class ExperimentTally(BaseModel):

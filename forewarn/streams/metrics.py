@@ -420,6 +420,12 @@ class FeedbackMetrics:
         self.ledgers = Gauge(
             "forewarn_feedback_ledgers", "Customer ledgers held by this worker", registry=r
         )
+        self.peer_failures = Counter(
+            "forewarn_feedback_peer_failures",
+            "Times another feedback worker did not give its tally for a report in time (the "
+            "report then names it in missing_workers and counts without its customers)",
+            registry=r,
+        )
         self.episodes = Gauge(
             "forewarn_feedback_episodes",
             "Experiment episodes by rule, arm and state (matured: the contact window closed)",

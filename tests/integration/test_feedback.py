@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from confluent_kafka import Producer
 
+from forewarn.cli.feedback import format_experiments
 from forewarn.experiments.ledger import CustomerLedger, record_decision, record_milestone
 from forewarn.experiments.report import experiment_report, holdout_shares, tally
 from forewarn.models.contracts import DeadLetter, Decision, Milestone, Outcome, OutreachAction
@@ -135,11 +137,15 @@ def feedback(tmp_path: Path) -> Iterator[Callable[[Settings], FeedbackProcess]]:
         fb.stop()
 
 
-def feedback_settings(make_settings: Callable[..., Settings], **overrides: Any) -> Settings:
+def feedback_settings(
+    make_settings: Callable[..., Settings], session_seconds: float = 6, **overrides: Any
+) -> Settings:
     tag = uuid.uuid4().hex[:8]
     return make_settings(
         feedback=FeedbackConfig(
-            group_id=f"feedback-{tag}", session_timeout_seconds=6, orphan_grace_minutes=0
+            group_id=f"feedback-{tag}",
+            session_timeout_seconds=session_seconds,
+            orphan_grace_minutes=0,
         ),
         **overrides,
     )
@@ -475,7 +481,8 @@ def test_two_feedback_workers_share_the_ledgers_and_either_answers_for_all(
     from forewarn.offline.replay import replay
     from forewarn.streams.broker import free_port
 
-    s = feedback_settings(make_settings, rules_path=holdout_rules)
+    # a session long enough that a worker stopped below keeps its partitions meanwhile
+    s = feedback_settings(make_settings, session_seconds=30, rules_path=holdout_rules)
     start = datetime(2026, 3, 1, tzinfo=UTC)
     sim = JourneySimulator(200, seed=6, start=start, span=timedelta(days=3))
     out = replay(list(sim.events()), sim.profiles(), rulebook=load_rulebook(holdout_rules))
@@ -499,3 +506,19 @@ def test_two_feedback_workers_share_the_ledgers_and_either_answers_for_all(
         for fb in (first, second):
             status, why = fb.get(f"/customers/{d.customer_id}")
             assert status == 200 and d.decision_id in {x["decision_id"] for x in why["decisions"]}
+
+    # a worker that does not answer (stopped, hung): the other still reports, without the
+    # silent worker's customers, and says whose are missing
+    assert second.proc is not None
+    second.proc.send_signal(signal.SIGSTOP)
+    try:
+        status, body = first.get("/experiments")
+        assert status == 200
+        assert [u.rsplit(":", 1)[-1] for u in body["missing_workers"]] == [
+            str(second.s.feedback_http_port)
+        ]
+        assert headline(body) != expected  # the second's customers are not counted
+        assert "incomplete: 1 feedback worker(s)" in format_experiments(body)
+        assert first.metric("forewarn_feedback_peer_failures_total") == 1
+    finally:
+        second.proc.send_signal(signal.SIGCONT)

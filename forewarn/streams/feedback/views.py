@@ -63,17 +63,18 @@ def customer_view(ledger: CustomerLedger, watermark: datetime | None) -> dict[st
     }
 
 
-async def _peer_tallies(plane: FeedbackApp) -> list[ExperimentTally]:
-    """The tallies of the other feedback workers that own ledger partitions."""
+async def _peer_tallies(plane: FeedbackApp) -> tuple[list[ExperimentTally], list[str]]:
+    """The tallies of the other feedback workers that own ledger partitions, and the workers
+    that did not answer within ``PEER_TIMEOUT_SECONDS`` (stopped, slow, or rebalancing)."""
     app = plane.app
     me = str(app.conf.canonical_url).rstrip("/")
     try:
         hosts = [str(h).rstrip("/") for h in app.router.table_metadata("ledgers")]
     except Exception:  # no assignment yet: nothing to ask
-        return []
+        return [], []
     peers = [h for h in hosts if h != me]
     if not peers:
-        return []
+        return [], []
     timeout = aiohttp.ClientTimeout(total=PEER_TIMEOUT_SECONDS)
     async with aiohttp.ClientSession(timeout=timeout) as session:
 
@@ -82,7 +83,16 @@ async def _peer_tallies(plane: FeedbackApp) -> list[ExperimentTally]:
                 response.raise_for_status()
                 return ExperimentTally.model_validate_json(await response.read())
 
-        return list(await asyncio.gather(*(one(p) for p in peers)))
+        answers = await asyncio.gather(*(one(p) for p in peers), return_exceptions=True)
+    tallies, missing = [], []
+    for peer, answer in zip(peers, answers, strict=True):
+        if isinstance(answer, ExperimentTally):
+            tallies.append(answer)
+        else:
+            log.warning("feedback worker %s did not give its tally: %r", peer, answer)
+            plane.metrics.peer_failures.inc()
+            missing.append(peer)
+    return tallies, missing
 
 
 def add_views(plane: FeedbackApp) -> None:
@@ -105,9 +115,12 @@ def add_views(plane: FeedbackApp) -> None:
 
     async def whole_report() -> Any:
         t = plane.local_tally()
-        for other in await _peer_tallies(plane):
+        others, missing = await _peer_tallies(plane)
+        for other in others:
             t.merge(other)
-        return experiment_report(t, plane.holdout_shares)
+        report = experiment_report(t, plane.holdout_shares)
+        report.missing_workers = missing
+        return report
 
     @app.page("/experiments")
     async def experiments(web: Any, request: Any) -> Any:
@@ -121,7 +134,7 @@ def add_views(plane: FeedbackApp) -> None:
             if rule.rule_id == rule_id:
                 one = report.model_copy(update={"rules": [rule]})
                 return web.bytes(
-                    one.model_dump_json(include={"as_of", "rules"}).encode(),
+                    one.model_dump_json(include={"as_of", "rules", "missing_workers"}).encode(),
                     content_type="application/json",
                 )
         return web.json({"rule_id": rule_id, "error": "no assignments for this rule"},
