@@ -15,7 +15,18 @@ threshold that the recent moments say will produce the target:
 - on a stream-time grid (``every_seconds``) the threshold is recomputed: the score above which
   the target's share of the recent moments lies, corrected by how far the realised volume
   missed the target (the policies after the threshold, such as cooldowns and the contact
-  budget, stop some of what passes it).
+  budget, stop some of what passes it);
+- the share is also held to a one-hour window (``guard_seconds``): no more than
+  ``GUARD_FACTOR`` times it passes there (scores that shift all at once), and, once the hour
+  holds enough moments, no less than 1 / ``GUARD_FLOOR_FACTOR`` of it (scores that shift back);
+- and it is paced over the day (stream days from midnight UTC): the actions sent so far today
+  against those due so far (the target's share of each moment seen today), the difference
+  spread over the rest of the day, within ``PACE_LOW``-``PACE_HIGH``. The histograms lag a
+  shift of the scores by hours; the pace holds each day to its budget. It is recomputed from
+  today's counts, not integrated, and starts afresh each day, so it cannot wind up;
+- and a day stops at ``DAY_CAP`` times its target (for the active customers expected that
+  day, or seen so far if more): "at most N a day" holds even when the moments themselves
+  surge, which the pace, counting what is due by the moments, does not see.
 
 Everything depends on the events in order and on their times, never on the wall clock or on
 where batches are cut, so a replay decides what the live run decided; ``to_record`` /
@@ -50,7 +61,27 @@ MIN_PASSED_PER_DAY = 5.0
 MAX_CORRECTION = 20.0
 #: the short window may pass this many times the target's share before it binds
 GUARD_FACTOR = 2.0
-_RECORD_VERSION = 1
+#: nor may the threshold stay stricter than passing 1 / this of the share over the short
+#: window (once the high scores of an ended incident fill the day window, nothing reached a
+#: day threshold for 2-3 days)...
+GUARD_FLOOR_FACTOR = 1.25
+#: ... when the short window holds at least this many such moments (effective count): an hour
+#: of a small rule holds none most of the time, and would loosen the threshold at random
+GUARD_FLOOR_MIN_MOMENTS = 8.0
+#: the day the volume is paced over: stream days from midnight UTC
+DAY_SECONDS = 86_400.0
+#: the pace spreads what is left of today's budget over at least this share of a day
+PACE_MIN_LEFT = 0.1
+#: and scales the share by at least / at most these factors
+PACE_LOW = 0.25
+PACE_HIGH = 2.0
+#: a day's actions stop at this share of its target: the pace estimates what is due from
+#: the day's moments at yesterday's rate, and when the moments themselves surge (an
+#: incident: errors everywhere) it sent 1.75x on the first day and 1.5x on the next
+DAY_CAP = 1.15
+_RECORD_VERSION = 2
+#: records of version 1 (no pace yet) restore with today's pace afresh
+_READABLE_VERSIONS = (1, 2)
 
 
 class VolumeTarget(BaseModel):
@@ -103,6 +134,23 @@ class AdaptiveThreshold:
         self.warm = False
         self._next_update = start + target.every_seconds
         self._last = start
+        #: today's pace (stream days from midnight UTC): the actions due so far today (the
+        #: target's share of each moment observed while warm), those sent, and the factor
+        #: on the share that spreads the rest of the day's budget over what is left of it
+        self._day = math.floor(start / DAY_SECONDS)
+        self._due = 0.0
+        self._day_sent = 0.0
+        self._due_share = 0.0
+        self.pace = 1.0
+        #: the day's budget counts the active customers expected at its first recompute
+        #: (the decayed count swings by a tenth or two within a day, so it is not followed)
+        #: or those seen so far today, whichever is more (traffic may grow fast)
+        self._expected_active = math.inf
+        self._expected_day: int | None = None
+        self._day_active = 0.0
+        #: the stream time the counts began at: decayed sums show a steady rate in full only
+        #: after a few lifetimes (63% after one), which the cap, an absolute count, corrects
+        self._began = start
 
     # -- what the stream tells it --
 
@@ -110,6 +158,7 @@ class AdaptiveThreshold:
         """A customer's first event in a day (of stream time)."""
         self._advance(at)
         self._active += self._weight(at)
+        self._day_active += 1.0
 
     def observe(self, at: float, score: float, tiebreak: float = 0.0) -> bool:
         """A moment the rule could act on; True when its score reaches the threshold.
@@ -127,15 +176,19 @@ class AdaptiveThreshold:
         r = math.exp((at - self._origin) / self.target.guard_seconds)
         self._recent[b] += r
         self._recent_moments += r
-        if self.warm and passes:
-            self._passed += w
-            return True
+        if self.warm:
+            self._due += self._due_share
+            if passes and self._day_sent < self.day_cap():
+                self._passed += w
+                return True
         return False
 
     def sent(self, at: float) -> None:
         """An action of this rule went out (after every policy)."""
         self._advance(at)
         self._sent += self._weight(at)
+        if self.warm:
+            self._day_sent += 1.0
 
     # -- what it says --
 
@@ -150,6 +203,12 @@ class AdaptiveThreshold:
 
     def target_per_day(self) -> float:
         return self.per_day()[1] * self.target.per_1000_active_per_day / 1000
+
+    def day_cap(self) -> float:
+        """The most today may send: ``DAY_CAP`` of the target for the active customers
+        expected today, or seen so far today if more."""
+        active = max(self._expected_active, self._day_active)
+        return DAY_CAP * active * self.target.per_1000_active_per_day / 1000
 
     def top_share(self) -> float:
         """The share of recent moments at or above the threshold (for an action's reasons)."""
@@ -179,6 +238,10 @@ class AdaptiveThreshold:
         # overflows after 30 days); what is that old weighs nothing and falls to zero.
         if at - self._origin > 50 * min(t.lifetime_seconds, t.guard_seconds):
             self._rebase(at)
+        day = math.floor(at / DAY_SECONDS)
+        if day != self._day:  # a new day: its budget starts afresh, nothing carries over
+            self._day, self._due, self._day_sent, self.pace = day, 0.0, 0.0, 1.0
+            self._day_active = 0.0
         if at >= self._next_update:
             every = t.every_seconds
             self._next_update = (at // every + 1) * every
@@ -199,14 +262,36 @@ class AdaptiveThreshold:
             # share of what passes it: measured over the same window, so no controller
             # winds up while the realised volume catches up.
             self.correction = min(MAX_CORRECTION, max(1.0, self._passed / max(self._sent, 1e-300)))
-        share = min(1.0, want / moments * self.correction)
+        # The pace: today's actions so far against those due so far (the target's share of
+        # each moment seen today), the difference spread over the rest of the day. The
+        # histograms lag a shift of the scores by hours (an incident's first day sent 2.2x);
+        # the pace holds the day to its budget. It is recomputed from today's counts, never
+        # integrated, and starts afresh each day, so it cannot wind up.
+        self._due_share = min(1.0, want / moments)
+        left = max(PACE_MIN_LEFT, self._day + 1 - self._last / DAY_SECONDS)
+        ahead = (self._day_sent - self._due) / max(want * left, 1e-300)
+        self.pace = min(PACE_HIGH, max(PACE_LOW, 1.0 - ahead))
+        share = min(1.0, want / moments * self.correction * self.pace)
         day = self._top(self._scores, share * self._moments)
         # The guard binds only beyond GUARD_FACTOR times the share: an hour holds few of the
         # riskiest moments, often from the same few customers, and a strict hourly quantile
         # held the volume a third under its target.
         hour = self._top(self._recent, min(1.0, GUARD_FACTOR * share) * self._recent_moments)
         # the stricter: a higher bin, or less of the same one
-        self._edge = max(day, hour, key=lambda e: (e[0], -e[1]))
+        edge = max(day, hour, key=_strictness)
+        # and no stricter than passing 1 / GUARD_FLOOR_FACTOR of the share over the short
+        # window, once it holds enough moments to tell (2 * sum / weight(now) is the window's
+        # effective count of moments)
+        floor_share = share / GUARD_FLOOR_FACTOR
+        now = math.exp((self._last - self._origin) / t.guard_seconds)
+        if floor_share * 2 * self._recent_moments / now >= GUARD_FLOOR_MIN_MOMENTS:
+            floor = self._top(self._recent, floor_share * self._recent_moments)
+            edge = min(edge, floor, key=_strictness)
+        self._edge = edge
+        if self._expected_day != self._day:
+            settled = -math.expm1(-(self._last - self._began) / t.lifetime_seconds)
+            self._expected_active = self.per_day()[1] / max(settled, 1e-9)
+            self._expected_day = self._day
         self.threshold = t.low + (t.high - t.low) * self._edge[0] / BINS
 
     @staticmethod
@@ -254,12 +339,21 @@ class AdaptiveThreshold:
             "warm": self.warm,
             "next_update": self._next_update,
             "last": self._last,
+            "day": self._day,
+            "due": self._due,
+            "day_sent": self._day_sent,
+            "due_share": self._due_share,
+            "pace": self.pace,
+            "expected_active": None if self._expected_active == math.inf else self._expected_active,
+            "day_active": self._day_active,
+            "began": self._began,
+            "expected_day": self._expected_day,
         }
 
     @classmethod
     def from_record(cls, target: VolumeTarget, record: dict[str, Any]) -> AdaptiveThreshold:
-        if record.get("v") != _RECORD_VERSION or len(record["scores"]) != BINS:
-            raise ValueError(f"not a volume record of version {_RECORD_VERSION}")
+        if record.get("v") not in _READABLE_VERSIONS or len(record["scores"]) != BINS:
+            raise ValueError(f"not a volume record of version {_READABLE_VERSIONS}")
         t = cls(target, start=float(record["origin"]))
         t._first = None if record["start"] is None else float(record["start"])
         t._scores = [float(c) for c in record["scores"]]
@@ -275,7 +369,26 @@ class AdaptiveThreshold:
         t.warm = bool(record["warm"])
         t._next_update = float(record["next_update"])
         t._last = float(record["last"])
+        if record["v"] == 1:  # today's pace afresh: from now on, as after a warm-up mid-day
+            t._day = math.floor(t._last / DAY_SECONDS)
+            t._began = -math.inf  # its counts have run for long enough
+            return t
+        t._day = int(record["day"])
+        t._due = float(record["due"])
+        t._day_sent = float(record["day_sent"])
+        t._due_share = float(record["due_share"])
+        t.pace = float(record["pace"])
+        expected = record["expected_active"]
+        t._expected_active = math.inf if expected is None else float(expected)
+        t._day_active = float(record["day_active"])
+        t._began = float(record["began"])
+        t._expected_day = None if record["expected_day"] is None else int(record["expected_day"])
         return t
+
+
+def _strictness(edge: tuple[int, float]) -> tuple[int, float]:
+    """Orders thresholds (bin, share passing in it): a higher bin, or less of the same one."""
+    return edge[0], -edge[1]
 
 
 def tiebreak(event_id: str) -> float:
