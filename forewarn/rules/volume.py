@@ -371,7 +371,7 @@ class AdaptiveThreshold:
         t._last = float(record["last"])
         if record["v"] == 1:  # today's pace afresh: from now on, as after a warm-up mid-day
             t._day = math.floor(t._last / DAY_SECONDS)
-            t._began = -math.inf  # its counts have run for long enough
+            t._began = t._last - 50 * target.lifetime_seconds  # its counts have long run
             return t
         t._day = int(record["day"])
         t._due = float(record["due"])
