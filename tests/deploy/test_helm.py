@@ -59,6 +59,9 @@ EXAMPLE_FLAGS = [
     "--set", "prometheusRule.enabled=true",
     "--set", "dashboard.enabled=true",
     "--set", "feedback.enabled=true",
+    "--set", "deliver.enabled=true",
+    "--set", "deliver.destinations.existingConfigMap=forewarn-destinations",
+    "--set", "deliver.existingSecret=forewarn-destinations",
     "--set", "kafka.securityProtocol=SASL_SSL",
     "--set", "kafka.sasl.username=forewarn",
     "--set", "kafka.sasl.existingSecret=forewarn-kafka",
@@ -166,7 +169,7 @@ def pod_labels(workload: Obj) -> dict[str, str]:
 
 
 def scoring() -> Obj:
-    return the("StatefulSet")
+    return the("StatefulSet", f"{RELEASE}-scoring")
 
 
 def scoring_container() -> Obj:
@@ -403,7 +406,7 @@ def test_every_pod_runs_unprivileged_on_a_read_only_root() -> None:
 
 def test_the_sasl_password_only_ever_comes_from_the_existing_secret() -> None:
     passwords = [e for e in walk_env_vars(list(example())) if e["name"].endswith("SASL_PASSWORD")]
-    assert len(passwords) == len(workloads()) == 3
+    assert len(passwords) == len(workloads()) == 4
     for env in passwords:
         assert "value" not in env, env
         assert env["valueFrom"] == {"secretKeyRef": {"name": SASL_SECRET, "key": "password"}}
@@ -492,7 +495,8 @@ def test_the_pdb_lets_one_worker_go_at_a_time_and_covers_only_the_workers() -> N
     selector = pdb["spec"]["selector"]["matchLabels"]
     for workload in workloads():
         covered = selects(selector, pod_labels(workload))
-        assert covered == (workload["kind"] == "StatefulSet"), workload["metadata"]["name"]
+        is_scoring = workload["metadata"]["name"] == scoring()["metadata"]["name"]
+        assert covered == is_scoring, workload["metadata"]["name"]
 
 
 def test_the_metrics_service_and_the_headless_service_reach_the_workers() -> None:
@@ -541,6 +545,38 @@ def test_the_feedback_plane_serves_its_api_on_9465_behind_its_service() -> None:
     (service_port,) = service["spec"]["ports"]
     assert service_port["port"] == FEEDBACK_PORT
     assert service_port["targetPort"] in (port["name"], FEEDBACK_PORT)
+
+
+def test_the_deliverers_keep_their_names_and_read_your_destinations_and_secrets() -> None:
+    deliver = the("StatefulSet", f"{RELEASE}-deliver")
+    (container,) = containers(deliver)
+    assert container["args"] == ["deliver"]
+    assert deliver["spec"]["replicas"] == values()["deliver"]["replicas"]
+    governing = the("Service", deliver["spec"]["serviceName"])
+    assert governing["spec"]["clusterIP"] == "None"
+    assert selects(governing["spec"]["selector"], pod_labels(deliver))
+    assert not selects(governing["spec"]["selector"], pod_labels(scoring()))
+    env = env_of(container)
+    # its transactional id survives a restart, as a scoring worker's does
+    assert env["FOREWARN_INSTANCE_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["FOREWARN_DELIVERY__GROUP_ID"]["value"] == values()["deliver"]["groupId"]
+    assert env["FOREWARN_TOPICS__DELIVERY_DLQ"]["value"] == values()["topics"]["deliveryDlq"]
+    # the destinations file from the ConfigMap named, the secrets it names from the Secret
+    path = env["FOREWARN_DELIVERY_PATH"]["value"]
+    (mount,) = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+    (volume,) = [v for v in deliver["spec"]["template"]["spec"]["volumes"]
+                 if v["name"] == mount["name"]]  # fmt: skip
+    assert volume["configMap"]["name"] == "forewarn-destinations"
+    assert path.endswith(volume["configMap"]["items"][0]["path"])
+    assert container["envFrom"] == [{"secretRef": {"name": "forewarn-destinations"}}]
+    (port,) = container["ports"]
+    assert port["containerPort"] == env_int(env, "FOREWARN_DELIVERY__HTTP_PORT") == 9466
+    for kind, path in (("liveness", "/healthz"), ("readiness", "/readyz")):
+        assert container[f"{kind}Probe"]["httpGet"] == {"path": path, "port": port["name"]}
+
+
+def env_int(env: dict[str, Obj], name: str) -> int:
+    return int(env[name]["value"])
 
 
 def test_the_podmonitor_scrapes_every_forewarn_pod_as_a_forewarn_job() -> None:
@@ -647,7 +683,7 @@ def test_helm_renders_the_defaults_and_a_full_setup_as_valid_kubernetes() -> Non
         "--set", "topics.partitions=12",
     )  # fmt: skip
     assert validate_core(full) == []
-    sts = the("StatefulSet", objects=tuple(full))
+    sts = the("StatefulSet", f"{RELEASE}-scoring", objects=tuple(full))
     (claim,) = sts["spec"]["volumeClaimTemplates"]
     (container,) = containers(sts)
     env = env_of(container)

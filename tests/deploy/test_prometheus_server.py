@@ -29,6 +29,14 @@ from tests.deploy.test_alerts_and_dashboard import (
     grafana_to_promql,
     metric_names,
 )
+from tests.integration.test_delivery import (
+    Receiver,
+    book_for,
+    dest,
+    fast,
+    receivers,  # noqa: F401 (a fixture)
+    start_deliverer,  # noqa: F401 (a fixture)
+)
 from tests.integration.test_feedback import FeedbackProcess, feedback, wait_for
 
 pytestmark = pytest.mark.integration
@@ -91,9 +99,11 @@ def test_prometheus_finds_every_series_the_dashboard_and_the_alerts_ask_for(
     start_worker: Callable[[Settings], Any],
     start_learner: Callable[[Settings], RunningWorker],
     feedback: Callable[[Settings], FeedbackProcess],
+    receivers: Callable[..., Receiver],  # noqa: F811 (the fixture imported above)
+    start_deliverer: Callable[..., RunningWorker],  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    s = make_settings(partitions=2, reload_check_seconds=0.5)
+    s = make_settings(partitions=2, reload_check_seconds=0.5, delivery=fast())
     worker = start_worker(s)
     worker_port = free_port()
     worker.worker.serve_http("127.0.0.1", worker_port)
@@ -101,6 +111,10 @@ def test_prometheus_finds_every_series_the_dashboard_and_the_alerts_ask_for(
     learner_port = free_port()
     learner.worker.serve_http("127.0.0.1", learner_port)
     plane = feedback(s)
+    # the actions go on to a real HTTP receiver through a deliverer
+    deliverer = start_deliverer(s, book_for(dest("crm-webhook", receivers().port)))
+    deliverer_port = free_port()
+    deliverer.worker.serve_http("127.0.0.1", deliverer_port)
     stats = publish_live(s, customers=300, rate=800, duration=10, seed=3, bad_rate=0.02,
                          respond=True)  # fmt: skip
     wait_committed(s, stats.events + sum(stats.bad.values()), timeout=120)
@@ -114,11 +128,12 @@ def test_prometheus_finds_every_series_the_dashboard_and_the_alerts_ask_for(
             "forewarn-scoring": f"127.0.0.1:{worker_port}",
             "forewarn-learner": f"127.0.0.1:{learner_port}",
             "forewarn-feedback": f"127.0.0.1:{s.feedback_http_port}",
+            "forewarn-deliver": f"127.0.0.1:{deliverer_port}",
         },
     )
     try:
         wait_for(
-            lambda: _answers(prometheus) and len(prometheus.query("up == 1")) == 3
+            lambda: _answers(prometheus) and len(prometheus.query("up == 1")) == 4
             and all(float(r["value"][1]) >= 2
                     for r in prometheus.query("count_over_time(up[1m])")),
             60,

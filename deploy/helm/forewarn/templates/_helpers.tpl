@@ -181,6 +181,10 @@ The SASL password only ever comes from the existing Secret.
   value: {{ .Values.topics.outcomesDlq | quote }}
 - name: FOREWARN_TOPICS__FEEDBACK
   value: {{ .Values.topics.feedback | quote }}
+- name: FOREWARN_TOPICS__DELIVERY_HELD
+  value: {{ .Values.topics.deliveryHeld | quote }}
+- name: FOREWARN_TOPICS__DELIVERY_DLQ
+  value: {{ .Values.topics.deliveryDlq | quote }}
 {{- if include "forewarn.rulebookEnabled" . }}
 - name: FOREWARN_RULES_PATH
   value: {{ printf "/etc/forewarn/rules/%s" .Values.rulebook.key | quote }}
