@@ -115,7 +115,8 @@ def test_the_dashboard_is_stable_and_asks_for_its_datasource() -> None:
             assert target["datasource"]["uid"] == f"${{{variable['name']}}}", panel["title"]
     titles = " ".join(p["title"] for p in board["panels"]).lower()
     for topic in ("lag", "dead letters", "actions", "suppressions", "transactions", "restor",
-                  "state", "versions", "support-contact rate", "batch"):  # fmt: skip
+                  "state", "versions", "support-contact rate", "batch", "deliveries",
+                  "destinations paused"):  # fmt: skip
         assert topic in titles, topic
 
 
