@@ -4,8 +4,9 @@
   schema refuses what an operator gets wrong: a misspelt key, no partitions, an unknown
   security protocol, a password in plain text.
 - deploy/helm/rendered-example.yaml (the chart rendered with KEDA, the PodMonitor, the
-  PrometheusRule, the dashboard, the feedback plane and SASL on; written by hand, since helm
-  is not everywhere) validates object by object against the Kubernetes 1.37 schemas, strictly,
+  PrometheusRule, the dashboard, the feedback plane, the deliverers and SASL on; kept in the
+  repository, since helm is not everywhere) validates object by object against the
+  Kubernetes 1.37 schemas, strictly,
   and says what the chart promises: each worker's pod name is its instance id, the probes go
   to /healthz and /readyz, the SASL password only ever comes from a Secret, KEDA never scales
   past the partition count, the PDB covers the workers.
@@ -196,7 +197,7 @@ def helm() -> str:
     found = shutil.which("helm")
     if found is None:
         pytest.skip(
-            "helm is not installed here: the chart is checked through the hand-rendered "
+            "helm is not installed here: the chart is checked through the rendered "
             "deploy/helm/rendered-example.yaml only (install helm to lint and render it)"
         )
     return found
