@@ -571,13 +571,9 @@ def test_the_deliverers_keep_their_names_and_read_your_destinations_and_secrets(
     assert path.endswith(volume["configMap"]["items"][0]["path"])
     assert container["envFrom"] == [{"secretRef": {"name": "forewarn-destinations"}}]
     (port,) = container["ports"]
-    assert port["containerPort"] == env_int(env, "FOREWARN_DELIVERY__HTTP_PORT") == 9466
+    assert port["containerPort"] == int(env["FOREWARN_DELIVERY__HTTP_PORT"]["value"]) == 9466
     for kind, path in (("liveness", "/healthz"), ("readiness", "/readyz")):
         assert container[f"{kind}Probe"]["httpGet"] == {"path": path, "port": port["name"]}
-
-
-def env_int(env: dict[str, Obj], name: str) -> int:
-    return int(env[name]["value"])
 
 
 def test_the_podmonitor_scrapes_every_forewarn_pod_as_a_forewarn_job() -> None:
