@@ -3,7 +3,7 @@
 The report (``EvaluationReport``, ``to_json()`` for the file) holds the rulebook's measures
 (``measures.py``: contact coverage, lead time, outreach precision, volume, churn capture),
 each rule's, the ``on_errors`` baseline (at its own volume and at the rulebook's) and the
-``random`` one at the rulebook's volume, friction
+``random`` one at the rulebook's volume (the sampled two as the mean of their draws), friction
 alone at a threshold, and the churn model's ranking quality. ``format_report`` prints it as a
 table for people.
 
@@ -34,6 +34,7 @@ from forewarn.offline.measures import (
     Act,
     LeadTime,
     Measures,
+    SampledMeasures,
     Sweep,
     at_most,
     coverage_on_curve,
@@ -43,6 +44,7 @@ from forewarn.offline.measures import (
     on_errors_baseline,
     random_baseline,
     roc_auc,
+    sampled,
     threshold_crossings,
 )
 from forewarn.offline.replay import Replay, replay
@@ -147,7 +149,8 @@ class EvaluationReport(Measures):
     model_version: str | None
     window_hours: float
     by_rule: dict[str, RuleMeasures]
-    baselines: dict[str, Measures]
+    #: the sampled ones (at equal volume, random) as the mean over their draws
+    baselines: dict[str, SampledMeasures | Measures]
     friction_alone: FrictionAlone
     friction_curve: FrictionCurve
     churn_model: ChurnModelQuality | None = None
@@ -235,8 +238,12 @@ def evaluate(
     errors = on_errors_baseline(flat)
     baselines = {
         "on_errors": m(errors, any_retains=True),
-        "on_errors at equal volume": m(at_most(errors, len(acts), seed), any_retains=True),
-        "random": m(random_baseline(flat, len(acts), seed), any_retains=True),
+        "on_errors at equal volume": sampled(
+            lambda i: m(at_most(errors, len(acts), seed + i), any_retains=True)
+        ),
+        "random": sampled(
+            lambda i: m(random_baseline(flat, len(acts), seed + i), any_retains=True)
+        ),
     }
     label = followed_by(scored, contacts, window)
     friction = m(threshold_crossings(scored, FRICTION_THRESHOLD)).model_dump(
@@ -372,6 +379,17 @@ def format_report(report: EvaluationReport) -> str:
         f"{fa.roc_auc_contact_within_window}"
     )
     lines.append(_against_the_curve(report))
+    drawn = {k: v for k, v in report.baselines.items() if isinstance(v, SampledMeasures)}
+    if drawn:
+        lines.append(
+            f"sampled baselines are the mean of {next(iter(drawn.values())).draws} draws; "
+            "a single draw covers "
+            + ", ".join(
+                f"{v.contact_coverage_p5:.1%}-{v.contact_coverage_p95:.1%} ({k})"
+                for k, v in drawn.items()
+            )
+            + " (5th-95th percentile)"
+        )
     if report.measured_from is not None:
         lines.append(f"measured from {report.measured_from} (earlier events build state only)")
     lines.append(f"contact risk: {report.contact_risk}")

@@ -13,7 +13,9 @@ Baselines run on the same history: ``on_errors`` acts on every error the journey
 (``ERROR_EVENTS``), ``on_errors at equal volume`` on a random sample of those as large as the
 rulebook's volume (all of them when there are fewer), and ``random`` on randomly chosen
 events, as many as the rulebook acted on. A rulebook is judged at equal volume: acting more
-often covers more contacts whatever the judgement.
+often covers more contacts whatever the judgement. The two sampled baselines are what a
+draw covers on average (``sampled``): one draw's coverage lands anywhere in a range about
+a quarter either side of that, and a rulebook judged against one draw is judged by luck.
 
 >>> from datetime import UTC, datetime, timedelta
 >>> t = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
@@ -132,6 +134,61 @@ def measure(
         ),
         churn_capture=round(captured / len(churns), 4) if churns else 0.0,
     )
+
+
+#: a sampled baseline is the mean of this many draws (its coverage then moves ~1/7 of one
+#: draw's spread)
+BASELINE_DRAWS = 50
+
+
+class SampledMeasures(Measures):
+    """A baseline drawn at random, as an expectation: the mean over ``draws`` draws of the
+    coverage, the precision and the churn capture, the median of the draws' median lead
+    times, and where the middle 90% of single draws' coverage lies."""
+
+    draws: int
+    contact_coverage_p5: float
+    contact_coverage_p95: float
+
+
+def sampled(draw: Callable[[int], Measures], draws: int = BASELINE_DRAWS) -> SampledMeasures:
+    """Combine ``draw(0)`` ... ``draw(draws - 1)``, the measures of a baseline's draws.
+
+    >>> one = lambda s: Measures(actions=2, contact_coverage=s / 10, lead_time_minutes=LeadTime(
+    ...     median=float(s), p10=None, p90=None), outreach_precision=0.5,
+    ...     actions_per_1000_customers_per_day=1.0, churn_capture=0.0)
+    >>> m = sampled(one, draws=5)
+    >>> m.contact_coverage, m.contact_coverage_p5, m.contact_coverage_p95
+    (0.2, 0.02, 0.38)
+    >>> m.lead_time_minutes.median
+    2.0
+    """
+    ms = [draw(i) for i in range(draws)]
+    cov = [m.contact_coverage for m in ms]
+    p5, p95 = (cov[0], cov[0]) if draws < 2 else _ends(cov)
+
+    def lead(pick: Callable[[LeadTime], float | None]) -> float | None:
+        vs = [v for m in ms if (v := pick(m.lead_time_minutes)) is not None]
+        return _round(median(vs), 1) if vs else None
+
+    return SampledMeasures(
+        actions=ms[0].actions,
+        contact_coverage=round(sum(cov) / draws, 4),
+        lead_time_minutes=LeadTime(
+            median=lead(lambda t: t.median), p10=lead(lambda t: t.p10), p90=lead(lambda t: t.p90)
+        ),
+        outreach_precision=round(sum(m.outreach_precision for m in ms) / draws, 4),
+        actions_per_1000_customers_per_day=ms[0].actions_per_1000_customers_per_day,
+        churn_capture=round(sum(m.churn_capture for m in ms) / draws, 4),
+        draws=draws,
+        contact_coverage_p5=round(p5, 4),
+        contact_coverage_p95=round(p95, 4),
+    )
+
+
+def _ends(values: list[float]) -> tuple[float, float]:
+    q = quantiles(values, n=20, method="inclusive")
+    return q[0], q[-1]
 
 
 def _round(v: float | None, digits: int) -> float | None:

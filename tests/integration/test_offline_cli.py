@@ -12,6 +12,7 @@ import pytest
 from forewarn.models.contracts import Decision, OutreachAction
 from forewarn.models.releases import ModelRelease
 from forewarn.models.risk import load_risk_model
+from forewarn.offline.measures import BASELINE_DRAWS
 
 pytestmark = pytest.mark.integration
 
@@ -60,6 +61,8 @@ def test_train_then_evaluate_then_replay(tmp_path: Path) -> None:
     assert sum(r["actions"] for r in rep["by_rule"].values()) == rep["actions"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "baseline on_errors" in r.stdout and "coverage" in r.stdout
+    assert f"sampled baselines are the mean of {BASELINE_DRAWS} draws" in r.stdout
+    assert rep["baselines"]["random"]["draws"] == BASELINE_DRAWS
 
     out = tmp_path / "replay"
     r = forewarn("replay", "--events", held, "--model", model, "--out", out)
