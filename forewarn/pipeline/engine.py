@@ -318,13 +318,9 @@ class ScoringEngine:
             read_features(state, applied.at, 0.0, features[row] if churn else None,
                           contact_x[row] if contact else None)  # fmt: skip
             feature_s += perf_counter() - started
-            # Days counted from the customer's own first event, not midnight: first events of
-            # the day would all fall just after midnight and skew a decayed count of them.
-            first = state.first_seen
-            new_day = (
-                seen_before == -math.inf
-                or (applied.at - first) // DAY > (seen_before - first) // DAY
-            )
+            # active customers are counted by calendar day (midnight UTC), as volume targets
+            # and their measures count them
+            new_day = seen_before == -math.inf or applied.at // DAY > seen_before // DAY
             folded.append(
                 FoldedEvent(e, applied.at, state, applied.derived, state.session.in_checkout,
                             rec, st, new_day)

@@ -9,9 +9,13 @@ threshold that the recent moments say will produce the target:
 - every moment the rule could act on is *observed* with its score; its weight grows with
   stream time (forward decay: ``exp(t / lifetime)``), so recent moments count more and no
   per-event sweep over old ones is needed;
-- customers becoming active (their first event in a day) and the actions actually sent are
-  counted the same way, so the target (N per 1,000 active customers per day) and the realised
-  volume follow the traffic;
+- the actions actually sent are counted the same way, so the realised volume follows the
+  traffic;
+- customers becoming active (their first event of a day, midnight UTC) are counted by the
+  hour: today's target counts those seen so far today plus those that came after this time
+  of day yesterday (so it is yesterday's count at midnight and today's at the day's end). A
+  decayed count trailed a growing world's customers of the day by a fifth to a quarter (the
+  same lag as the decayed moments, but the pace holds the day to the target, not the share);
 - on a stream-time grid (``every_seconds``) the threshold is recomputed: the score above which
   the target's share of the recent moments lies, corrected by how far the realised volume
   missed the target (the policies after the threshold, such as cooldowns and the contact
@@ -24,9 +28,9 @@ threshold that the recent moments say will produce the target:
   spread over the rest of the day, within ``PACE_LOW``-``PACE_HIGH``. The histograms lag a
   shift of the scores by hours; the pace holds each day to its budget. It is recomputed from
   today's counts, not integrated, and starts afresh each day, so it cannot wind up;
-- and a day stops at ``DAY_CAP`` times its target (for the active customers expected that
-  day, or seen so far if more): "at most N a day" holds even when the moments themselves
-  surge, which the pace, counting what is due by the moments, does not see.
+- and a day stops at ``DAY_CAP`` times its target: "at most N a day" holds even when the
+  moments themselves surge, which the pace, counting what is due by the moments, does not
+  see.
 
 Everything depends on the events in order and on their times, never on the wall clock or on
 where batches are cut, so a replay decides what the live run decided; ``to_record`` /
@@ -79,9 +83,13 @@ PACE_HIGH = 2.0
 #: the day's moments at yesterday's rate, and when the moments themselves surge (an
 #: incident: errors everywhere) it sent 1.75x on the first day and 1.5x on the next
 DAY_CAP = 1.15
-_RECORD_VERSION = 2
-#: records of version 1 (no pace yet) restore with today's pace afresh
-_READABLE_VERSIONS = (1, 2)
+#: a day whose counts began within this much of its midnight counts as seen whole: its
+#: active customers by the hour are the shape of the next day's
+WHOLE_DAY_SLACK = 3_600.0
+_RECORD_VERSION = 3
+#: records of version 1 (no pace yet) restore with today's pace afresh; of versions 1 and 2
+#: (no active customers by the hour), with the decayed count until a day is seen whole
+_READABLE_VERSIONS = (1, 2, 3)
 
 
 class VolumeTarget(BaseModel):
@@ -142,12 +150,18 @@ class AdaptiveThreshold:
         self._day_sent = 0.0
         self._due_share = 0.0
         self.pace = 1.0
-        #: the day's budget counts the active customers expected at its first recompute
-        #: (the decayed count swings by a tenth or two within a day, so it is not followed)
-        #: or those seen so far today, whichever is more (traffic may grow fast)
+        #: today's active customers (first event of the day) and moments, by the hour, and
+        #: yesterday's when it was seen whole (``WHOLE_DAY_SLACK``)
+        self._day_active = 0.0
+        self._active_hours = DayByHour()
+        self._moment_hours = DayByHour()
+        #: when the counts by the hour began (a restored record of version 1 or 2 had none)
+        self._hours_from = start
+        #: without yesterday's counts (the first day, after an upgrade), the active customers
+        #: expected at the day's first recompute from the decayed count (it swings within a
+        #: day, so it is not followed), or those seen so far today if more
         self._expected_active = math.inf
         self._expected_day: int | None = None
-        self._day_active = 0.0
         #: the stream time the counts began at: decayed sums show a steady rate in full only
         #: after a few lifetimes (63% after one), which the cap, an absolute count, corrects
         self._began = start
@@ -155,10 +169,12 @@ class AdaptiveThreshold:
     # -- what the stream tells it --
 
     def customer_active(self, at: float) -> None:
-        """A customer's first event in a day (of stream time)."""
+        """A customer's first event of a day (stream days from midnight UTC)."""
         self._advance(at)
         self._active += self._weight(at)
         self._day_active += 1.0
+        if math.floor(at / DAY_SECONDS) == self._day:  # not a late event of an earlier day
+            self._active_hours.add(at)
 
     def observe(self, at: float, score: float, tiebreak: float = 0.0) -> bool:
         """A moment the rule could act on; True when its score reaches the threshold.
@@ -173,6 +189,8 @@ class AdaptiveThreshold:
         passes = b > edge or (b == edge and tiebreak < share)
         self._scores[b] += w
         self._moments += w
+        if math.floor(at / DAY_SECONDS) == self._day:
+            self._moment_hours.add(at)
         r = math.exp((at - self._origin) / self.target.guard_seconds)
         self._recent[b] += r
         self._recent_moments += r
@@ -201,14 +219,32 @@ class AdaptiveThreshold:
         # a steady rate r sums to r * lifetime * weight(now): this turns sums into rates
         return 86_400 / self.target.lifetime_seconds / self._weight(self._last)
 
+    def _today(self) -> tuple[float, float] | None:
+        """The customers expected to be active today and the moments expected today, from
+        the counts by the hour (None without yesterday's)."""
+        into = self._last - self._day * DAY_SECONDS
+        active, moments = self._active_hours.expected(into), self._moment_hours.expected(into)
+        return None if active is None or moments is None else (active, moments)
+
     def target_per_day(self) -> float:
-        return self.per_day()[1] * self.target.per_1000_active_per_day / 1000
+        """Today's target: N per 1,000 of the customers expected to be active today
+        (without yesterday's counts, the decayed count of them)."""
+        today = self._today()
+        active = self.per_day()[1] if today is None else today[0]
+        return active * self.target.per_1000_active_per_day / 1000
 
     def day_cap(self) -> float:
-        """The most today may send: ``DAY_CAP`` of the target for the active customers
-        expected today, or seen so far today if more."""
-        active = max(self._expected_active, self._day_active)
-        return DAY_CAP * active * self.target.per_1000_active_per_day / 1000
+        """The most today may send: ``DAY_CAP`` of the target for yesterday's active
+        customers, or today's so far if more. Not for those expected: when customers come
+        earlier in the day than yesterday (more events each), the expectation runs ahead
+        until the evening, and what it let through cannot be taken back. (Without
+        yesterday's counts: for those the decayed count expected at the day's first
+        recompute.)"""
+        came = self._active_hours.yesterday
+        expected = self._expected_active if came is None else sum(came)
+        return (
+            DAY_CAP * max(expected, self._day_active) * self.target.per_1000_active_per_day / 1000
+        )
 
     def top_share(self) -> float:
         """The share of recent moments at or above the threshold (for an action's reasons)."""
@@ -240,6 +276,9 @@ class AdaptiveThreshold:
             self._rebase(at)
         day = math.floor(at / DAY_SECONDS)
         if day != self._day:  # a new day: its budget starts afresh, nothing carries over
+            whole = self._hours_from <= self._day * DAY_SECONDS + WHOLE_DAY_SLACK
+            for hours in (self._active_hours, self._moment_hours):
+                hours.roll(whole, day - self._day)
             self._day, self._due, self._day_sent, self.pace = day, 0.0, 0.0, 1.0
             self._day_active = 0.0
         if at >= self._next_update:
@@ -254,9 +293,16 @@ class AdaptiveThreshold:
         if self._moments <= 0:  # everything decayed away (a long silence): nothing to rank
             return
         self.warm = True
+        if self._expected_day != self._day:
+            begun = -math.expm1(-(self._last - self._began) / t.lifetime_seconds)
+            self._expected_active = self.per_day()[1] / max(begun, 1e-9)
+            self._expected_day = self._day
         scale = self._per_day_scale()
-        moments = self._moments * scale
-        want = self.target_per_day()
+        # The target's share of the moments: today's expected active customers and moments
+        # (counted the same way, so growth lags neither), or the decayed counts of both
+        today = self._today()
+        active, moments = (self.per_day()[1], self._moments * scale) if today is None else today
+        want = active * t.per_1000_active_per_day / 1000
         if self._passed * scale >= MIN_PASSED_PER_DAY:
             # Policies after the threshold (cooldowns, the contact budget, consent) stop a
             # share of what passes it: measured over the same window, so no controller
@@ -267,11 +313,11 @@ class AdaptiveThreshold:
         # histograms lag a shift of the scores by hours (an incident's first day sent 2.2x);
         # the pace holds the day to its budget. It is recomputed from today's counts, never
         # integrated, and starts afresh each day, so it cannot wind up.
-        self._due_share = min(1.0, want / moments)
+        self._due_share = min(1.0, want / max(moments, 1e-300))
         left = max(PACE_MIN_LEFT, self._day + 1 - self._last / DAY_SECONDS)
         ahead = (self._day_sent - self._due) / max(want * left, 1e-300)
         self.pace = min(PACE_HIGH, max(PACE_LOW, 1.0 - ahead))
-        share = min(1.0, want / moments * self.correction * self.pace)
+        share = min(1.0, self._due_share * self.correction * self.pace)
         day = self._top(self._scores, share * self._moments)
         # The guard binds only beyond GUARD_FACTOR times the share: an hour holds few of the
         # riskiest moments, often from the same few customers, and a strict hourly quantile
@@ -288,10 +334,6 @@ class AdaptiveThreshold:
             floor = self._top(self._recent, floor_share * self._recent_moments)
             edge = min(edge, floor, key=_strictness)
         self._edge = edge
-        if self._expected_day != self._day:
-            settled = -math.expm1(-(self._last - self._began) / t.lifetime_seconds)
-            self._expected_active = self.per_day()[1] / max(settled, 1e-9)
-            self._expected_day = self._day
         self.threshold = t.low + (t.high - t.low) * self._edge[0] / BINS
 
     @staticmethod
@@ -348,6 +390,9 @@ class AdaptiveThreshold:
             "day_active": self._day_active,
             "began": self._began,
             "expected_day": self._expected_day,
+            "active_hours": self._active_hours.to_record(),
+            "moment_hours": self._moment_hours.to_record(),
+            "hours_from": self._hours_from,
         }
 
     @classmethod
@@ -369,6 +414,9 @@ class AdaptiveThreshold:
         t.warm = bool(record["warm"])
         t._next_update = float(record["next_update"])
         t._last = float(record["last"])
+        # no counts by the hour before version 3: they begin now, and the decayed count
+        # serves until a day has been seen whole
+        t._hours_from = t._last
         if record["v"] == 1:  # today's pace afresh: from now on, as after a warm-up mid-day
             t._day = math.floor(t._last / DAY_SECONDS)
             t._began = t._last - 50 * target.lifetime_seconds  # its counts have long run
@@ -383,12 +431,65 @@ class AdaptiveThreshold:
         t._day_active = float(record["day_active"])
         t._began = float(record["began"])
         t._expected_day = None if record["expected_day"] is None else int(record["expected_day"])
+        if record["v"] >= 3:
+            t._active_hours = DayByHour.from_record(record["active_hours"])
+            t._moment_hours = DayByHour.from_record(record["moment_hours"])
+            t._hours_from = float(record["hours_from"])
         return t
 
 
 def _strictness(edge: tuple[int, float]) -> tuple[int, float]:
     """Orders thresholds (bin, share passing in it): a higher bin, or less of the same one."""
     return edge[0], -edge[1]
+
+
+class DayByHour:
+    """A day's counts by the hour, and yesterday's when it was seen whole: what today is
+    expected to hold is what came so far plus what came after this time of day yesterday
+    (yesterday's count at midnight, today's at the day's end).
+
+    >>> d = DayByHour()
+    >>> d.add(2 * 3600.0); d.add(14 * 3600.0); d.add(15 * 3600.0)
+    >>> d.roll(whole=True, days=1)
+    >>> d.add(DAY_SECONDS + 3 * 3600.0)
+    >>> d.expected(into=10 * 3600.0)            # 1 so far, and 2 came after 10:00 yesterday
+    3.0
+    """
+
+    __slots__ = ("today", "yesterday")
+
+    def __init__(self) -> None:
+        self.today = [0.0] * 24
+        self.yesterday: list[float] | None = None
+
+    def add(self, at: float) -> None:
+        self.today[min(23, int(at % DAY_SECONDS // 3600))] += 1.0
+
+    def roll(self, whole: bool, days: int) -> None:
+        """A new day, ``days`` after the last (more than one: yesterday had nothing);
+        ``whole``: the day that ends was counted from its start."""
+        self.yesterday = None if not whole else self.today if days == 1 else [0.0] * 24
+        self.today = [0.0] * 24
+
+    def expected(self, into: float) -> float | None:
+        """What today is expected to hold, ``into`` seconds after its midnight."""
+        came = self.yesterday
+        if came is None:
+            return None
+        hour = min(23, max(0, int(into // 3600)))
+        to_come = sum(came[hour + 1 :]) + came[hour] * (1 - (into - hour * 3600) / 3600)
+        return sum(self.today) + max(0.0, to_come)
+
+    def to_record(self) -> dict[str, Any]:
+        return {"today": list(self.today), "yesterday": self.yesterday and list(self.yesterday)}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> DayByHour:
+        d = cls()
+        d.today = [float(c) for c in record["today"]]
+        came = record["yesterday"]
+        d.yesterday = None if came is None else [float(c) for c in came]
+        return d
 
 
 def tiebreak(event_id: str) -> float:

@@ -8,6 +8,7 @@ import math
 import random
 from collections import Counter
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -43,17 +44,13 @@ def run(
     sent: Counter[int] = Counter()
     target: dict[int, float] = {}
     thresholds: dict[int, float] = {}
-    first: dict[int, float] = {}
     last: dict[int, float] = {}
     for day, (customers, each, incident) in enumerate(days):
         target[day] = customers * TARGET.per_1000_active_per_day / 1000
         for at, c, score in day_of_traffic(rng, day, customers, each, incident):
-            # active at a customer's first event of each of its own days, counted from its
-            # first event, as the engine marks it (calendar days bunch the marks after
-            # midnight, which skews the decayed count of them at the end of each day)
-            if c not in first or (at - first[c]) // DAY > (last[c] - first[c]) // DAY:
+            # active at a customer's first event of each calendar day, as the engine marks it
+            if c not in last or at // DAY > last[c] // DAY:
                 t.customer_active(at)
-            first.setdefault(c, at)
             last[c] = at
             if t.observe(at, score) and rng.random() >= suppressed:
                 t.sent(at)
@@ -143,7 +140,7 @@ def test_policies_that_stop_part_of_what_passes_are_learned() -> None:
 def test_more_moments_per_customer_do_not_raise_the_volume() -> None:
     days = [(5_000, 3, False)] * 4 + [(5_000, 9, False)] * 5
     sent, target, _, _ = run(days)
-    assert_on_target(sent, target, from_day=6)
+    assert_on_target(sent, target, from_day=1)
 
 
 def test_stream_time_never_goes_back() -> None:
@@ -215,3 +212,41 @@ def test_a_score_that_appears_late_warms_up_from_its_first_moment() -> None:
     assert not any(ok for at, ok in passed if at < 6 * DAY), "a day of moments first"
     assert any(ok for at, ok in passed if at >= 6 * DAY + 600)
     assert t.to_record()["start"] == 5 * DAY
+
+
+def test_the_target_counts_todays_active_customers_by_yesterdays_hours() -> None:
+    """Today's target: the customers active so far today plus those that came after this
+    time of day yesterday, so it starts at yesterday's count and ends at today's, however
+    fast the traffic grows (a decayed count trailed a growing world by a fifth)."""
+    target = VolumeTarget(per_1000_active_per_day=1000, warm_up_seconds=0, every_seconds=60)
+    t = AdaptiveThreshold(target, start=0.0)
+    for i in range(600):  # day 0: 600 customers, a quarter of them after 18:00
+        at = (i * 18 / 450 if i < 450 else 18 + (i - 450) * 6 / 150) * 3600
+        t.customer_active(at)
+        t.observe(at, 0.5)
+    t.observe(DAY + 1.0, 0.5)  # midnight: yesterday's count
+    assert t.target_per_day() == pytest.approx(600, rel=0.01)
+    for i in range(900):  # day 1: half as many again, all before noon
+        at = DAY + 60 + i * 12 * 3600 / 900
+        t.customer_active(at)
+        t.observe(at, 0.5)
+    t.observe(DAY + 12 * 3600, 0.5)
+    # and those that came after noon yesterday: 150 by 18:00, 150 after
+    assert t.target_per_day() == pytest.approx(900 + 300, rel=0.01)
+    t.observe(2 * DAY - 1, 0.5)
+    assert t.target_per_day() == pytest.approx(900, rel=0.01), "the day's own count at its end"
+
+
+def test_a_record_without_counts_by_the_hour_uses_the_decayed_count_until_a_day_is_whole() -> None:
+    _, _, _, t = run([(2_000, 4, False)] * 3)
+    old = t.to_record()
+    for key in ("active_hours", "moment_hours", "hours_from"):
+        del old[key]
+    old["v"] = 2
+    restored = AdaptiveThreshold.from_record(TARGET, json.loads(json.dumps(old)))
+    assert restored.target_per_day() == pytest.approx(t.per_day()[1] * 40 / 1000)
+    rng = random.Random(3)
+    for day in (3, 4):  # the restored day is not whole; the next one is
+        for at, _, score in day_of_traffic(rng, day, 2_000, 4, False):
+            restored.observe(at, score)
+    assert restored.to_record()["active_hours"]["yesterday"] is not None

@@ -9,6 +9,7 @@ import subprocess
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
+import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -73,14 +74,18 @@ def test_a_volume_rule_sends_about_its_target_after_the_warm_up(
     }
     assert sent[0] == 0, "nothing during the first day: the warm-up"
     for day in range(1, DAYS):
-        # within 30%: the 2 h cooldown stops about three of four moments that pass, and that
-        # share is learned over the same day-long window (issue 11 asks for 20%: not yet)
+        # within 20% (issue 11), though the 2 h cooldown stops about three of four moments
+        # that pass, and that share is learned over the same day-long window
         target = TARGET * active[day] / 1000
-        assert 0.7 * target <= sent[day] <= 1.3 * target, (day, sent[day], target)
+        assert 0.8 * target <= sent[day] <= 1.2 * target, (day, sent[day], target)
+    # the target counts a day's active customers as the measure does: by calendar day
+    record = h.stores.partition(0).get_record(VOLUME_KEY)
+    assert record is not None
+    saved = msgpack.unpackb(record, strict_map_key=False)
+    assert saved["riskiest_moments"]["day_active"] == active[DAYS - 1]
     reason = h.actions[0].reasons[-1]
     assert reason.signal == "volume" and "in the top" in reason.detail
     assert "per 1,000 active customers a day" in reason.detail
-    assert h.stores.partition(0).get_record(VOLUME_KEY) is not None
 
 
 @settings(max_examples=6, deadline=None)
