@@ -24,18 +24,19 @@ class DayByHour:
 
     __slots__ = ("today", "yesterday")
 
+    # whole numbers: a record carries them in a byte or three each, not nine
     def __init__(self) -> None:
-        self.today = [0.0] * 24
-        self.yesterday: list[float] | None = None
+        self.today = [0] * 24
+        self.yesterday: list[int] | None = None
 
     def add(self, at: float) -> None:
-        self.today[min(23, int(at % DAY_SECONDS // 3600))] += 1.0
+        self.today[min(23, int(at % DAY_SECONDS // 3600))] += 1
 
     def roll(self, whole: bool, days: int) -> None:
         """A new day, ``days`` after the last (more than one: yesterday had nothing);
         ``whole``: the day that ends was counted from its start."""
-        self.yesterday = None if not whole else self.today if days == 1 else [0.0] * 24
-        self.today = [0.0] * 24
+        self.yesterday = None if not whole else self.today if days == 1 else [0] * 24
+        self.today = [0] * 24
 
     def expected(self, into: float) -> float | None:
         """What today is expected to hold, ``into`` seconds after its midnight."""
@@ -44,7 +45,7 @@ class DayByHour:
             return None
         hour = min(23, max(0, int(into // 3600)))
         to_come = sum(came[hour + 1 :]) + came[hour] * (1 - (into - hour * 3600) / 3600)
-        return sum(self.today) + max(0.0, to_come)
+        return float(sum(self.today)) + max(0.0, to_come)
 
     def to_record(self) -> dict[str, Any]:
         return {"today": list(self.today), "yesterday": self.yesterday and list(self.yesterday)}
@@ -52,7 +53,7 @@ class DayByHour:
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> DayByHour:
         d = cls()
-        d.today = [float(c) for c in record["today"]]
+        d.today = [int(c) for c in record["today"]]
         came = record["yesterday"]
-        d.yesterday = None if came is None else [float(c) for c in came]
+        d.yesterday = None if came is None else [int(c) for c in came]
         return d
