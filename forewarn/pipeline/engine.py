@@ -418,7 +418,7 @@ class ScoringEngine:
             saved = self.stores.partition(p).get_record(VOLUME_KEY)
             vol = volumes[p] = PartitionVolumes.decode(saved, targets, f.stream_time)
         if f.new_day:
-            vol.customer_active(f.stream_time)
+            vol.customer_active(f.at)
         return vol
 
     def _reasons(

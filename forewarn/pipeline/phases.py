@@ -37,7 +37,7 @@ class FoldedEvent:
     record: RawRecord
     #: the partition's stream time at this event (for "too old to act on")
     stream_time: float
-    #: the customer's first event of one of their days (an active customer, for volumes)
+    #: the customer's first event of a calendar day, UTC (an active customer, for volumes)
     new_day: bool
 
 

@@ -56,4 +56,6 @@ class DayByHour:
         d.today = [int(c) for c in record["today"]]
         came = record["yesterday"]
         d.yesterday = None if came is None else [int(c) for c in came]
+        if len(d.today) != 24 or (d.yesterday is not None and len(d.yesterday) != 24):
+            raise ValueError("a day's counts by the hour are 24 numbers")
         return d

@@ -78,13 +78,16 @@ PACE_MIN_LEFT = 0.1
 #: and scales the share by at least / at most these factors
 PACE_LOW = 0.25
 PACE_HIGH = 2.0
-#: a day's actions stop at this share of its target: the pace estimates what is due from
-#: the day's moments at yesterday's rate, and when the moments themselves surge (an
-#: incident: errors everywhere) it sent 1.75x on the first day and 1.5x on the next
+#: a day's actions stop at this share of its target: the pace counts what is due by the
+#: day's moments, and when the moments themselves surge (an incident: errors everywhere)
+#: it sent 1.75x on the first day and 1.5x on the next
 DAY_CAP = 1.15
 #: a day whose counts began within this much of its midnight counts as seen whole: its
 #: active customers by the hour are the shape of the next day's
 WHOLE_DAY_SLACK = 3_600.0
+#: and it needs this many of the rule's moments for that shape (one an hour on average);
+#: a sparser rule keeps the decayed counts
+MIN_MOMENTS_YESTERDAY = 24
 _RECORD_VERSION = 3
 #: records of version 1 (no pace yet) restore with today's pace afresh; of versions 1 and 2
 #: (no active customers by the hour), with the decayed count until a day is seen whole
@@ -168,11 +171,12 @@ class AdaptiveThreshold:
     # -- what the stream tells it --
 
     def customer_active(self, at: float) -> None:
-        """A customer's first event of a day (stream days from midnight UTC)."""
+        """A customer's first event of a day (stream days from midnight UTC), at its event
+        time: a late one of a day already over counts toward no day's target."""
         self._advance(at)
         self._active += self._weight(at)
-        self._day_active += 1.0
-        if math.floor(at / DAY_SECONDS) == self._day:  # not a late event of an earlier day
+        if math.floor(at / DAY_SECONDS) == self._day:
+            self._day_active += 1.0
             self._active_hours.add(at)
 
     def observe(self, at: float, score: float, tiebreak: float = 0.0) -> bool:
@@ -220,7 +224,12 @@ class AdaptiveThreshold:
 
     def _today(self) -> tuple[float, float] | None:
         """The customers expected to be active today and the moments expected today, from
-        the counts by the hour (None without yesterday's)."""
+        the counts by the hour (None without yesterday's, or when yesterday held too few
+        moments to say how today's will come: after a silent day the morning's first
+        moments alone would be "all of today's", and any score would pass)."""
+        came = self._moment_hours.yesterday
+        if came is None or sum(came) < MIN_MOMENTS_YESTERDAY:
+            return None
         into = self._last - self._day * DAY_SECONDS
         active, moments = self._active_hours.expected(into), self._moment_hours.expected(into)
         return None if active is None or moments is None else (active, moments)
