@@ -357,8 +357,9 @@ def format_report(report: EvaluationReport) -> str:
     rows += [(f"baseline {k}", v) for k, v in report.baselines.items()]
     fa = report.friction_alone
     rows += [(f"friction >= {fa.threshold:g} alone", fa)]
+    width = max(26, *(len(name) + 1 for name, _ in rows))  # the columns line up
     head = (
-        f"{'':<26}{'actions':>8}{'coverage':>10}{'lead min':>10}{'precision':>11}"
+        f"{'':<{width}}{'actions':>8}{'coverage':>10}{'lead min':>10}{'precision':>11}"
         f"{'per 1k/day':>12}{'churn capt.':>13}"
     )
     lines = [head]
@@ -366,7 +367,7 @@ def format_report(report: EvaluationReport) -> str:
         lead = r.lead_time_minutes.median
         capture = r.churn_capture if isinstance(r, Measures) else None
         lines.append(
-            f"{name:<26}{r.actions:>8}{r.contact_coverage:>10.1%}"
+            f"{name:<{width}}{r.actions:>8}{r.contact_coverage:>10.1%}"
             f"{'-' if lead is None else f'{lead:.0f}':>10}{r.outreach_precision:>11.1%}"
             f"{r.actions_per_1000_customers_per_day:>12.1f}"
             f"{'-' if capture is None else f'{capture:.1%}':>13}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from statistics import mean
 
-from forewarn.offline.evaluate import evaluate
+from forewarn.offline.evaluate import evaluate, format_report
 from forewarn.offline.measures import (
     BASELINE_DRAWS,
     SampledMeasures,
@@ -50,3 +50,6 @@ def test_the_sampled_baselines_are_the_mean_of_their_draws_with_the_spread_of_on
         assert got.contact_coverage_p5 < got.contact_coverage_p95
     assert report.baselines["on_errors"].actions == len(errors)
     assert not isinstance(report.baselines["on_errors"], SampledMeasures), "not sampled"
+    table = format_report(report).split("\n\n")[0].splitlines()
+    assert "baseline on_errors at equal volume" in table[-3]
+    assert len({len(line) for line in table}) == 1, "every row's columns line up"
