@@ -42,8 +42,8 @@ drill: install
 	$(BIN)/python -m pytest tests/drills
 
 lint: install
-	$(BIN)/ruff check forewarn tests bench
-	$(BIN)/ruff format --check forewarn tests bench
+	$(BIN)/ruff check forewarn tests bench deploy
+	$(BIN)/ruff format --check forewarn tests bench deploy
 	$(BIN)/mypy
 
 bench: install

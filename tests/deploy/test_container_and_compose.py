@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -63,6 +64,7 @@ SCRAPE_JOBS = {
     "score": "forewarn-scoring",
     "learn": "forewarn-learner",
     "feedback": "forewarn-feedback",
+    "deliver": "forewarn-delivery",
 }
 
 
@@ -421,7 +423,7 @@ def test_every_forewarn_service_shares_the_image_build_and_settings() -> None:
     assert (context / shared["build"]["dockerfile"]).resolve() == DOCKERFILE
     assert _environment(shared) == SHARED_ENVIRONMENT
     services = _forewarn_services()
-    assert len(services) == 6, sorted(services)
+    assert len(services) == 7, sorted(services)
     for name, service in services.items():
         assert service["build"] == shared["build"], name
         env = _environment(service)
@@ -462,6 +464,7 @@ def test_the_commands_parse_and_do_what_the_stack_needs() -> None:
     assert commands["topics"] == ["topics", "create"]
     assert commands["learner"] == ["learn"]
     assert commands["feedback"] == ["feedback"]
+    assert commands["deliverer"] == ["deliver"]
     simulate = parser().parse_args(commands["simulator"])
     assert simulate.command == "simulate" and simulate.respond
     assert (simulate.customers, simulate.rate, simulate.duration) == (2000, 200, 3600)
@@ -495,9 +498,10 @@ def test_one_shot_services_neither_restart_nor_inherit_the_healthcheck() -> None
         if verb in ("score", "learn"):
             assert "healthcheck" not in service, f"{name}: the image's healthcheck fits"
             assert service["restart"] == "unless-stopped", name
-        elif verb == "feedback":
+        elif verb in ("feedback", "deliver"):
+            port = "9465" if verb == "feedback" else "9466"  # not the image's 9464
             probe = " ".join(service["healthcheck"]["test"])
-            assert "9465/healthz" in probe, probe
+            assert f"{port}/healthz" in probe, probe
             assert service["restart"] == "unless-stopped", name
         else:
             assert service["healthcheck"] == {"disable": True}, name
@@ -517,6 +521,37 @@ def test_every_published_port_is_on_loopback() -> None:
     assert published >= 4  # Grafana, Prometheus, the feedback API, Kafka for the host
     ports = {p for s in _services().values() for p in s.get("ports", [])}
     assert {"127.0.0.1:3000:3000", "127.0.0.1:9090:9090", "127.0.0.1:9465:9465"} <= ports
+
+
+def test_the_deliverer_sends_every_action_to_the_example_receiver() -> None:
+    """The destinations file the deliverer mounts passes `forewarn deliver --check` with the
+    deliverer's environment, and names the receiver's address and secret."""
+    deliverer, receiver = _services()["deliverer"], _services()["receiver"]
+    env = _environment(deliverer)
+    path = PurePosixPath(env["FOREWARN_DELIVERY_PATH"])
+    host_file, read_only = _mounts(deliverer)[str(path)]
+    assert read_only and host_file == DEPLOY / "delivery" / "compose.yaml"
+    checked = subprocess.run(
+        [sys.executable, "-m", "forewarn.cli", "deliver", "--check"],
+        env={**_clean_env(), **env, "FOREWARN_DELIVERY_PATH": str(host_file)},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
+    assert "1 destinations, usable" in checked.stdout
+    [destination] = yaml.safe_load(host_file.read_text(encoding="utf-8"))["destinations"]
+    assert "match" not in destination, "every action"
+    url = urlsplit(destination["url"])
+    mine = _environment(receiver)
+    assert (url.hostname, str(url.port)) == ("receiver", mine["RECEIVER_PORT"])
+    assert mine["RECEIVER_HOST"] == "0.0.0.0", "reachable from the deliverer's container"
+    assert env[destination["secret_env"]] == mine["RECEIVER_SECRET"]
+    script = _mounts(receiver)[_command(receiver)[1]]
+    assert script == (DEPLOY / "delivery" / "receiver.py", True)
+    assert deliverer["depends_on"]["receiver"]["condition"] == "service_started"
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("FOREWARN_")}
 
 
 def test_the_feedback_api_is_reachable_from_the_host() -> None:
@@ -598,13 +633,13 @@ def test_prometheus_scrapes_every_forewarn_process_by_service_name() -> None:
         if verb not in SCRAPE_JOBS:
             continue
         env = _environment(service)
-        port = (
-            env.get("FOREWARN_FEEDBACK_HTTP_PORT", "9465")
-            if verb == "feedback"
-            else env.get("FOREWARN_HTTP_PORT", "9464")
-        )
+        port = {
+            "feedback": env.get("FOREWARN_FEEDBACK_HTTP_PORT", "9465"),
+            "deliver": env.get("FOREWARN_DELIVERY__HTTP_PORT", "9466"),
+        }.get(verb, env.get("FOREWARN_HTTP_PORT", "9464"))
         expected.setdefault(SCRAPE_JOBS[verb], set()).add(f"{name}:{port}")
     assert expected["forewarn-scoring"] == {"scorer-0:9464", "scorer-1:9464"}
+    assert expected["forewarn-delivery"] == {"deliverer:9466"}
     forewarn_jobs = {job: targets for job, targets in jobs.items() if "forewarn" in job}
     # the alert rules select Forewarn's targets by job=~".*forewarn.*"
     assert forewarn_jobs == expected
