@@ -222,6 +222,7 @@ EXAMPLES = sorted((Path(__file__).parents[2] / "deploy" / "delivery").glob("*.ya
 def test_the_example_destinations_load_and_render_json(path: Path) -> None:
     env = {
         "FOREWARN_WEBHOOK_SECRET": SECRET,
+        "EXAMPLE_RECEIVER_SECRET": SECRET,  # compose.yaml's
         "CUSTOMERIO_AUTHORIZATION": "Bearer k",
         "ZENDESK_AUTHORIZATION": "Basic k",
     }
