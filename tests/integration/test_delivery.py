@@ -280,6 +280,36 @@ def test_signed_delivery_matching_and_outcomes(
     assert held_now(s) == {}
 
 
+def test_the_example_receiver_verifies_what_a_deliverer_sends(
+    make_settings: Callable[..., Settings],
+    start_deliverer: Callable[..., RunningWorker],
+) -> None:
+    """deploy/delivery/receiver.py (standard library only, what compose delivers to) accepts
+    every action a real deliverer signs, once each."""
+    port = free_port()
+    env = {**os.environ, "RECEIVER_SECRET": SECRET, "RECEIVER_HOST": "127.0.0.1",
+           "RECEIVER_PORT": str(port)}  # fmt: skip
+    script = Path(__file__).resolve().parents[2] / "deploy" / "delivery" / "receiver.py"
+    receiver = subprocess.Popen([sys.executable, str(script)], env=env, text=True,
+                                stdout=subprocess.PIPE)  # fmt: skip
+    try:
+        assert receiver.stdout is not None
+        assert receiver.stdout.readline().startswith("receiving on"), "listening first"
+        s = make_settings(delivery=fast())
+        publish(s, [action(n, tag="x") for n in range(3)])
+        w = start_deliverer(s, book_for(dest("example", port)))
+        got = wait_outcomes(s, 3)
+        w.stop()
+    finally:
+        receiver.terminate()
+        out, _ = receiver.communicate(timeout=10)
+    assert {(o.action_id, o.kind) for o in got} == {
+        (f"act-x{n}", OutcomeKind.delivered) for n in range(3)
+    }
+    acted = sorted(line.split()[1].rstrip(":") for line in out.splitlines())
+    assert acted == ["act-x0", "act-x1", "act-x2"], out
+
+
 def test_a_tampered_signature_fails_verification(
     receivers: Callable[..., Receiver],
 ) -> None:
