@@ -11,11 +11,14 @@ threshold that the recent moments say will produce the target:
   per-event sweep over old ones is needed;
 - the actions actually sent are counted the same way, so the realised volume follows the
   traffic;
-- customers becoming active (their first event of a day, midnight UTC) are counted by the
-  hour: today's target counts those seen so far today plus those that came after this time
-  of day yesterday (so it is yesterday's count at midnight and today's at the day's end). A
-  decayed count trailed a growing world's customers of the day by a fifth to a quarter (the
-  same lag as the decayed moments, but the pace holds the day to the target, not the share);
+- customers becoming active (their first event of a day, midnight UTC) and the moments are
+  also counted by the hour: today is expected to hold those seen so far today plus those
+  that came after this time of day yesterday (yesterday's count at midnight, today's at the
+  day's end). The target is N per 1,000 of the expected customers and its share of the
+  moments is the ratio of the two expectations, so neither lags the other; without
+  yesterday's counts (the first day, after an upgrade, after a day with hardly a moment)
+  the decayed counts serve. Decayed counts alone trailed a day that comes in waves or a
+  growing world by up to a quarter (docs/decisions.md §32);
 - on a stream-time grid (``every_seconds``) the threshold is recomputed: the score above which
   the target's share of the recent moments lies, corrected by how far the realised volume
   missed the target (the policies after the threshold, such as cooldowns and the contact
