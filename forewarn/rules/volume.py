@@ -17,8 +17,8 @@ threshold that the recent moments say will produce the target:
   day's end). The target is N per 1,000 of the expected customers and its share of the
   moments is the ratio of the two expectations, so neither lags the other; without
   yesterday's counts (the first day, after an upgrade, after a day with hardly a moment)
-  the decayed counts serve. Decayed counts alone trailed a day that comes in waves or a
-  growing world by up to a quarter (docs/decisions.md §32);
+  the decayed counts serve. Decayed counts alone missed a day that comes in waves or a
+  growing world by up to a quarter either way (docs/decisions.md §32);
 - on a stream-time grid (``every_seconds``) the threshold is recomputed: the score above which
   the target's share of the recent moments lies, corrected by how far the realised volume
   missed the target (the policies after the threshold, such as cooldowns and the contact
