@@ -81,8 +81,9 @@ from forewarn.pipeline.results import (
 from forewarn.pipeline.stores import MemoryStores
 from forewarn.rules.decide import DecisionMaker
 from forewarn.rules.moment import Moment
+from forewarn.rules.partition_volumes import VOLUME_KEY, PartitionVolumes
 from forewarn.rules.rulebook import Rulebook, load_rulebook
-from forewarn.rules.volume import VOLUME_KEY, PartitionVolumes, VolumeTarget
+from forewarn.rules.volume import VolumeTarget
 
 OTHER = "other"
 #: idle customers (no event for this long, in stream time) lose their activity state

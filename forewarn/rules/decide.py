@@ -54,9 +54,10 @@ from forewarn.models.friction import FrictionConfig
 from forewarn.models.state import CustomerState
 from forewarn.rules.conditions import condition_data, evaluate
 from forewarn.rules.moment import Moment
+from forewarn.rules.partition_volumes import PartitionVolumes
 from forewarn.rules.policies import Proposal, ago, apply_policies, experiment_arm
 from forewarn.rules.rulebook import Rule, Rulebook
-from forewarn.rules.volume import AdaptiveThreshold, PartitionVolumes, tiebreak
+from forewarn.rules.volume import AdaptiveThreshold, tiebreak
 
 _IDS = uuid.UUID("6f1c2a9e-3b1d-4f7a-9d0e-6a4b8f2c1e55")
 

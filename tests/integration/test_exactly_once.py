@@ -27,7 +27,7 @@ from forewarn.models.contracts import Consent, CustomerProfile, JourneyEvent
 from forewarn.models.state_codec import decode_state, encode_state
 from forewarn.offline.simulator import JourneySimulator
 from forewarn.pipeline.codecs import encode
-from forewarn.rules.volume import VOLUME_KEY
+from forewarn.rules.partition_volumes import VOLUME_KEY
 from forewarn.streams.settings import Settings, kafka_config
 from forewarn.streams.simulate import publish_backlog
 from tests.conftest import (

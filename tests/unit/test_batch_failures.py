@@ -33,8 +33,8 @@ from forewarn.pipeline.engine import ScoringEngine
 from forewarn.pipeline.isolation import process_isolating
 from forewarn.pipeline.results import BatchResult
 from forewarn.pipeline.stores import MemoryStore, MemoryStores
+from forewarn.rules.partition_volumes import VOLUME_KEY
 from forewarn.rules.rulebook import load_rulebook
-from forewarn.rules.volume import VOLUME_KEY
 from forewarn.streams.scoring.outputs import Limits, OutputTopics, batch_records
 from forewarn.streams.scoring.stores import RocksStore, Store
 from tests.conftest import POLICIES_RULEBOOK, T0, event

@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from forewarn.rules.volume import DAY_CAP, AdaptiveThreshold, PartitionVolumes, VolumeTarget
+from forewarn.rules.partition_volumes import PartitionVolumes
+from forewarn.rules.volume import DAY_CAP, AdaptiveThreshold, VolumeTarget
 
 DAY = 86_400.0
 TARGET = VolumeTarget(per_1000_active_per_day=40, warm_up_seconds=DAY)

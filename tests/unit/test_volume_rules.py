@@ -20,8 +20,8 @@ from forewarn.models.contracts import DecisionStatus, JourneyEvent
 from forewarn.offline.simulator import JourneySimulator
 from forewarn.pipeline.clocks import ManualClock
 from forewarn.pipeline.harness import Harness
+from forewarn.rules.partition_volumes import VOLUME_KEY
 from forewarn.rules.rulebook import Rulebook, load_rulebook_text
-from forewarn.rules.volume import VOLUME_KEY
 
 START = datetime(2026, 4, 1, tzinfo=UTC)
 DAYS = 4
