@@ -243,6 +243,25 @@ def test_a_long_silence_or_an_unreadable_record_does_not_break_the_partition() -
     record["r"]["active_hours"]["today"] = [1, 2, 3]
     damaged = PartitionVolumes.decode(msgpack.packb(record), targets, start=5.0)
     assert damaged.encode() == PartitionVolumes(targets, start=5.0).encode()
+    # a histogram whose bins and counts do not pair up: afresh as well
+    record = msgpack.unpackb(saved.encode(), strict_map_key=False)
+    record["r"]["scores"][1] = record["r"]["scores"][1][:-8]
+    damaged = PartitionVolumes.decode(msgpack.packb(record), targets, start=5.0)
+    assert damaged.encode() == PartitionVolumes(targets, start=5.0).encode()
+
+
+def test_a_partition_record_of_histograms_as_bin_maps_still_restores() -> None:
+    """Histograms were stored as {bin: count} before they were packed as bytes: such a
+    record restores the same thresholds (an upgrade does not start the volumes afresh)."""
+    _, _, _, t = run([(2_000, 4, False)] * 2)
+    volumes = PartitionVolumes({"r": TARGET}, start=0.0)
+    volumes.rules["r"] = t
+    record = msgpack.unpackb(volumes.encode(), strict_map_key=False)
+    for k in ("scores", "recent"):
+        record["r"][k] = {i: c for i, c in enumerate(t.to_record()[k]) if c}
+    restored = PartitionVolumes.decode(msgpack.packb(record), {"r": TARGET}, start=0.0)
+    assert restored.rules["r"].to_record() == t.to_record()
+    assert restored.encode() == volumes.encode()
 
 
 def test_a_score_that_appears_late_warms_up_from_its_first_moment() -> None:

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import msgpack
 import pytest
@@ -20,7 +21,7 @@ from forewarn.models.contracts import DecisionStatus, JourneyEvent
 from forewarn.offline.simulator import JourneySimulator
 from forewarn.pipeline.clocks import ManualClock
 from forewarn.pipeline.harness import Harness
-from forewarn.rules.partition_volumes import VOLUME_KEY
+from forewarn.rules.partition_volumes import VOLUME_KEY, PartitionVolumes
 from forewarn.rules.rulebook import Rulebook, load_rulebook_text
 
 START = datetime(2026, 4, 1, tzinfo=UTC)
@@ -102,6 +103,51 @@ def test_a_volume_rule_decides_the_same_however_batches_are_cut(
     assert any(d.status is DecisionStatus.emitted for d in whole.decisions)
     record = whole.stores.partition(0).get_record(VOLUME_KEY)
     assert record is not None and cut.stores.partition(0).get_record(VOLUME_KEY) == record
+
+
+def test_a_batch_that_fails_after_deciding_is_decided_again_from_the_stored_thresholds(
+    world: tuple[list[JourneyEvent], JourneySimulator], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine goes on from the thresholds it last wrote while the store holds those
+    bytes; a batch that raised after changing them must not leave them changed."""
+    events, sim = world
+    events = events[: len(events) // 2]
+
+    def run_failing(fail_at: int | None) -> Harness:
+        h = Harness(rulebook=book(), clock=ManualClock(START))
+        h.profiles(sim.profiles())
+        for n, i in enumerate(range(0, len(events), 700)):
+            batch = events[i : i + 700]
+            h.at(batch[-1].occurred_at)
+            if n == fail_at:
+                with monkeypatch.context() as m:
+                    m.setattr(h.engine, "_save", _raise)
+                    with pytest.raises(RuntimeError):
+                        h.feed(*batch)
+            h.feed(*batch)
+        return h
+
+    decoded: list[bytes | None] = []
+    decode = PartitionVolumes.decode.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type[PartitionVolumes], data: bytes | None, *args: Any) -> Any:
+        decoded.append(data)
+        return decode(cls, data, *args)
+
+    monkeypatch.setattr(PartitionVolumes, "decode", classmethod(counting))
+    clean = run_failing(None)
+    assert decoded == [None], "decoded once, at the start: then it goes on from what it wrote"
+    redone = run_failing(40)
+    assert len(decoded) == 3, "and again after the batch that failed"
+    assert [(d.action.action_id, d.status) for d in redone.decisions] == [
+        (d.action.action_id, d.status) for d in clean.decisions
+    ]
+    stored = clean.stores.partition(0).get_record(VOLUME_KEY)
+    assert stored is not None and redone.stores.partition(0).get_record(VOLUME_KEY) == stored
+
+
+def _raise(*_: object) -> None:
+    raise RuntimeError("the batch fails after its decisions")
 
 
 def test_a_volume_needs_a_known_score_and_a_positive_target() -> None:
