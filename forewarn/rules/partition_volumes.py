@@ -64,6 +64,39 @@ class PartitionVolumes:
         return volumes
 
 
+class WrittenVolumes:
+    """Each partition's volume record as last written, with the thresholds that wrote it:
+    while the store still holds those bytes, the next batch goes on from them instead of
+    decoding them again (0.15-0.35 ms per partition and batch).
+
+    >>> targets = {"r": VolumeTarget(per_1000_active_per_day=5)}
+    >>> written, v = WrittenVolumes(), PartitionVolumes(targets, start=0.0)
+    >>> written.wrote(0, v.encode(), v)
+    >>> written.take(0, v.encode(), targets, start=0.0) is v    # the same bytes: the same
+    True
+    >>> written.take(0, v.encode(), targets, start=0.0) is v    # taken out while in use
+    False
+    """
+
+    def __init__(self) -> None:
+        self._by_partition: dict[int, tuple[bytes, PartitionVolumes]] = {}
+
+    def wrote(self, partition: int, data: bytes, volumes: PartitionVolumes) -> None:
+        self._by_partition[partition] = (data, volumes)
+
+    def take(
+        self, partition: int, saved: bytes | None, targets: dict[str, VolumeTarget], start: float
+    ) -> PartitionVolumes:
+        """The thresholds ``saved`` holds. The record decodes to exactly the thresholds that
+        wrote it; an aborted batch, a restore or another worker's batch leaves other bytes,
+        which are decoded. Taken out while in use: a batch that fails midway leaves the
+        thresholds half-changed."""
+        written, mine = self._by_partition.pop(partition, (None, None))
+        if mine is not None and saved == written and mine.targets() == targets:
+            return mine
+        return PartitionVolumes.decode(saved, targets, start)
+
+
 def _sparse(record: dict[str, Any]) -> dict[str, Any]:
     """Histograms as [bins, counts]: the bins that hold anything (uint16) and their counts
     (float64), as bytes. Most bins of a friction score are empty; packed by numpy, a
