@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from forewarn.models.contracts import JourneyEvent
+from forewarn.models.event_fields import EventFields
 
 ROOT = Path(__file__).resolve().parent.parent
 #: the rulebook policy and plumbing tests run on (frozen; the shipped one gets tuned)
@@ -292,3 +293,8 @@ def event(
 
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def fields_of(e: EventFields) -> dict[str, Any]:
+    """An event's fields by name, whether read as the contract or straight from bytes."""
+    return {name: getattr(e, name) for name in JourneyEvent.model_fields}

@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from forewarn.models.contracts import ActionChannel, Consent, CustomerProfile, JourneyEvent
+from forewarn.models.contracts import ActionChannel, Consent, CustomerProfile
+from forewarn.models.event_fields import EventFields
 from forewarn.models.friction import FrictionConfig
 from forewarn.models.session import DERIVED_TRIGGERS, SessionState, track_session
 
@@ -71,7 +72,7 @@ def stable_fraction(key: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-def event_seconds(event: JourneyEvent) -> float:
+def event_seconds(event: EventFields) -> float:
     """Event time in epoch seconds, to the millisecond (what state keeps, exactly)."""
     return round(event.occurred_at.timestamp(), 3)
 
@@ -286,7 +287,7 @@ def _page_of(properties: dict[str, Any]) -> str | None:
     return None
 
 
-def apply_event(state: CustomerState, event: JourneyEvent, config: FrictionConfig) -> Applied:
+def apply_event(state: CustomerState, event: EventFields, config: FrictionConfig) -> Applied:
     """Fold one event into the customer's state (idempotent per ``event_id``)."""
     seen = id_hash(event.event_id)
     if seen in state.seen_events:

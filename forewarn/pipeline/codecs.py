@@ -37,6 +37,8 @@ from forewarn.models.contracts import (
     JourneyEvent,
     Truncation,
 )
+from forewarn.models.event_fields import EventFields
+from forewarn.pipeline.plain_events import read_plain_event
 
 Headers = tuple[tuple[str, bytes | None], ...]
 KeyStatus = Literal["ok", "missing", "mismatch"]
@@ -89,7 +91,7 @@ class DecodeSettings:
 
 @dataclass(frozen=True, slots=True)
 class DecodedEvent:
-    event: JourneyEvent
+    event: EventFields
     key_status: KeyStatus
 
 
@@ -330,11 +332,11 @@ def decode_contract(rec: RawRecord, contract: type[_M]) -> _M:
         raise Rejected(*_describe(e)) from e
 
 
-def _fast_path(rec: RawRecord, settings: DecodeSettings) -> JourneyEvent | None:
-    """Plain JSON without CloudEvents headers, validated straight from bytes.
+def _fast_path(rec: RawRecord, settings: DecodeSettings) -> EventFields | None:
+    """Plain JSON without CloudEvents headers, read straight from bytes (``plain_events``).
 
-    The common case, about twice as fast as parsing then validating. Anything unusual or
-    invalid returns None and takes the general path, which says precisely what is wrong.
+    The common case, about three times as fast as parsing then validating. Anything unusual
+    or invalid returns None and takes the general path, which says precisely what is wrong.
     """
     value = rec.value
     if not value or len(value) > settings.max_bytes:
@@ -347,10 +349,7 @@ def _fast_path(rec: RawRecord, settings: DecodeSettings) -> JourneyEvent | None:
         ct = _content_type(rec.headers)
         if ct is not None and ct not in _JSON_TYPES:
             return None
-    try:
-        return JourneyEvent.model_validate_json(value, context=settings.validation_context)
-    except ValidationError:
-        return None
+    return read_plain_event(value, settings.aliases)
 
 
 def decode_event(
@@ -358,7 +357,7 @@ def decode_event(
 ) -> DecodedEvent | DeadLetter:
     """One raw record to a validated event, or a dead letter saying why not."""
     try:
-        event = _fast_path(rec, settings)
+        event: EventFields | None = _fast_path(rec, settings)
         if event is None:
             data = _fields(rec, settings)
             try:

@@ -8,6 +8,7 @@ are what is predicted, never rows.
 
 >>> import numpy as np
 >>> from datetime import UTC, datetime
+>>> from forewarn.models.contracts import JourneyEvent
 >>> from forewarn.models.features import CONTACT_FEATURES
 >>> e = JourneyEvent(event_id="e1", customer_id="c1", type="error_page",
 ...                  occurred_at=datetime(2026, 1, 1, tzinfo=UTC))
@@ -27,7 +28,8 @@ from typing import Generic, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from forewarn.models.contracts import MILESTONE_TYPES, FeatureRow, JourneyEvent, Milestone
+from forewarn.models.contracts import MILESTONE_TYPES, FeatureRow, Milestone
+from forewarn.models.event_fields import EventFields
 from forewarn.models.features import CONTACT_FEATURE_SET, CONTACT_FEATURES
 from forewarn.models.state import stable_fraction
 
@@ -40,7 +42,7 @@ CONTACT = "support_contact"
 T = TypeVar("T")
 
 
-def milestones(events: Sequence[JourneyEvent], partitions: Sequence[int]) -> Sampled[Milestone]:
+def milestones(events: Sequence[EventFields], partitions: Sequence[int]) -> Sampled[Milestone]:
     """The batch's milestones, each with its event's partition (``partitions``)."""
     out: Sampled[Milestone] = Sampled()
     for e, p in zip(events, partitions, strict=True):
@@ -52,7 +54,7 @@ def milestones(events: Sequence[JourneyEvent], partitions: Sequence[int]) -> Sam
 
 
 def feature_rows(
-    events: Sequence[JourneyEvent],
+    events: Sequence[EventFields],
     partitions: Sequence[int],
     features: NDArray[np.float64],
     share: float,

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from forewarn.models.contracts import CustomerProfile, DeadLetter, JourneyEvent
+from forewarn.models.contracts import CustomerProfile, DeadLetter
+from forewarn.models.event_fields import EventFields
 from forewarn.models.risk import RiskModel
 from forewarn.models.state import CustomerState
 from forewarn.pipeline.codecs import ProfileTombstone, RawRecord
@@ -19,7 +20,7 @@ class Decoded:
     """Phase 1: what the batch's records are."""
 
     profiles: list[tuple[RawRecord, CustomerProfile | ProfileTombstone]]
-    events: list[tuple[JourneyEvent, RawRecord]]
+    events: list[tuple[EventFields, RawRecord]]
     dead: list[DeadLetter]
 
 
@@ -27,7 +28,7 @@ class Decoded:
 class FoldedEvent:
     """Phase 2: one event applied to its customer's state."""
 
-    event: JourneyEvent
+    event: EventFields
     #: event time, epoch seconds
     at: float
     state: CustomerState

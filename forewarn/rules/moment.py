@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from forewarn.models.contracts import JourneyEvent
+from forewarn.models.event_fields import EventFields
 from forewarn.models.state import CustomerState
 
 
@@ -18,7 +18,7 @@ class Moment:
     """One scored event, as the rules see it; read-only by convention (built for every event:
     frozen, it cost ~0.8 µs more each)."""
 
-    event: JourneyEvent
+    event: EventFields
     at: float
     state: CustomerState
     derived: tuple[str, ...]

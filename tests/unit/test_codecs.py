@@ -28,7 +28,7 @@ from forewarn.pipeline.codecs import (
     decode_profile,
     encode,
 )
-from tests.conftest import T0, event
+from tests.conftest import T0, event, fields_of
 
 NOW = T0 + timedelta(minutes=1)
 TOPIC = "journey-events"
@@ -53,7 +53,7 @@ def _dead(rec: RawRecord, settings: DecodeSettings | None = None) -> DeadLetter:
 def test_plain_json_round_trips() -> None:
     e = event("c1", "payment_failed", T0, n=1, order_id="o1")
     got = _ok(_rec(encode(e)))
-    assert got.event == e
+    assert fields_of(got.event) == fields_of(e)
     assert got.key_status == "ok"
 
 
@@ -62,7 +62,7 @@ def test_cloudevents_modes_decode_to_the_same_event(wrap: object) -> None:
     e = event("c1", "checkout_error", T0, n=2, step="payment")
     key, value, headers = wrap(e)  # type: ignore[operator]
     got = _ok(_rec(value, key, headers)).event
-    assert got.model_dump(exclude={"source"}) == e.model_dump(exclude={"source"})
+    assert {**fields_of(got), "source": None} == {**fields_of(e), "source": None}
 
 
 def test_cloudevents_customer_from_subject_when_data_lacks_it() -> None:
