@@ -55,10 +55,18 @@ def test_the_reader_declares_the_contracts_fields_with_its_limits() -> None:
     assert wire_defaults == defaults
 
 
+_ODD_STAMPS = (
+    *("2026-02-30T00:00:00Z", "2026-01-01T24:00:00Z", "2026-01-01T00:00:60Z"),
+    *("2026-01-01T00:00Z", "2026-01-01T00:00:00", "2026-01-01", "20260101T000000Z"),
+    *("2026-01-01T00:00:00+0100", "2026-01-01T00:00:00+24:00", "0000-01-01T00:00:00Z"),
+    *("2026-01-01T00:00:00.Z", "2026-W01-1T00:00:00Z", "2026-01-01T00:00:00z"),
+)
+
+
 def _stamp() -> st.SearchStrategy[Any]:
-    instants = st.datetimes(
-        min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.just(UTC)
-    )
+    # hypothesis bounds are naive; the instants it draws are in UTC
+    first, last = datetime(1, 1, 2), datetime(9999, 12, 30)  # noqa: DTZ001
+    instants = st.datetimes(min_value=first, max_value=last, timezones=st.just(UTC))
     offsets = st.integers(-24 * 60 + 1, 24 * 60 - 1).map(lambda m: timedelta(minutes=m))
 
     def written(at: datetime, offset: timedelta, digits: int, sep: str, zulu: bool) -> str:
@@ -73,23 +81,18 @@ def _stamp() -> st.SearchStrategy[Any]:
         return f"{text}{sign}{hh:02d}:{mm:02d}"
 
     return _mostly(
-        st.builds(written, instants, offsets, st.integers(0, 9), st.sampled_from("T t"),
-                  st.booleans()),  # fmt: skip
-        st.sampled_from([
-            "2026-02-30T00:00:00Z", "2026-01-01T24:00:00Z", "2026-01-01T00:00:60Z",
-            "2026-01-01T00:00Z", "2026-01-01T00:00:00", "2026-01-01", "20260101T000000Z",
-            "2026-01-01T00:00:00+0100", "2026-01-01T00:00:00+24:00", "0000-01-01T00:00:00Z",
-            "2026-01-01T00:00:00.Z", "2026-W01-1T00:00:00Z", "2026-01-01T00:00:00z",
-        ])  # fmt: skip
-        | st.integers(-(2**40), 2**40)
-        | st.text(max_size=30),
+        st.builds(
+            written, instants, offsets, st.integers(0, 9), st.sampled_from("T t"), st.booleans()
+        ),
+        st.sampled_from(_ODD_STAMPS) | st.integers(-(2**40), 2**40) | st.text(max_size=30),
     )
 
 
 _JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
-                                                                max_size=3),  # fmt: skip
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 _TEXT = st.text(
@@ -105,29 +108,35 @@ def _mostly(valid: st.SearchStrategy[Any], odd: st.SearchStrategy[Any]) -> st.Se
 
 def _id(max_size: int) -> st.SearchStrategy[Any]:
     long = st.integers(max_size - 1, max_size + 1).map(lambda n: "i" * n)
-    return _mostly(st.from_regex(r"[a-z0-9-]{1,12}", fullmatch=True),
-                   _TEXT | long | st.integers() | st.none())  # fmt: skip
+    odd = _TEXT | long | st.integers() | st.none()
+    return _mostly(st.from_regex(r"[a-z0-9-]{1,12}", fullmatch=True), odd)
 
 
 _EVENT = st.fixed_dictionaries(
     {
         "event_id": _id(256),
         "customer_id": _id(128),
-        "type": _mostly(st.sampled_from(["pay_fail", "page_view", "x" * 64]) | _TEXT,
-                        st.sampled_from(["too_long", "empty", "x" * 65]) | st.integers()),  # fmt: skip
+        "type": _mostly(
+            st.sampled_from(["pay_fail", "page_view", "x" * 64]) | _TEXT,
+            st.sampled_from(["too_long", "empty", "x" * 65]) | st.integers(),
+        ),
         "occurred_at": _stamp(),
     },
     optional={
         "source": _mostly(st.none() | _TEXT, st.integers()),
-        "channel": _mostly(st.sampled_from(["web", "app", "email"]) | st.none(),
-                           st.sampled_from(["fax", "WEB"]) | st.integers()),  # fmt: skip
+        "channel": _mostly(
+            st.sampled_from(["web", "app", "email"]) | st.none(),
+            st.sampled_from(["fax", "WEB"]) | st.integers(),
+        ),
         "session_id": st.none() | _id(256),
-        "value": _mostly(st.none() | st.floats() | st.integers(-(2**60), 2**60),
-                         st.integers(-(2**1100), 2**1100) | st.booleans()
-                         | st.sampled_from(["1.5", "x"])),  # fmt: skip
+        "value": _mostly(
+            st.none() | st.floats() | st.integers(-(2**60), 2**60),
+            st.integers(-(2**1100), 2**1100) | st.booleans() | st.sampled_from(["1.5", "x"]),
+        ),
         "properties": _mostly(
             st.dictionaries(st.text(max_size=4), _JSON, max_size=3),
-            st.none() | st.integers(MAX_PROPERTIES - 1, MAX_PROPERTIES + 1).map(
+            st.none()
+            | st.integers(MAX_PROPERTIES - 1, MAX_PROPERTIES + 1).map(
                 lambda n: {f"p{i}": i for i in range(n)}
             ),
         ),
@@ -173,9 +182,7 @@ _BASE = {"event_id": "e1", "customer_id": "c1", "type": "page_view",
 _MANY = {f"p{i}": i for i in range(MAX_PROPERTIES + 1)}
 
 
-@pytest.mark.parametrize(
-    ("field", "value", "read"),
-    [
+_ODD_FIELDS = [
         ("customer_id", " c1", False), ("customer_id", "c1\t", False),
         ("customer_id", "\u3000c1", False), ("customer_id", "c" * 129, False),
         ("properties", _MANY, False), ("properties", dict(list(_MANY.items())[:-1]), True),
@@ -190,8 +197,10 @@ _MANY = {f"p{i}": i for i in range(MAX_PROPERTIES + 1)}
         ("occurred_at", "2026-01-01T10:00:00", False), ("occurred_at", 1767261600, False),
         ("value", 2**1100, False), ("value", "1.5", False), ("value", True, False),
         ("value", 12, True), ("channel", "fax", False), ("channel", "app", True),
-    ],  # fmt: skip
-)
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("field", "value", "read"), _ODD_FIELDS)
 def test_each_odd_field_is_read_as_the_contract_reads_it_or_left_to_it(
     field: str, value: Any, read: bool
 ) -> None:
@@ -203,8 +212,8 @@ def test_the_reader_reads_every_ordinary_event() -> None:
     sim = JourneySimulator(200, seed=5, start=start, span=timedelta(days=2))
     events = [e for _, e in zip(range(2000), sim.events(), strict=False)]
     for e in events:
-        out = decode_event(RawRecord("journey-events", 0, 0, e.customer_id.encode(), encode(e)),
-                           DecodeSettings(), start + timedelta(days=3))  # fmt: skip
+        rec = RawRecord("journey-events", 0, 0, e.customer_id.encode(), encode(e))
+        out = decode_event(rec, DecodeSettings(), start + timedelta(days=3))
         assert isinstance(out, DecodedEvent) and isinstance(out.event, PlainEvent)
         assert fields_of(out.event) == fields_of(e)
 
