@@ -59,7 +59,7 @@ def churn_features(
     state: CustomerState, at: float, friction: float, out: NDArray[np.float64]
 ) -> None:
     """Write the features of ``state`` at event time ``at`` into ``out`` (one row)."""
-    read_features(state, at, friction, out, None)
+    out[:] = read_features(state, at, friction, churn=True, contact=False)[0]
 
 
 # -- the contact-risk model's features: what a support contact soon after an event follows --
@@ -112,7 +112,7 @@ def contact_features(
     >>> float(row[CONTACT_FEATURES.index("minutes_since_error")])
     1440.0
     """
-    read_features(state, at, friction, None, out)
+    out[:] = read_features(state, at, friction, churn=False, contact=True)[1]
 
 
 # -- both rows in one pass over the state: what the engine does at every event --
@@ -148,24 +148,21 @@ _PLAN = _counting_plan()
 
 
 def read_features(
-    state: CustomerState,
-    at: float,
-    friction: float,
-    churn_out: NDArray[np.float64] | None,
-    contact_out: NDArray[np.float64] | None,
-) -> None:
-    """Fill the churn row, the contact row, or both, for ``state`` at event time ``at``.
+    state: CustomerState, at: float, friction: float, *, churn: bool, contact: bool
+) -> tuple[list[float] | None, list[float] | None]:
+    """The churn row, the contact row, or both, for ``state`` at event time ``at``.
 
     Each row is what ``churn_features`` and ``contact_features`` document; the counts are
-    ``CustomerState.window_count``'s, read in one pass over the types the state holds.
+    ``CustomerState.window_count``'s, read in one pass over the types the state holds. Rows
+    are lists: the engine makes one matrix of a batch's rows (writing each row into a numpy
+    row cost 0.7 µs).
 
-    >>> churn, contact = np.zeros(len(CHURN_FEATURES)), np.zeros(len(CONTACT_FEATURES))
-    >>> read_features(CustomerState("c1"), 0.0, 2.0, churn, contact)
-    >>> float(churn[0]), float(contact[CONTACT_FEATURES.index("minutes_since_error")])
+    >>> c, k = read_features(CustomerState("c1"), 0.0, 2.0, churn=True, contact=True)
+    >>> c[0], k[CONTACT_FEATURES.index("minutes_since_error")]
     (2.0, 1440.0)
     """
-    churn = [0.0] * len(CHURN_FEATURES)
-    contact = [0.0] * (len(CONTACT_FEATURES) + 1)
+    churn_row = [0.0] * len(CHURN_FEATURES)
+    row = [0.0] * (len(CONTACT_FEATURES) + 1)
     last_error = -math.inf
     plan = _PLAN
     for kind, times in state.occurrences.items():
@@ -182,26 +179,26 @@ def read_features(
             n = hi - bisect_right(times, at - seconds, 0, hi)
             if n:
                 for i in churn_slots:
-                    churn[i] += n
+                    churn_row[i] += n
                 for i in contact_slots:
-                    contact[i] += n
+                    row[i] += n
     last = state.last_support_contact
     days_since = _NEVER_DAYS if last is None or last > at else min(_NEVER_DAYS, (at - last) / DAY)
-    if churn_out is not None:
-        churn[0] = friction
-        churn[-1] = days_since
-        churn_out[:] = churn
-    if contact_out is not None:
-        i = _MINUTES_SINCE_ERROR
-        contact[0] = friction
-        contact[i] = (
-            _NEVER_MINUTES if last_error == -math.inf
-            else min(_NEVER_MINUTES, (at - last_error) / 60)
-        )  # fmt: skip
-        contact[i + 1] = max(0.0, contact[_CHECKOUTS_1H] - contact[_PURCHASES_1H])
-        session = state.session
-        age = (at - session.started_at) / 60 if session.key else 0.0
-        contact[i + 2] = min(_SESSION_CAP_MINUTES, max(0.0, age))
-        contact[i + 3] = 1.0 if session.in_checkout else 0.0
-        contact[i + 4] = days_since
-        contact_out[:] = contact[:_PURCHASES_1H]
+    if churn:
+        churn_row[0] = friction
+        churn_row[-1] = days_since
+    if not contact:
+        return (churn_row if churn else None), None
+    i = _MINUTES_SINCE_ERROR
+    row[0] = friction
+    row[i] = (
+        _NEVER_MINUTES if last_error == -math.inf
+        else min(_NEVER_MINUTES, (at - last_error) / 60)
+    )  # fmt: skip
+    row[i + 1] = max(0.0, row[_CHECKOUTS_1H] - row.pop())  # the scratch slot: purchases 1h
+    session = state.session
+    age = (at - session.started_at) / 60 if session.key else 0.0
+    row[i + 2] = min(_SESSION_CAP_MINUTES, max(0.0, age))
+    row[i + 3] = 1.0 if session.in_checkout else 0.0
+    row[i + 4] = days_since
+    return (churn_row if churn else None), row

@@ -42,6 +42,7 @@ from time import perf_counter
 from typing import Literal
 
 import numpy as np
+from numpy.typing import NDArray
 
 from forewarn.models.contracts import (
     VOCABULARY,
@@ -291,9 +292,9 @@ class ScoringEngine:
         churn = self._churn
         # Features are read at the moment of each event (later events of the batch must
         # not leak in); friction, the first feature, is filled in once it is scored.
-        features = np.zeros((len(events) if churn else 0, len(CHURN_FEATURES)))
+        churn_rows: list[list[float]] = []
+        contact_rows: list[list[float]] = []
         contact = bool(self._contact) or self.feature_rows > 0
-        contact_x = np.zeros((len(events) if contact else 0, len(CONTACT_FEATURES)))
         folded: list[FoldedEvent] = []
         feature_s = 0.0
         for e, rec in events:
@@ -318,8 +319,12 @@ class ScoringEngine:
             row = len(folded)
             started = perf_counter()
             state.signal_row(self.friction, applied.at, signals[row])
-            read_features(state, applied.at, 0.0, features[row] if churn else None,
-                          contact_x[row] if contact else None)  # fmt: skip
+            c, k = read_features(state, applied.at, 0.0, churn=churn is not None,
+                                 contact=contact)  # fmt: skip
+            if c is not None:
+                churn_rows.append(c)
+            if k is not None:
+                contact_rows.append(k)
             feature_s += perf_counter() - started
             # active customers are counted by calendar day (midnight UTC), as volume targets
             # and their measures count them
@@ -330,7 +335,9 @@ class ScoringEngine:
             )  # fmt: skip
         n = len(folded)
         stats.phase_seconds["features"] = feature_s
-        return Folded(folded, signals[:n], features[:n], contact_x[:n], touched, before, after)
+        features = _matrix(churn_rows, len(CHURN_FEATURES))
+        contact_x = _matrix(contact_rows, len(CONTACT_FEATURES))
+        return Folded(folded, signals[:n], features, contact_x, touched, before, after)
 
     # -- 3. score --
 
@@ -491,3 +498,8 @@ class ScoringEngine:
             self.clock.now(),
             self.decode.dead_letter_keep_bytes,
         )
+
+
+def _matrix(rows: list[list[float]], width: int) -> NDArray[np.float64]:
+    """A batch's feature rows as one matrix (``width`` columns even when there are none)."""
+    return np.array(rows, dtype=np.float64).reshape(len(rows), width)

@@ -14,11 +14,11 @@ from forewarn.models.contracts import JourneyEvent
 from forewarn.models.features import (
     _CONTACT_COUNTS,
     _COUNTS,
-    CHURN_FEATURES,
     CONTACT_FEATURES,
     DAY,
     ERRORS,
     HOUR,
+    contact_features,
     read_features,
 )
 from forewarn.models.friction import FrictionConfig
@@ -71,11 +71,12 @@ def test_one_pass_equals_each_feature_by_definition(
         apply_event(state, JourneyEvent(event_id=f"e{i}", customer_id="c1", type=kind,
                                         occurred_at=when), cfg)  # fmt: skip
     at = (T0 + timedelta(seconds=ask)).timestamp()
-    churn, contact = np.zeros(len(CHURN_FEATURES)), np.zeros(len(CONTACT_FEATURES))
-    read_features(state, at, friction, churn, contact)
-    assert churn.tolist() == churn_by_definition(state, at, friction)
-    assert contact.tolist() == contact_by_definition(state, at, friction)
-    # one row alone is the same row
+    churn, contact = read_features(state, at, friction, churn=True, contact=True)
+    assert churn == churn_by_definition(state, at, friction)
+    assert contact == contact_by_definition(state, at, friction)
+    # one row alone is the same row, and the public one-row readers agree
+    assert read_features(state, at, friction, churn=False, contact=True) == (None, contact)
+    assert read_features(state, at, friction, churn=True, contact=False) == (churn, None)
     alone = np.zeros(len(CONTACT_FEATURES))
-    read_features(state, at, friction, None, alone)
-    assert alone.tolist() == contact.tolist()
+    contact_features(state, at, friction, alone)
+    assert alone.tolist() == contact
