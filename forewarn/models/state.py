@@ -237,8 +237,11 @@ class CustomerState:
                 n += bisect.bisect_right(times, at) - bisect.bisect_right(times, lo)
         return n
 
-    def signal_row(self, config: FrictionConfig, at: float, out: NDArray[np.float64]) -> None:
-        """Write every signal's value decayed to ``at`` into ``out``."""
+    def signal_row(
+        self, config: FrictionConfig, at: float, out: NDArray[np.float64] | list[float]
+    ) -> None:
+        """Write every signal's value decayed to ``at`` into ``out`` (a numpy row, or a list:
+        the engine makes one matrix of a batch's lists)."""
         rates = config.decay_rate_list
         for i, (value, when) in self.signals.items():
             out[i] = value * math.exp(-rates[i] * max(0.0, at - when))
