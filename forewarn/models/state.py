@@ -93,8 +93,18 @@ def survey_is_poor(properties: dict[str, Any]) -> bool:
 CONSENT_CHANNELS = tuple(Consent.model_fields)
 
 
+# Spelled out below (a loop over the names cost 1.5 µs, at every changelog write); a new
+# channel must be added there too, which this check says at import.
+assert CONSENT_CHANNELS == ("email", "sms", "push", "in_app", "phone"), CONSENT_CHANNELS
+
+
 def consent_bits(c: Consent) -> int:
-    return sum(1 << i for i, name in enumerate(CONSENT_CHANNELS) if getattr(c, name))
+    """The consent as bits (the state codec's form of it).
+
+    >>> consent_bits(Consent(sms=True, phone=True))
+    18
+    """
+    return c.email | c.sms << 1 | c.push << 2 | c.in_app << 3 | c.phone << 4
 
 
 @lru_cache(maxsize=64)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import sys
 from datetime import datetime
+from math import floor
 from typing import Any
 
 import msgpack
@@ -61,7 +62,10 @@ def _ms(t: float) -> int:
 
 
 def _before(base: int, times: list[float]) -> list[int]:
-    return [base - int(t * 1000 + 0.5) for t in times]
+    # base - _ms(t) in one float operation: t * 1000 is within 1e-3 of a whole number, so
+    # adding one half and flooring gives the exact difference, of either sign
+    b = base + 0.5
+    return [floor(b - t * 1000) for t in times]
 
 
 def _hashes(values: list[int]) -> bytes:
@@ -114,6 +118,7 @@ def _session(ss: SessionState, base: int) -> list[Any] | None:
 def encode_state(s: CustomerState) -> bytes:
     """The state as bytes (deterministic: equal states give equal bytes)."""
     base = _ms(s.last_seen) if s.active else 0
+    b, occ = base + 0.5, s.occurrences
     wire = [
         VERSION,
         s.customer_id,
@@ -122,7 +127,7 @@ def encode_state(s: CustomerState) -> bytes:
         base - _ms(s.first_seen) if s.active else 0,
         s.events_seen,
         [[i, v, base - _ms(t)] for i, (v, t) in sorted(s.signals.items())],
-        {k: _before(base, s.occurrences[k]) for k in sorted(s.occurrences)},
+        {k: [floor(b - t * 1000) for t in occ[k]] for k in sorted(occ)},  # as _before
         _hashes(s.seen_events),
         _session(s.session, base),
         None if s.last_support_contact is None else base - _ms(s.last_support_contact),
