@@ -293,6 +293,8 @@ _NOT_APPLIED = Applied(duplicate=True)
 
 
 def _page_of(properties: dict[str, Any]) -> str | None:
+    if not properties:
+        return None
     for k in ("page", "path", "url"):
         v = properties.get(k)
         if isinstance(v, str) and v:
@@ -332,12 +334,17 @@ def apply_event(state: CustomerState, event: EventFields, config: FrictionConfig
 
 
 def _record_occurrence(state: CustomerState, kind: str, at: float) -> None:
-    times = state.occurrences.setdefault(kind, [])
+    times = state.occurrences.get(kind)
+    if times is None:
+        state.occurrences[kind] = [at]
+        return
     if not times or at >= times[-1]:
         times.append(at)
     else:  # late event: keep the list in event-time order
         times.insert(next(i for i, t in enumerate(times) if t > at), at)
     horizon = times[-1] - WINDOW_HORIZON_SECONDS
+    if times[0] > horizon and len(times) <= WINDOW_DEPTH:
+        return  # nothing to drop (most events)
     drop = 0
     while drop < len(times) and times[drop] <= horizon:
         drop += 1

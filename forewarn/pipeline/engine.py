@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from datetime import datetime
+from functools import partial
 from time import perf_counter
 from typing import Literal
 
@@ -395,10 +396,9 @@ class ScoringEngine:
             rules = book.rules_for(
                 f.event.type, f.derived, prev, friction, prev_risk, risk, prev_contact, contact
             )
-            if not rules:  # about 99% of events: only the rest pay for a Moment
+            if not rules:  # most events: only the rest pay for a Moment
                 continue
             contact_model = scored.contact_model(row)
-            why, contact_why = self._reasons(row, risk, contact_model, folded)
             moment = Moment(
                 event=f.event,
                 at=f.at,
@@ -410,12 +410,11 @@ class ScoringEngine:
                 contributions=scored.contributions[row],
                 churn=risk,
                 prev_churn=prev_risk,
-                churn_reasons=why,
                 contact=contact,
                 prev_contact=prev_contact,
-                contact_reasons=contact_why,
                 contact_version=None if contact_model is None else contact_model.version,
                 stream_time=f.stream_time,
+                explain_risks=partial(self._reasons, row, risk, contact_model, folded),
             )
             try:
                 maker.consider(moment, rules, vol)
