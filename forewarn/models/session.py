@@ -37,16 +37,10 @@ class SessionState:
     in_checkout: bool = False
 
     def copy(self) -> SessionState:
-        return SessionState(
-            key=self.key,
-            started_at=self.started_at,
-            last_at=self.last_at,
-            pages=self.pages[:],
-            rage_clicks=self.rage_clicks,
-            rage_burst_seen=self.rage_burst_seen,
-            page_loop_seen=self.page_loop_seen,
-            in_checkout=self.in_checkout,
-        )
+        return SessionState(  # positional, in field order, as CustomerState.copy
+            self.key, self.started_at, self.last_at, self.pages[:], self.rage_clicks,
+            self.rage_burst_seen, self.page_loop_seen, self.in_checkout,
+        )  # fmt: skip
 
     def restart(self, key: str, at: float) -> None:
         self.key = key

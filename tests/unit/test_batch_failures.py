@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 
 from forewarn.models.contracts import (
     ALL_CONSENT,
+    Consent,
     CustomerProfile,
     DeadLetter,
     DeadLetterReason,
@@ -25,7 +26,7 @@ from forewarn.models.contracts import (
 from forewarn.models.features import CHURN_FEATURES
 from forewarn.models.risk import RiskModel, default_model_path, load_risk_model
 from forewarn.models.session import SessionState
-from forewarn.models.state import CustomerState
+from forewarn.models.state import CustomerState, StoredProfile
 from forewarn.models.state_codec import StateDecodeError, decode_state, encode_state
 from forewarn.pipeline.clocks import ManualClock
 from forewarn.pipeline.codecs import RawRecord, encode
@@ -241,6 +242,24 @@ def test_a_state_copy_is_independent_of_its_original() -> None:
     copy.contact_times.append(1.0)
     copy.last_contact_by_rule["r"] = 1.0
     assert encode_state(original) == before
+
+
+def test_a_copy_keeps_every_field_in_its_place() -> None:
+    # every field a value no other field has: a copy that swapped two would differ
+    session = SessionState("s1", 1.0, 2.0, ["/a"], 3, True, False, True)
+    state = CustomerState(
+        "c9", StoredProfile(consent=Consent(email=True)), 4.0, 5.0, 6, {0: [7.0, 8.0]},
+        {"purchase": [9.0]}, [10], session, 11.0, 12.0, 0.13, 0.14, {"r": 15.0},
+        {"email": 16.0}, [17], [18.0], 19,
+    )  # fmt: skip
+    copy = state.copy()
+    assert copy == state
+    assert [getattr(copy, f) for f in CustomerState.__slots__] == [
+        getattr(state, f) for f in CustomerState.__slots__
+    ]
+    assert [getattr(copy.session, f) for f in SessionState.__slots__] == [
+        getattr(session, f) for f in SessionState.__slots__
+    ]
 
 
 def _result_with(*dead: DeadLetter) -> BatchResult:

@@ -25,7 +25,6 @@ takes, and each retry is counted. Errors sort into four kinds (``classify``):
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -344,9 +343,12 @@ class Committer:
 
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
         # Called while a fatal error is pending, any call into the message raises; flush
-        # reports the error itself.
-        with contextlib.suppress(SystemError):
+        # reports the error itself. (try, not contextlib.suppress: this runs for every
+        # record produced, and the context manager cost 0.4 µs each time)
+        try:  # noqa: SIM105
             self._record_delivery(err, msg)
+        except SystemError:
+            pass
 
     def _record_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
