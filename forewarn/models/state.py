@@ -297,10 +297,12 @@ def _page_of(properties: dict[str, Any]) -> str | None:
 def apply_event(state: CustomerState, event: EventFields, config: FrictionConfig) -> Applied:
     """Fold one event into the customer's state (idempotent per ``event_id``)."""
     seen = id_hash(event.event_id)
-    if seen in state.seen_events:
+    seen_events = state.seen_events
+    if seen in seen_events:
         return _NOT_APPLIED
-    state.seen_events.append(seen)
-    del state.seen_events[:-DEDUP_DEPTH]
+    seen_events.append(seen)
+    if len(seen_events) > DEDUP_DEPTH:
+        del seen_events[:-DEDUP_DEPTH]
 
     at = event_seconds(event)
     state.events_seen += 1
@@ -316,11 +318,12 @@ def apply_event(state: CustomerState, event: EventFields, config: FrictionConfig
     if event.type == "support_contact":
         state.last_support_contact = at
 
+    resolves, feeds = config.resolves, config.feeds
     for kind in kinds:
         _record_occurrence(state, kind, at)
-        for i in config.resolves.get(kind, ()):
+        for i in resolves.get(kind, ()):
             state.signals.pop(i, None)
-        for i, amount in config.feeds.get(kind, ()):
+        for i, amount in feeds.get(kind, ()):
             _feed(state, config, i, amount, at)
     return Applied(duplicate=False, at=at, derived=derived)
 

@@ -36,6 +36,7 @@ raises leaves the stores as they were (``process_isolating`` relies on it).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 from functools import partial
@@ -299,6 +300,7 @@ class ScoringEngine:
         contact = bool(self._contact) or self.feature_rows > 0
         folded: list[FoldedEvent] = []
         feature_s = 0.0
+        kinds: list[str] = []  # counted once a batch (a Counter per event cost 0.2 µs)
         for e, rec in events:
             # A record that makes scoring raise is a bug's victim, not bad data: it goes to
             # the DLQ as processing_error and the rest of the batch carries on.
@@ -316,8 +318,10 @@ class ScoringEngine:
             if applied.duplicate:
                 stats.duplicates += 1
                 continue
-            st = after[rec.partition] = max(after[rec.partition], applied.at)
-            stats.events_by_type[e.type if e.type in self._known_types else OTHER] += 1
+            st = after[rec.partition]
+            if applied.at > st:
+                st = after[rec.partition] = applied.at
+            kinds.append(e.type)
             started = perf_counter()
             signal_row = [0.0] * width
             state.signal_row(self.friction, applied.at, signal_row)
@@ -337,6 +341,9 @@ class ScoringEngine:
                             rec, st, new_day)
             )  # fmt: skip
         stats.phase_seconds["features"] = feature_s
+        known = self._known_types
+        for kind, n in Counter(kinds).items():
+            stats.events_by_type[kind if kind in known else OTHER] += n
         features = _matrix(churn_rows, len(CHURN_FEATURES))
         contact_x = _matrix(contact_rows, len(CONTACT_FEATURES))
         signal_matrix = _matrix(signals, width)
