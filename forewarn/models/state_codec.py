@@ -57,8 +57,9 @@ class StateDecodeError(ForewarnError, ValueError):
 
 def _ms(t: float) -> int:
     # Times are whole milliseconds already, so t * 1000 is within 1e-3 of an integer and
-    # adding one half before truncating rounds it exactly (cheaper than round()).
-    return int(t * 1000 + 0.5)
+    # adding one half before flooring rounds it exactly, before 1970 too (int() truncated
+    # towards zero there, and a time before 1970 came back a millisecond late)
+    return floor(t * 1000 + 0.5)
 
 
 def _before(base: int, times: list[float]) -> list[int]:

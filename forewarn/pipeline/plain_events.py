@@ -74,10 +74,21 @@ class PlainEvent(msgspec.Struct, frozen=True):
 
 _READ = msgspec.json.Decoder(_Wire)
 
+#: msgspec skips the fields an event does not declare without checking all that the
+#: contract's parser checks in them: their UTF-8 (checked here instead), integers of
+#: thousands of digits (a record longer than this takes the contract's path), and nesting
+#: past 200 levels (so does a record with this many opening brackets)
+_MAX_BYTES = 4096
+_MAX_BRACKETS = 200
+
 
 def read_plain_event(value: bytes, aliases: Mapping[str, str]) -> PlainEvent | None:
     """The event in ``value``, or None when only the contract can say (see above)."""
+    if len(value) > _MAX_BYTES or value.count(b"{") + value.count(b"[") >= _MAX_BRACKETS:
+        return None
     try:
+        if not value.isascii():
+            value.decode()
         w = _READ.decode(value)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None

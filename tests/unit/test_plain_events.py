@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from forewarn.models.contracts import MAX_PROPERTIES, JourneyEvent
+from forewarn.models.contracts import MAX_PROPERTIES, DeadLetter, DeadLetterReason, JourneyEvent
 from forewarn.offline.simulator import JourneySimulator
 from forewarn.pipeline.codecs import DecodedEvent, DecodeSettings, RawRecord, decode_event, encode
 from forewarn.pipeline.plain_events import PlainEvent, _Wire, read_plain_event
@@ -224,3 +224,46 @@ def test_aliases_map_the_type_and_the_contract_judges_a_bad_mapping() -> None:
         value = json.dumps({**base, "type": kind}).encode()
         read = read_plain_event(value, ALIASES)
         assert (None if read is None else read.type) == expected
+
+
+_PLAIN = (b'{"event_id":"e1","customer_id":"c1","type":"purchase",'
+          b'"occurred_at":"2026-01-01T00:00:00Z"%s}')  # fmt: skip
+_AT = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _decode(extra: bytes) -> DecodedEvent | DeadLetter:
+    rec = RawRecord("journey-events", 0, 0, b"c1", _PLAIN % extra)
+    return decode_event(rec, DecodeSettings(), _AT + timedelta(days=1))
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        # what the reader skips unchecked in a field the contract does not declare
+        (b',"x":' + b"[" * 250 + b"]" * 250, DeadLetterReason.nesting_too_deep),
+        (b',"x":"\xff"', DeadLetterReason.not_utf8),
+        (b',"x\xc3":1', DeadLetterReason.not_utf8),
+        (b',"x":' + b"7" * 4400, DeadLetterReason.number_out_of_range),
+    ],
+)
+def test_what_the_reader_skips_the_contract_still_refuses(
+    extra: bytes, reason: DeadLetterReason
+) -> None:
+    out = _decode(extra)
+    assert isinstance(out, DeadLetter) and out.error_type == reason
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        b',"properties":{"a":NaN}',  # the contract's parser takes NaN where it allows floats
+        b',"specversion":"1.0","customer_id":" c1"',  # plain JSON, whatever keys it carries
+        b',"specversion":"1.0","id":"ce1","data":{"x":1},"customer_id":"c1 "',
+        b',"occurred_at":"2026-01-01T00:00:00+0000"',  # a stamp only the contract reads
+    ],
+)
+def test_what_the_reader_leaves_is_validated_as_the_contract_from_bytes(extra: bytes) -> None:
+    out = _decode(extra)
+    assert isinstance(out, DecodedEvent) and isinstance(out.event, JourneyEvent)
+    e = out.event
+    assert (e.event_id, e.customer_id, e.occurred_at) == ("e1", "c1", _AT)

@@ -67,6 +67,18 @@ def test_any_state_survives_the_round_trip_exactly(
     assert encode_state(back) == encode_state(s)
 
 
+def test_times_before_1970_survive_the_round_trip_exactly() -> None:
+    # the contract takes them; rounding towards zero once gave them back a millisecond late
+    s = CustomerState("c1")
+    for i, ms in enumerate((-1234, -999, -3)):
+        at = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+        e = JourneyEvent(event_id=f"e{i}", customer_id="c1", type="payment_failed", occurred_at=at)
+        apply_event(s, e, CFG)
+    s.remember_action("a1", "rule_x", "email", s.last_seen, delivered_at=s.last_seen + 3600)
+    back = decode_state(encode_state(s))
+    assert back == s and back.last_seen == -0.003
+
+
 def test_a_typical_customer_fits_in_a_kibibyte() -> None:
     """A week of simulated journeys: the median and 90th percentile stay under 1 KiB."""
     sim = JourneySimulator(
