@@ -44,17 +44,11 @@ from time import perf_counter
 from typing import Literal
 
 import numpy as np
-from numpy.typing import NDArray
 
 from forewarn.models.contracts import (
     VOCABULARY,
     DeadLetter,
     DeadLetterReason,
-)
-from forewarn.models.features import (
-    CHURN_FEATURES,
-    CONTACT_FEATURES,
-    read_features,
 )
 from forewarn.models.friction import FrictionConfig, friction_scores
 from forewarn.models.releases import ModelSchedule
@@ -72,7 +66,7 @@ from forewarn.pipeline.codecs import (
     decode_profile,
 )
 from forewarn.pipeline.learning_rows import feature_rows, milestones
-from forewarn.pipeline.phases import Decoded, Folded, FoldedEvent, Scored
+from forewarn.pipeline.phases import BatchRows, Decoded, Folded, FoldedEvent, Scored
 from forewarn.pipeline.ports import Clock, StateStore, StateStores
 from forewarn.pipeline.results import (
     BatchResult,
@@ -290,14 +284,10 @@ class ScoringEngine:
         before = {p: self.stores.partition(p).stream_time for p in {r.partition for _, r in events}}
         # Stream times are the stores' only once the batch is saved (phase 5).
         after = dict(before)
-        width = len(self.friction.signals)
-        signals: list[list[float]] = []
-        churn = self._churn
         # Features are read at the moment of each event (later events of the batch must
         # not leak in); friction, the first feature, is filled in once it is scored.
-        churn_rows: list[list[float]] = []
-        contact_rows: list[list[float]] = []
         contact = bool(self._contact) or self.feature_rows > 0
+        rows = BatchRows(self.friction, churn=self._churn is not None, contact=contact)
         folded: list[FoldedEvent] = []
         feature_s = 0.0
         kinds: list[str] = []  # counted once a batch (a Counter per event cost 0.2 µs)
@@ -323,15 +313,7 @@ class ScoringEngine:
                 st = after[rec.partition] = applied.at
             kinds.append(e.type)
             started = perf_counter()
-            signal_row = [0.0] * width
-            state.signal_row(self.friction, applied.at, signal_row)
-            signals.append(signal_row)
-            c, k = read_features(state, applied.at, 0.0, churn=churn is not None,
-                                 contact=contact)  # fmt: skip
-            if c is not None:
-                churn_rows.append(c)
-            if k is not None:
-                contact_rows.append(k)
+            rows.read(state, applied.at)
             feature_s += perf_counter() - started
             # active customers are counted by calendar day (midnight UTC), as volume targets
             # and their measures count them
@@ -344,10 +326,8 @@ class ScoringEngine:
         known = self._known_types
         for kind, n in Counter(kinds).items():
             stats.events_by_type[kind if kind in known else OTHER] += n
-        features = _matrix(churn_rows, len(CHURN_FEATURES))
-        contact_x = _matrix(contact_rows, len(CONTACT_FEATURES))
-        signal_matrix = _matrix(signals, width)
-        return Folded(folded, signal_matrix, features, contact_x, touched, before, after)
+        signals, features, contact_x = rows.matrices()
+        return Folded(folded, signals, features, contact_x, touched, before, after)
 
     # -- 3. score --
 
@@ -509,8 +489,3 @@ class ScoringEngine:
             self.clock.now(),
             self.decode.dead_letter_keep_bytes,
         )
-
-
-def _matrix(rows: list[list[float]], width: int) -> NDArray[np.float64]:
-    """A batch's feature rows as one matrix (``width`` columns even when there are none)."""
-    return np.array(rows, dtype=np.float64).reshape(len(rows), width)

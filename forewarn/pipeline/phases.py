@@ -10,6 +10,8 @@ from numpy.typing import NDArray
 
 from forewarn.models.contracts import CustomerProfile, DeadLetter
 from forewarn.models.event_fields import EventFields
+from forewarn.models.features import CHURN_FEATURES, CONTACT_FEATURES, read_features
+from forewarn.models.friction import FrictionConfig
 from forewarn.models.risk import RiskModel
 from forewarn.models.state import CustomerState
 from forewarn.pipeline.codecs import ProfileTombstone, RawRecord
@@ -55,6 +57,45 @@ class Folded:
     #: partition -> stream time, before the batch and after it
     before: dict[int, float]
     after: dict[int, float]
+
+
+class BatchRows:
+    """What the score phase reads of each folded event, as rows: its friction signals, its
+    churn features (none without a churn model), its contact features (none without a
+    contact model or learning). Lists until the batch ends, then one matrix each: writing a
+    numpy row per event cost 0.7 µs."""
+
+    def __init__(self, friction: FrictionConfig, *, churn: bool, contact: bool) -> None:
+        self.friction, self.churn, self.contact = friction, churn, contact
+        self.width = len(friction.signals)
+        self.signals: list[list[float]] = []
+        self.churn_rows: list[list[float]] = []
+        self.contact_rows: list[list[float]] = []
+
+    def read(self, state: CustomerState, at: float) -> None:
+        """The rows of ``state`` at event time ``at``; friction, the first feature of each
+        model, is filled in once it is scored."""
+        row = [0.0] * self.width
+        state.signal_row(self.friction, at, row)
+        self.signals.append(row)
+        churn, contact = read_features(state, at, 0.0, churn=self.churn, contact=self.contact)
+        if churn is not None:
+            self.churn_rows.append(churn)
+        if contact is not None:
+            self.contact_rows.append(contact)
+
+    def matrices(self) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+        """Signals, churn features and contact features, one row per event read."""
+        return (
+            _matrix(self.signals, self.width),
+            _matrix(self.churn_rows, len(CHURN_FEATURES)),
+            _matrix(self.contact_rows, len(CONTACT_FEATURES)),
+        )
+
+
+def _matrix(rows: list[list[float]], width: int) -> NDArray[np.float64]:
+    """Rows as one matrix (``width`` columns even when there are none)."""
+    return np.array(rows, dtype=np.float64).reshape(len(rows), width)
 
 
 @dataclass(frozen=True, slots=True)
