@@ -90,8 +90,10 @@ def handler(secret: str, seen: Seen) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             headers = {k.lower(): v for k, v in self.headers.items()}
             if not signature_ok(secret, headers, body, time.time()):
-                self._answer(401)
+                # said before answering, as below: once answered, the sender's next request
+                # may be handled (and said) first, on another thread
                 print(f"refused {headers.get('webhook-id', '?')}: bad signature", flush=True)
+                self._answer(401)
                 return
             wid = headers["webhook-id"]
             if seen.first_time(wid):
