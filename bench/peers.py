@@ -38,6 +38,9 @@ HERE = Path(__file__).parent
 PEERS_ENV = HERE / ".peers"
 REQUIREMENTS = HERE / "peers-requirements.txt"
 HALF_LIFE_S = 3600.0
+#: as forewarn.streams.settings.CONSUMER_FETCH_WAIT_MS (this file runs where Quix Streams is
+#: installed, without Forewarn; a test holds the two together)
+FETCH_WAIT_MS = 100
 #: weight of each event in the decayed score: trouble counts more than browsing
 TROUBLE = {"payment_failed", "checkout_error", "error_page", "app_crash", "login_failed"}
 
@@ -91,6 +94,9 @@ def run_quix(bootstrap: str, topic: str, n: int) -> None:
         processing_guarantee="exactly-once",
         state_dir=tempfile.mkdtemp(prefix="peer-quix-"),
         loglevel="WARNING",
+        # the fetch wait Forewarn's consumers use (settings.CONSUMER_FETCH_WAIT_MS): on the
+        # embedded broker, which holds every fetch this long, both read alike
+        consumer_extra_config={"fetch.wait.max.ms": FETCH_WAIT_MS},
     )
     pace = Pace(n)
     source = app.topic(topic, value_deserializer="json", key_deserializer="str")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from forewarn.models.contracts import (
 from forewarn.offline.measures import measure
 from forewarn.offline.simulator import JourneySimulator
 from forewarn.offline.worlds import ELSEWHERE, Incident
-from forewarn.streams.settings import Role, Settings, kafka_config
+from forewarn.streams.settings import CONSUMER_FETCH_WAIT_MS, Role, Settings, kafka_config
 from tests.conftest import ROOT
 
 START = datetime(2026, 2, 1, tzinfo=UTC)
@@ -268,3 +269,20 @@ def test_coverage_counts_only_actions_before_the_contact_within_the_window() -> 
         days=1,
     )
     assert (cov.contact_coverage, cov.lead_time_minutes.median) == (0.25, 10.0)
+
+
+def test_consumers_wait_briefly_at_the_broker_and_the_quix_peer_alike() -> None:
+    s = Settings()
+    for role in ("consumer", "scoring_consumer"):
+        assert kafka_config(s, role)["fetch.wait.max.ms"] == CONSUMER_FETCH_WAIT_MS, role
+    assert kafka_config(s, "restore")["fetch.wait.max.ms"] == 10  # reads to the end, stops
+    extra = {"fetch.wait.max.ms": "500"}  # an operator's own setting wins
+    own = s.model_copy(update={"kafka": s.kafka.model_copy(update={"extra": extra})})
+    assert kafka_config(own, "scoring_consumer")["fetch.wait.max.ms"] == "500"
+    # the bench's Quix Streams peer reads the same topic with the same wait
+    path = Path(__file__).parents[2] / "bench" / "peers.py"
+    spec = importlib.util.spec_from_file_location("bench_peers", path)
+    assert spec is not None and spec.loader is not None
+    peers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peers)
+    assert peers.FETCH_WAIT_MS == CONSUMER_FETCH_WAIT_MS
