@@ -40,8 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 PUBLISHED = ROOT / "docs" / "measured.json"
 
-#: a number as the README prints it: 20,090 / 0.27 / 2,552,148
-NUMBER = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
+MINUS = "\u2212"
+#: a number as the README prints it: 20,090 / 0.27 / 2,552,148, and negative ones after MINUS
+NUMBER = rf"{MINUS}?(?:\d{{1,3}}(?:,\d{{3}})+|\d+)(?:\.\d+)?"
 MARKER = re.compile(rf"(?<![\w.,])({NUMBER})<!--m:([\w.\-]+)-->")
 ANY_MARKER = re.compile(r"<!--m:([\w.\-]+)-->")
 #: a number not part of a word, an id or a longer number
@@ -186,7 +187,13 @@ def lookup(data: Any, path: list[Any]) -> Any:
 
 
 def value_of(entry: dict[str, Any], data: Any) -> str:
-    """The entry's number in a run's output, as the README prints it."""
+    """The entry's number in a run's output, as the README prints it (a negative one with a
+    minus sign, U+2212: the hyphen joins the two ends of a range)."""
+    text = _value_text(entry, data)
+    return MINUS + text[1:] if text.startswith("-") else text
+
+
+def _value_text(entry: dict[str, Any], data: Any) -> str:
     x = lookup(data, entry["path"])
     if isinstance(x, list):  # a path through "*": min, max or sum of the values
         values = [float(v) for v in x if v is not None]
