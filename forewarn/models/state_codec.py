@@ -128,7 +128,8 @@ def encode_state(s: CustomerState) -> bytes:
         base - _ms(s.first_seen) if s.active else 0,
         s.events_seen,
         [[i, v, base - _ms(t)] for i, (v, t) in sorted(s.signals.items())],
-        {k: [floor(b - t * 1000) for t in occ[k]] for k in sorted(occ)},  # as _before
+        # _before, inline: a call per event type cost about 1 µs a customer written
+        {k: [floor(b - t * 1000) for t in occ[k]] for k in sorted(occ)},
         _hashes(s.seen_events),
         _session(s.session, base),
         None if s.last_support_contact is None else base - _ms(s.last_support_contact),
